@@ -1,0 +1,1 @@
+"""memreg.cli: the `memreg` command line (thin commands over the SDK and registry)."""

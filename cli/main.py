@@ -1,0 +1,75 @@
+"""The `memreg` Typer app. Commands live in their own modules; logic lives in the SDK/registry."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from memreg.cli import registry_cmds as reg
+
+app = typer.Typer(
+    name="memreg",
+    help="memreg — the package manager for LLM memories: train memory decoders, publish them to a "
+    "registry (a folder or an S3 bucket), and attach them to any base model that shares their tokenizer.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold credentials
+    add_completion=False,
+)
+
+app.command()(reg.init)
+app.command()(reg.publish)
+app.command()(reg.pull)
+app.command("list")(reg.list_)
+app.command()(reg.show)
+app.command()(reg.verify)
+app.command()(reg.tag)
+app.command()(reg.yank)
+app.command()(reg.gc)
+
+
+def _register_ml_commands() -> None:
+    """Commands whose modules import torch only inside their function bodies."""
+    try:
+        from memreg.cli.train import train
+    except ImportError:
+        pass
+    else:
+        app.command()(train)
+    try:
+        from memreg.cli import attach as att
+    except ImportError:
+        pass
+    else:
+        app.command()(att.attach)
+        app.command("eval")(att.eval_cmd)
+        app.command()(att.tune)
+
+
+_register_ml_commands()
+
+
+def run() -> None:
+    """Console entry point: one-line errors (full traceback with MEMREG_DEBUG=1)."""
+    from memreg.registry.errors import MemregError
+
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if os.environ.get("MEMREG_DEBUG") == "1":
+            raise
+        known = isinstance(e, (MemregError, ValueError, FileNotFoundError, FileExistsError, PermissionError))
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}" if known else f"error: {type(e).__name__}: {msg}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,42 @@
+"""Reusable typed options, defined once."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
+import typer
+
+RegistryOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--registry", "-r", envvar="MEMREG_REGISTRY", show_envvar=True,
+        help="Registry URL: a folder, file://, memory://, s3://bucket/prefix, … Default: a local registry under $MEMREG_HOME.",
+    ),
+]
+StorageOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--storage-option", "-o", metavar="KEY=VALUE",
+        help="fsspec storage option, repeatable (e.g. -o endpoint_url=http://127.0.0.1:9000 -o anon=false). "
+        "S3 credentials and endpoint also come the standard AWS way (AWS_PROFILE, AWS_ENDPOINT_URL, …).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout, no bars.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def storage_options(pairs: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE pairs; a VALUE that parses as JSON (true, 3, {"a":1}) is used as such."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--storage-option")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    if "endpoint_url" in out:  # s3fs wants it inside client_kwargs
+        out.setdefault("client_kwargs", {})["endpoint_url"] = out.pop("endpoint_url")
+    return out

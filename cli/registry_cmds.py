@@ -1,0 +1,241 @@
+"""Registry commands: init, publish, pull, list, show, verify, tag, yank, gc.
+
+Thin: parse, call memreg.registry, print. None of them imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options
+from memreg.cli.output import byte_progress, console, print_json
+
+
+def _open(registry: str | None, options: list[str] | None):
+    from memreg.registry import Registry
+
+    return Registry.open(registry, storage_options=storage_options(options))
+
+
+def _summary(m, *, yanked: bool = False, tags: list[str] | None = None) -> dict:
+    return {
+        "name": m.name, "version": m.version, "description": m.description,
+        "domain": m.domain.labels, "parameters": m.model.parameter_count,
+        "size": sum(f.size for f in m.model.files), "tokenizer": m.tokenizer.digest,
+        "recommended_weight": m.metrics.recommended_weight, "yanked": yanked, "tags": tags or [],
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def init(
+    url: Annotated[Optional[str], typer.Argument(help="Where: a folder, s3://bucket/prefix, memory://x, … (default: the local registry).")] = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Create a registry at URL (no-op if one is there)."""
+    from memreg.registry import Registry
+    from memreg.registry.settings import default_registry_url
+
+    reg = Registry.init(url or default_registry_url(), storage_options=storage_options(storage_option))
+    print_json({"registry": reg.url}) if json_ else console.print(f"registry ready at {reg.url}")
+
+
+def publish(
+    path: Annotated[Path, typer.Argument(help="A Hugging Face model folder: config.json, *.safetensors, tokenizer files, optional memreg.json card.")],
+    name: Annotated[Optional[str], typer.Option(help="Package name (else the card's).")] = None,
+    version: Annotated[Optional[str], typer.Option(help="Semantic version, e.g. 1.0.0 (else the card's).")] = None,
+    description: Annotated[Optional[str], typer.Option(help="One-line description.")] = None,
+    domain: Annotated[Optional[list[str]], typer.Option(help="Domain label, repeatable (replaces the card's labels).")] = None,
+    language: Annotated[Optional[str], typer.Option(help="Corpus language, e.g. en.")] = None,
+    license: Annotated[Optional[str], typer.Option(help="Licence of the memory, e.g. CC-BY-4.0.")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="Also point these tags at the new version, repeatable.")] = None,
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Publish a memory package. Blobs first, the manifest last with an exclusive create: a crash
+    leaves no half-published version; the same content again is a no-op."""
+    from memreg.registry.package import read_card
+
+    reg = _open(registry, storage_option)
+    domain_meta = None
+    if domain or language or license:
+        card = read_card(path).domain
+        domain_meta = card.model_copy(update={k: v for k, v in
+                                              {"labels": domain, "language": language, "license": license}.items() if v})
+    with byte_progress(f"publishing {path.name}", enabled=not (json_ or quiet)) as cb:
+        res = reg.publish(path, name=name, version=version, description=description,
+                          domain=domain_meta, tags=tag or [], callback=cb)
+    m = res.manifest
+    if json_:
+        print_json({**_summary(m), "created": res.created, "uploaded_blobs": res.uploaded,
+                    "skipped_blobs": res.skipped, "tags_moved": res.tags, "registry": reg.url})
+        return
+    verb = "published" if res.created else "already published (same content, nothing changed):"
+    console.print(f"{verb} {m.ref} to {reg.url} ({res.uploaded} blobs uploaded, {res.skipped} already there)")
+    for t, prev in res.tags.items():
+        console.print(f"  tag {m.name}:{t} -> {m.version}" + (f" (was {prev})" if prev else ""))
+
+
+def pull(
+    ref: Annotated[str, typer.Argument(help="name, name@1.2.0 or name:tag.")],
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download and verify a package into the local cache; print its folder."""
+    reg = _open(registry, storage_option)
+    with byte_progress(f"pulling {ref}", enabled=not (json_ or quiet)) as cb:
+        path = reg.pull(ref, callback=cb)
+    if json_:
+        m = reg.resolve(ref)
+        print_json({"ref": m.ref, "path": str(path)})
+    else:
+        print(path)
+
+
+def list_(
+    domain: Annotated[Optional[str], typer.Option(help="Only packages with this domain label.")] = None,
+    compatible_with: Annotated[Optional[str], typer.Option(
+        help="Only memories whose tokenizer matches: a model folder or a fingerprint (sha256:…).")] = None,
+    all_versions: Annotated[bool, typer.Option("--all", help="Every version, yanked ones too.")] = False,
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List packages (the highest non-yanked version of each, or --all)."""
+    reg = _open(registry, storage_option)
+    fp = None
+    if compatible_with:
+        if compatible_with.startswith("sha256:"):
+            fp = compatible_with
+        else:
+            from memreg.registry import fingerprint
+
+            fp = fingerprint(compatible_with).digest
+    rows = reg.list(domain=domain, fingerprint=fp, all_versions=all_versions)
+    if json_:
+        print_json([_summary(r.manifest, yanked=r.yanked, tags=r.tags) for r in rows])
+        return
+    from rich.table import Table
+
+    table = Table("name", "version", "domain", "params", "size", "tags", "description", box=None)
+    for r in rows:
+        m = r.manifest
+        table.add_row(m.name, m.version + (" (yanked)" if r.yanked else ""), ",".join(m.domain.labels),
+                      f"{m.model.parameter_count / 1e6:.1f}M", _human(sum(f.size for f in m.model.files)),
+                      ",".join(r.tags), m.description)
+    console.print(table if rows else f"no packages in {reg.url}")
+
+
+def show(
+    ref: Annotated[str, typer.Argument(help="name, name@1.2.0 or name:tag.")],
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show one version's manifest, and the package's versions and tags."""
+    reg = _open(registry, storage_option)
+    m = reg.resolve(ref)
+    versions, yanked, tags = reg.versions(m.name), reg.yanked(m.name), reg.tags(m.name)
+    if json_:
+        print_json({"manifest": m.model_dump(mode="json"), "versions": versions,
+                    "yanked": sorted(yanked), "tags": tags})
+        return
+    console.print(f"[bold]{m.ref}[/bold]  {m.description}")
+    console.print(f"  domain     {', '.join(m.domain.labels) or '-'}  language {m.domain.language or '-'}  licence {m.domain.license or '-'}")
+    console.print(f"  model      {m.model.architecture}, {m.model.parameter_count:,} parameters, {m.model.dtype}, {m.model.embedding_rows} embedding rows")
+    console.print(f"  tokenizer  {m.tokenizer.digest} ({m.tokenizer.model_type}, {m.tokenizer.vocab_size} tokens)")
+    if m.training:
+        t = m.training
+        console.print(f"  training   teacher {t.teacher_model}, init {t.init_model}, {t.corpus_tokens:,} tokens, k={t.k}, T={t.knn_temperature:g}, beta={t.beta:g}, {t.steps} steps")
+    for ev in m.metrics.evaluations:
+        console.print(f"  eval       {ev.base}: ppl {ev.perplexity_base:.2f} -> {ev.perplexity_with_memory:.2f} at weight {ev.weight:g} ({ev.dataset})")
+    if m.metrics.recommended_weight is not None:
+        console.print(f"  weight     {m.metrics.recommended_weight:g} recommended")
+    for f in m.model.files:
+        console.print(f"  file       {f.path}  {_human(f.size)}  {f.digest[:19]}…")
+    console.print("  versions   " + ", ".join(v + (" (yanked)" if v in yanked else "") for v in versions))
+    if tags:
+        console.print("  tags       " + ", ".join(f"{t} -> {v}" for t, v in sorted(tags.items())))
+
+
+def verify(
+    ref: Annotated[Optional[str], typer.Argument(help="One version to check (default: the whole registry).")] = None,
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Re-hash every blob of one version, or of the whole registry. Exit 1 on any problem."""
+    reg = _open(registry, storage_option)
+    with byte_progress("verifying", enabled=not (json_ or quiet)) as cb:
+        report = reg.verify(ref, callback=cb)
+    if json_:
+        print_json({"ok": report.ok, "versions": report.checked_versions, "blobs": report.checked_blobs,
+                    "problems": report.problems})
+    else:
+        for p in report.problems:
+            console.print(f"[red]FAIL[/red] {p}")
+        console.print(f"{'ok' if report.ok else 'FAILED'}: {len(report.checked_versions)} versions, "
+                      f"{report.checked_blobs} blobs checked, {len(report.problems)} problems")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def tag(
+    ref: Annotated[str, typer.Argument(help="The version to point at: name@1.2.0, name or name:other-tag.")],
+    tag_name: Annotated[str, typer.Argument(metavar="TAG", help="Tag to move, e.g. stable.")],
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Point name:TAG at a version (compare-and-swap: concurrent moves never lose an update)."""
+    move = _open(registry, storage_option).tag(ref, tag_name)
+    if json_:
+        print_json({"name": move.name, "tag": move.tag, "version": move.version, "previous": move.previous})
+    else:
+        console.print(f"{move.name}:{move.tag} -> {move.version}" + (f" (was {move.previous})" if move.previous else ""))
+
+
+def yank(
+    ref: Annotated[str, typer.Argument(help="name@VERSION to hide from `name` and `name:latest`.")],
+    reason: Annotated[str, typer.Option(help="Why, shown by `memreg show`.")] = "",
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Yank a version: still pullable as name@VERSION, no longer chosen by `name` or `name:latest`."""
+    m = _open(registry, storage_option).yank(ref, reason)
+    print_json({"yanked": m.ref}) if json_ else console.print(f"yanked {m.ref}")
+
+
+def gc(
+    grace: Annotated[float, typer.Option(help="Only remove unreferenced blobs older than this many hours.")] = 24.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go, remove nothing.")] = False,
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Remove blobs no manifest references (and leftovers of interrupted uploads)."""
+    report = _open(registry, storage_option).gc(grace=timedelta(hours=grace), dry_run=dry_run)
+    if json_:
+        print_json({"removed_blobs": report.removed_blobs, "removed_bytes": report.removed_bytes,
+                    "kept_recent": report.kept_recent, "removed_uploads": report.removed_uploads, "dry_run": dry_run})
+    else:
+        verb = "would remove" if dry_run else "removed"
+        console.print(f"{verb} {len(report.removed_blobs)} blobs ({_human(report.removed_bytes)}) and "
+                      f"{len(report.removed_uploads)} interrupted uploads; kept {report.kept_recent} newer than {grace:g} h")

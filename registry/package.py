@@ -1,0 +1,135 @@
+"""A package folder on local disk: what may be in it, and what the manifest says about it.
+
+A package is a standard Hugging Face model folder (config.json, *.safetensors, tokenizer files)
+plus an optional memreg.json card. Everything is checked before anything is uploaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+
+from memreg.registry.errors import PackageError, first_validation_error
+from memreg.schemas import FileEntry, ModelInfo, PackageCard
+
+CARD = "memreg.json"
+# Formats that unpickle (or may) when loaded: a registry must never make anybody run them.
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
+CODE_SUFFIXES = {".py", ".pyc", ".so"}  # remote code is never run (trust_remote_code stays off)
+TOKENIZER_FILES = ("tokenizer.json", ("vocab.json", "merges.txt"))
+_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+           "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def sha256_file(path: Path, callback: Callback = DEFAULT_CALLBACK, chunk: int = 4 * 2**20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            callback.relative_update(len(block))
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: str  # relative POSIX path inside the package
+    local: Path
+    size: int
+
+
+def scan_folder(folder: Path) -> list[LocalFile]:
+    """Every file to publish, after refusing symlinks, pickles and code. memreg.json is not a file
+    of the package: it becomes the manifest."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PackageError(f"{folder} is not a folder: publish a Hugging Face model folder (config.json, *.safetensors, tokenizer files)")
+    files: list[LocalFile] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        d = Path(dirpath)
+        for name in sorted(dirnames):
+            if (d / name).is_symlink():
+                raise PackageError(f"{d / name} is a symbolic link: copy the real folder into the package instead")
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for name in sorted(filenames):
+            p = d / name
+            rel = p.relative_to(folder).as_posix()
+            if p.is_symlink():
+                raise PackageError(f"{p} is a symbolic link: packages hold real files only; copy the target in")
+            if name.startswith(".") or rel == CARD:
+                continue
+            suffix = p.suffix.lower()
+            if suffix in PICKLE_SUFFIXES:
+                raise PackageError(f"{rel}: {suffix} files may hold pickles, which memreg refuses; save weights with safetensors (save_pretrained(..., safe_serialization=True)) and remove {rel}")
+            if suffix in CODE_SUFFIXES:
+                raise PackageError(f"{rel}: packages may not carry code (remote code is never run); remove it")
+            if not p.is_file():
+                raise PackageError(f"{p} is not a regular file")
+            files.append(LocalFile(rel, p, p.stat().st_size))
+    names = {f.path for f in files}
+    if "config.json" not in names:
+        raise PackageError(f"{folder} has no config.json: save the model with save_pretrained(folder)")
+    if not any(n.endswith(".safetensors") for n in names):
+        raise PackageError(f"{folder} has no *.safetensors weights: save the model with save_pretrained(folder, safe_serialization=True)")
+    if "tokenizer.json" not in names and not {"vocab.json", "merges.txt"} <= names:
+        raise PackageError(f"{folder} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt): save the tokenizer with tokenizer.save_pretrained(folder)")
+    return files
+
+
+def read_card(folder: Path) -> PackageCard:
+    path = Path(folder) / CARD
+    if not path.exists():
+        return PackageCard()
+    try:
+        return PackageCard.model_validate_json(path.read_bytes())
+    except ValueError as e:
+        raise PackageError(f"{path} is not a valid memreg card: {first_validation_error(e)}") from e
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON); no torch."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise PackageError(f"{path.name} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100 * 2**20 or n > path.stat().st_size - 8:
+            raise PackageError(f"{path.name} is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise PackageError(f"{path.name} is not a safetensors file (unreadable header)") from e
+    header.pop("__metadata__", None)
+    return header
+
+
+def model_info(folder: Path, entries: list[FileEntry]) -> ModelInfo:
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as e:
+        raise PackageError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
+    params, dtypes = 0, Counter()
+    for entry in entries:
+        if entry.path.endswith(".safetensors"):
+            for tensor in safetensors_header(folder / entry.path).values():
+                count = 1
+                for dim in tensor["shape"]:
+                    count *= dim
+                params += count
+                dtypes[_DTYPES.get(tensor["dtype"], tensor["dtype"].lower())] += count
+    rows = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or 0
+    return ModelInfo(
+        architecture=(config.get("architectures") or ["unknown"])[0],
+        model_type=config.get("model_type"),
+        parameter_count=params,
+        dtype=dtypes.most_common(1)[0][0] if dtypes else "unknown",
+        embedding_rows=int(rows),
+        files=entries,
+    )

@@ -1,0 +1,336 @@
+"""One storage protocol over fsspec, with the few atomic primitives the registry needs.
+
+The registry never calls fsspec directly: it asks a Store for
+  * `put_file` / `put_bytes`: overwrite (content-addressed blobs: same key, same bytes);
+  * `create`: exclusive create, the commit point of a publish (FileExistsError if present);
+  * `swap`: compare-and-swap of a small mutable document (tags), keyed by an opaque etag.
+Protocol-specific behaviour stays here, at the edge: S3 uses conditional writes
+(If-None-Match: * and If-Match: <etag>), a local folder uses link(2) and flock(2), memory:// a
+process lock. Backend errors are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+
+from memreg.registry.errors import ConcurrentUpdateError, StoreError
+
+
+class Store:
+    """A registry root on some fsspec filesystem. Keys are POSIX paths relative to the root."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}" if self.root else key
+
+    # reads -------------------------------------------------------------------------------
+    def read(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._path(key))
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise StoreError(f"cannot read {key} from {self.url}: {e}") from e
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The document and an etag that `swap` accepts as `expected`."""
+        data = self.read(key)
+        return data, _content_etag(data)
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._path(key))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.info(self._path(key))["size"])
+
+    def modified(self, key: str) -> datetime:
+        info = self.fs.info(self._path(key))
+        for field in ("LastModified", "mtime", "created"):
+            value = info.get(field)
+            if isinstance(value, datetime):
+                return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            if isinstance(value, (int, float)):
+                return datetime.fromtimestamp(value, tz=timezone.utc)
+        try:
+            return self.fs.modified(self._path(key)).replace(tzinfo=timezone.utc)
+        except (NotImplementedError, AttributeError):
+            return datetime.now(timezone.utc)
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys of files below prefix (recursive), relative to the root, sorted."""
+        base = self._path(prefix).rstrip("/")
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        root = self.root + "/" if self.root else ""
+        out = []
+        for p in found:
+            p = p if not root or p.startswith(root) else self.fs._strip_protocol(p)
+            out.append(p[len(root):] if root and p.startswith(root) else p)
+        return sorted(out)
+
+    def open_read(self, key: str, block_size: int = 8 * 2**20):
+        return self.fs.open(self._path(key), "rb", block_size=block_size)
+
+    def get_file(self, key: str, local: Path, callback: Callback = DEFAULT_CALLBACK) -> None:
+        self.fs.get_file(self._path(key), str(local), callback=callback)
+
+    # writes ------------------------------------------------------------------------------
+    def put_file(self, key: str, local: Path, callback: Callback = DEFAULT_CALLBACK) -> None:
+        """Upload, overwriting. Used for content-addressed blobs only (same key, same bytes)."""
+        self.fs.put_file(str(local), self._path(key), callback=callback)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self._path(key), data)
+
+    def create(self, key: str, data: bytes) -> None:
+        """Write `data` at `key` only if nothing is there; FileExistsError otherwise. Atomic."""
+        raise NotImplementedError
+
+    def swap(self, key: str, data: bytes, *, expected: str | None) -> None:
+        """Replace the document at `key` if its etag is still `expected` (None: must not exist).
+
+        Raises ConcurrentUpdateError when somebody else changed it first.
+        """
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def stale_uploads(self) -> Iterator[tuple[str, datetime]]:
+        """Leftovers of interrupted uploads (temp files, open multipart uploads), with their age."""
+        return iter(())
+
+    def remove_stale_upload(self, key: str) -> None:
+        self.delete(key)
+
+
+def _content_etag(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class LocalStore(Store):
+    """A folder. Exclusive create = link(2) of a fully written temp file (fails if the name exists);
+    compare-and-swap = flock(2) on a lock file, then write-temp-and-rename."""
+
+    TMP = ".tmp-"
+
+    def _tmp_beside(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.parent / f"{self.TMP}{path.name}.{uuid.uuid4().hex}"
+
+    def put_file(self, key: str, local: Path, callback: Callback = DEFAULT_CALLBACK) -> None:
+        dest = Path(self._path(key))
+        tmp = self._tmp_beside(dest)
+        try:
+            self.fs.put_file(str(local), str(tmp), callback=callback)
+            os.replace(tmp, dest)  # atomic: readers see the old bytes or the new, never half
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        dest = Path(self._path(key))
+        tmp = self._write_tmp(dest, data)
+        os.replace(tmp, dest)
+
+    def _write_tmp(self, dest: Path, data: bytes) -> Path:
+        tmp = self._tmp_beside(dest)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def create(self, key: str, data: bytes) -> None:
+        dest = Path(self._path(key))
+        tmp = self._write_tmp(dest, data)
+        try:
+            os.link(tmp, dest)  # atomic and exclusive: EEXIST if anybody created it first
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, "already exists", key) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def swap(self, key: str, data: bytes, *, expected: str | None) -> None:
+        import fcntl
+
+        dest = Path(self._path(key))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.parent / f".lock-{dest.name}", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, and by the kernel if we die
+            try:
+                current = _content_etag(dest.read_bytes())
+            except FileNotFoundError:
+                current = None
+            if current != expected:
+                raise ConcurrentUpdateError(f"{key} changed while it was being updated")
+            os.replace(self._write_tmp(dest, data), dest)
+
+    def list(self, prefix: str) -> list[str]:
+        base = Path(self._path(prefix))
+        if not base.exists():
+            return []
+        root = Path(self.root)
+        return sorted(
+            p.relative_to(root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith((self.TMP, ".lock-"))
+        )
+
+    def stale_uploads(self) -> Iterator[tuple[str, datetime]]:
+        root = Path(self.root)
+        for p in root.rglob(f"{self.TMP}*"):
+            mtime = datetime.fromtimestamp(p.stat().st_mtime, tz=timezone.utc)
+            yield p.relative_to(root).as_posix(), mtime
+
+
+class MemoryStore(Store):
+    """memory:// (one process): a lock makes create and swap atomic."""
+
+    _lock = threading.Lock()
+
+    def create(self, key: str, data: bytes) -> None:
+        with self._lock:
+            if self.exists(key):
+                raise FileExistsError(errno.EEXIST, "already exists", key)
+            self.fs.pipe_file(self._path(key), data)
+
+    def swap(self, key: str, data: bytes, *, expected: str | None) -> None:
+        with self._lock:
+            try:
+                current = _content_etag(self.read(key))
+            except FileNotFoundError:
+                current = None
+            if current != expected:
+                raise ConcurrentUpdateError(f"{key} changed while it was being updated")
+            self.fs.pipe_file(self._path(key), data)
+
+
+class S3Store(Store):
+    """s3:// through s3fs. Conditional writes make create and swap atomic on the server."""
+
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        bucket, _, path = self._path(key).partition("/")
+        return bucket, path
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str]:
+        bucket, path = self._bucket_key(key)
+        try:
+            resp = self.fs.call_s3("get_object", Bucket=bucket, Key=path)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise StoreError(f"cannot read {key} from {self.url}: {e}") from e
+        body = _sync_read(self.fs, resp["Body"])
+        return body, resp["ETag"]
+
+    def create(self, key: str, data: bytes) -> None:
+        try:
+            self.fs.pipe_file(self._path(key), data, mode="create")
+        except FileExistsError:
+            raise
+        except OSError as e:
+            if _is_precondition_failure(e):
+                raise FileExistsError(errno.EEXIST, "already exists", key) from e
+            raise StoreError(f"cannot create {key} on {self.url}: {e}") from e
+
+    def swap(self, key: str, data: bytes, *, expected: str | None) -> None:
+        bucket, path = self._bucket_key(key)
+        cond = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+        try:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=path, Body=data, **cond)
+        except (FileExistsError, FileNotFoundError) as e:
+            raise ConcurrentUpdateError(f"{key} changed while it was being updated") from e
+        except OSError as e:
+            if _is_precondition_failure(e):
+                raise ConcurrentUpdateError(f"{key} changed while it was being updated") from e
+            raise StoreError(f"cannot update {key} on {self.url}: {e}") from e
+        finally:
+            self.fs.invalidate_cache(self._path(key))
+
+    def stale_uploads(self) -> Iterator[tuple[str, datetime]]:
+        bucket, prefix = self._bucket_key("")
+        resp = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+        for up in resp.get("Uploads", []):
+            yield f"{up['Key']}?uploadId={up['UploadId']}", up["Initiated"]
+
+    def remove_stale_upload(self, key: str) -> None:
+        path, _, upload_id = key.partition("?uploadId=")
+        bucket, _, k = path.partition("/")
+        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=k, UploadId=upload_id)
+
+
+def _sync_read(fs: Any, body: Any) -> bytes:
+    """Read an aiobotocore streaming body from sync code, on s3fs's own event loop."""
+    from fsspec.asyn import sync
+
+    async def _read() -> bytes:
+        async with body:
+            return await body.read()
+
+    return sync(fs.loop, _read)
+
+
+def _is_precondition_failure(e: BaseException) -> bool:
+    text = f"{e!r} {getattr(e, '__cause__', '')!r}"
+    return "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text
+
+
+def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store:
+    """A Store for any fsspec URL: a plain path, file://, memory://, s3://, gs://, …"""
+    opts = dict(storage_options or {})
+    fs, root = fsspec.core.url_to_fs(url, **opts)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return LocalStore(fs, root, url)
+    if protocol == "memory":
+        return MemoryStore(fs, root, url)
+    if protocol in ("s3", "s3a"):
+        return S3Store(fs, root, url)
+    return GenericStore(fs, root, url)
+
+
+class GenericStore(Store):
+    """Other fsspec backends: exclusive create via mode='create' where supported, else a
+    check-then-write that is not safe under concurrent publishers (said in the docs)."""
+
+    def create(self, key: str, data: bytes) -> None:
+        try:
+            self.fs.pipe_file(self._path(key), data, mode="create")
+            return
+        except TypeError:
+            pass
+        if self.exists(key):
+            raise FileExistsError(errno.EEXIST, "already exists", key)
+        self.fs.pipe_file(self._path(key), data)
+
+    def swap(self, key: str, data: bytes, *, expected: str | None) -> None:
+        try:
+            current = _content_etag(self.read(key))
+        except FileNotFoundError:
+            current = None
+        if current != expected:
+            raise ConcurrentUpdateError(f"{key} changed while it was being updated")
+        self.fs.pipe_file(self._path(key), data)

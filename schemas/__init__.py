@@ -1,0 +1,40 @@
+"""Pydantic models of the memreg registry format (the truth about what is stored).
+
+One module per released format version; `Manifest` always names the newest.
+"""
+
+from memreg.schemas.v1 import (
+    FORMAT_VERSION,
+    NAME_PATTERN,
+    BaseEvaluation,
+    DomainMetadata,
+    FileEntry,
+    Manifest,
+    Metrics,
+    ModelInfo,
+    PackageCard,
+    TagPointer,
+    TokenizerFingerprint,
+    TrainingProvenance,
+    UnsupportedFormatError,
+    YankRecord,
+    parse_manifest,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "NAME_PATTERN",
+    "BaseEvaluation",
+    "DomainMetadata",
+    "FileEntry",
+    "Manifest",
+    "Metrics",
+    "ModelInfo",
+    "PackageCard",
+    "TagPointer",
+    "TokenizerFingerprint",
+    "TrainingProvenance",
+    "UnsupportedFormatError",
+    "YankRecord",
+    "parse_manifest",
+]

@@ -1,0 +1,221 @@
+"""Registry format v1.
+
+Everything the registry stores as JSON is one of these models. They are strict (`extra="forbid"`)
+so a typo or a field from a newer format is refused instead of silently dropped.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FORMAT_VERSION = 1
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+# Semantic versions (semver.org 2.0.0), without build metadata: a version is an identity here.
+SEMVER_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$"
+)
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+class UnsupportedFormatError(ValueError):
+    """A document written in a registry format this memreg does not read."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Strict):
+    """One file of a package, referenced by content (an OCI-style descriptor)."""
+
+    path: str = Field(description="POSIX path relative to the package folder, e.g. model.safetensors")
+    digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the file body")
+    size: int = Field(ge=0, description="size of the file body in bytes")
+
+    @field_validator("path")
+    @classmethod
+    def _inside_package(cls, value: str) -> str:
+        p = PurePosixPath(value)
+        if (
+            not value
+            or value.startswith("/")
+            or "\\" in value
+            or any(part in ("", ".", "..") for part in value.split("/"))
+            or p.is_absolute()
+        ):
+            raise ValueError(
+                f"file path {value!r} escapes the package folder: use a relative path without '..'"
+            )
+        return value
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]
+
+
+class TokenizerFingerprint(_Strict):
+    """What decides the id <-> token mapping, hashed (see memreg.registry.fingerprint)."""
+
+    algorithm: Literal["memreg-tokenizer-v1"] = "memreg-tokenizer-v1"
+    digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 over the canonical JSON of all components")
+    vocab_size: int = Field(ge=0, description="len(tokenizer): base vocabulary plus added tokens")
+    model_type: str = Field(description="tokenizer model type: BPE, WordPiece, Unigram, WordLevel")
+    components: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 of each component (vocab, merges, model, normalizer, pre_tokenizer, special_tokens)",
+    )
+    special_tokens: dict[str, int] = Field(
+        default_factory=dict, description="special-token role -> id, e.g. eos_token -> 0"
+    )
+
+
+class DomainMetadata(_Strict):
+    labels: list[str] = Field(default_factory=list, description="domain labels, e.g. ['law', 'licences']")
+    language: str | None = Field(default=None, description="BCP-47 language tag of the corpus, e.g. en")
+    corpus: str | None = Field(default=None, description="what the corpus is and where it came from")
+    license: str | None = Field(default=None, description="licence of the corpus / the memory, SPDX id if any")
+
+
+class ModelInfo(_Strict):
+    architecture: str = Field(description="transformers architecture, e.g. GPT2LMHeadModel")
+    model_type: str | None = Field(default=None, description="config.model_type, e.g. gpt2")
+    parameter_count: int = Field(ge=0)
+    dtype: str = Field(description="dtype of the stored weights, e.g. float32")
+    embedding_rows: int = Field(ge=0, description="rows of the output embedding (config.vocab_size)")
+    files: list[FileEntry]
+
+    @field_validator("files")
+    @classmethod
+    def _unique_paths(cls, files: list[FileEntry]) -> list[FileEntry]:
+        paths = [f.path for f in files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("file paths in a manifest must be unique")
+        return files
+
+
+class TrainingProvenance(_Strict):
+    teacher_model: str
+    init_model: str
+    corpus_digest: str = Field(pattern=DIGEST_PATTERN)
+    corpus_tokens: int = Field(ge=0)
+    datastore_size: int | None = Field(default=None, ge=0)
+    index: str | None = Field(default=None, description="faiss index factory string, e.g. Flat or IVF4096,PQ64")
+    k: int = Field(ge=1)
+    knn_temperature: float = Field(gt=0)
+    beta: float = Field(ge=0, le=1, description="loss = beta*KL(p_knn||p_mem) + (1-beta)*CE")
+    steps: int = Field(ge=0)
+    block_size: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    seed: int
+    memreg_version: str
+    wall_seconds: float | None = Field(default=None, ge=0)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class BaseEvaluation(_Strict):
+    base: str = Field(description="base model name or path")
+    dataset: str = Field(description="what was evaluated, e.g. 'held-out 5% of corpus'")
+    tokens: int = Field(ge=0)
+    perplexity_base: float = Field(gt=0)
+    perplexity_with_memory: float = Field(gt=0)
+    weight: float = Field(ge=0, le=1, description="memory weight that gave perplexity_with_memory")
+    sweep: dict[str, float] = Field(default_factory=dict, description="weight -> perplexity")
+
+
+class Metrics(_Strict):
+    evaluations: list[BaseEvaluation] = Field(default_factory=list)
+    recommended_weight: float | None = Field(default=None, ge=0, le=1)
+
+
+def _check_format(data: Any) -> Any:
+    if isinstance(data, dict) and "format_version" in data:
+        v = data["format_version"]
+        if v != FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"format_version {v!r} is not supported: this memreg reads format {FORMAT_VERSION}; "
+                "upgrade memreg to read newer packages"
+            )
+    return data
+
+
+class Manifest(_Strict):
+    """`packages/<name>/<version>.json`: immutable once created."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=SEMVER_PATTERN)
+    description: str = ""
+    created_at: datetime
+    memreg_version: str
+    domain: DomainMetadata = Field(default_factory=DomainMetadata)
+    tokenizer: TokenizerFingerprint
+    model: ModelInfo
+    training: TrainingProvenance | None = None
+    metrics: Metrics = Field(default_factory=Metrics)
+
+    _check = model_validator(mode="before")(_check_format)
+
+    def content_key(self) -> dict[str, Any]:
+        """What makes two publications of one version 'the same': everything but when and by which memreg."""
+        return self.model_dump(mode="json", exclude={"created_at", "memreg_version"})
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class PackageCard(_Strict):
+    """`memreg.json` inside a package folder: the author's metadata, all optional.
+
+    A pulled package carries its full manifest as memreg.json; publishing it again reads the
+    same fields, so the card accepts every manifest field (and recomputes the derived ones).
+    """
+
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    version: str | None = Field(default=None, pattern=SEMVER_PATTERN)
+    description: str | None = None
+    domain: DomainMetadata = Field(default_factory=DomainMetadata)
+    training: TrainingProvenance | None = None
+    metrics: Metrics = Field(default_factory=Metrics)
+    # Derived at publish time; accepted so a pulled folder can be re-published, never trusted.
+    created_at: datetime | None = None
+    memreg_version: str | None = None
+    tokenizer: TokenizerFingerprint | None = None
+    model: ModelInfo | None = None
+
+    _check = model_validator(mode="before")(_check_format)
+
+
+class TagPointer(_Strict):
+    """`packages/<name>/tags/<tag>.json`: mutable, moved by compare-and-swap."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    tag: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=SEMVER_PATTERN)
+    updated_at: datetime
+
+    _check = model_validator(mode="before")(_check_format)
+
+
+class YankRecord(_Strict):
+    """`packages/<name>/yanked/<version>.json`: hides a version from `name` and `name:latest`."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=SEMVER_PATTERN)
+    reason: str = ""
+    yanked_at: datetime
+
+    _check = model_validator(mode="before")(_check_format)
+
+
+def parse_manifest(raw: bytes | str) -> Manifest:
+    """Parse and validate a manifest document (raises ValueError subclasses on bad input)."""
+    return Manifest.model_validate_json(raw)

@@ -1,0 +1,46 @@
+"""memreg: the package manager for LLM memories.
+
+`import memreg` stays light: registry functions and SDK entry points are served lazily
+(PEP 562), so `memreg list` never imports torch, transformers or faiss.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "Registry": "memreg.registry",
+    "fingerprint": "memreg.registry",
+    "check_compatible": "memreg.registry",
+    "compose": "memreg.compose",
+    "ComposedLM": "memreg.compose",
+    "fit_weights": "memreg.compose",
+    "train": "memreg.train",
+    "TrainConfig": "memreg.train",
+    "evaluate_perplexity": "memreg.evaluate",
+}
+
+if TYPE_CHECKING:  # mirrors _LAZY for type checkers and IDEs
+    from memreg.compose import ComposedLM, compose, fit_weights
+    from memreg.evaluate import evaluate_perplexity
+    from memreg.registry import Registry, check_compatible, fingerprint
+    from memreg.train import TrainConfig, train
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memreg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,3 @@
+from memreg.cli.main import run
+
+run()

@@ -1,0 +1,97 @@
+"""Held-out perplexity by sliding window, for any causal LM whose forward returns `logits`.
+
+The expensive part is `target_log_probs`: one forward pass per window, keeping only the
+log-probability of each observed next token. Perplexity of a mixture at any weight then costs
+nothing more (see `mixture_perplexity`), which is how weight sweeps and EM stay cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def target_log_probs(
+    model: torch.nn.Module,
+    ids: Sequence[int] | np.ndarray | torch.Tensor,
+    *,
+    context: int = 1024,
+    stride: int = 512,
+    vocab_size: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress=None,
+) -> np.ndarray:
+    """log p(x_t | x_<t) for t = 1 .. len(ids)-1, each token scored once with up to `context` tokens.
+
+    Windows of `context` tokens advance by `stride`; each window scores only the tokens the previous
+    one did not (the standard sliding-window evaluation). `vocab_size` slices padded embedding rows
+    off before normalising. Returns float64 of length len(ids) - 1.
+    """
+    if stride < 1 or stride > context:
+        raise ValueError(f"stride {stride} must be between 1 and the context {context}")
+    ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    n = ids_t.numel()
+    if n < 2:
+        raise ValueError("need at least 2 tokens to score")
+    device = device or next(model.parameters()).device
+    # window w covers [start, end); it scores targets start+offset .. end-1
+    windows: list[tuple[int, int, int]] = []
+    scored_to = 0  # targets with index < scored_to+1 are done (target index = position of the token)
+    start = 0
+    while True:
+        end = min(start + context, n)
+        first_target = max(scored_to + 1, start + 1)
+        windows.append((start, end, first_target))
+        scored_to = end - 1
+        if end == n:
+            break
+        start += stride
+    out = np.empty(n - 1, dtype=np.float64)
+    for b in range(0, len(windows), batch_size):
+        batch = windows[b : b + batch_size]
+        length = max(e - s for s, e, _ in batch)
+        inp = torch.zeros(len(batch), length, dtype=torch.long)
+        mask = torch.zeros(len(batch), length, dtype=torch.long)
+        for i, (s, e, _) in enumerate(batch):
+            inp[i, : e - s] = ids_t[s:e]
+            mask[i, : e - s] = 1
+        logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
+        if vocab_size is not None:
+            logits = logits[..., :vocab_size]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for i, (s, e, first) in enumerate(batch):
+            pos = torch.arange(first - s - 1, e - s - 1)  # predicting position p+1 from p
+            tgt = inp[i, pos + 1].to(logp.device)
+            out[first - 1 : e - 1] = logp[i, pos.to(logp.device), tgt].double().cpu().numpy()
+        if progress is not None:
+            progress(sum(e - first for _, e, first in batch))
+    return out
+
+
+def perplexity(log_probs: np.ndarray) -> float:
+    return float(math.exp(-float(np.mean(log_probs))))
+
+
+def mixture_log_probs(base: np.ndarray, memories: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Per-token log-probability of the mixture, from each member's per-token log-probabilities."""
+    from memreg.mixture import log_mixture_weights
+
+    logw = log_mixture_weights(weights)
+    parts = [lp + lw for lw, lp in zip(logw, [base, *memories]) if lw != -math.inf]
+    return np.logaddexp.reduce(np.stack(parts), axis=0)
+
+
+def mixture_perplexity(base: np.ndarray, memories: Sequence[np.ndarray], weights: Sequence[float]) -> float:
+    return perplexity(mixture_log_probs(base, memories, weights))
+
+
+def weight_sweep(
+    base: np.ndarray, memory: np.ndarray, grid: Sequence[float] = tuple(i / 20 for i in range(21))
+) -> dict[float, float]:
+    """Perplexity of base + one memory at each weight of the grid."""
+    return {float(w): mixture_perplexity(base, [memory], [w]) for w in grid}

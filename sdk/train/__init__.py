@@ -1,0 +1,1 @@
+"""memreg.train: the training pipeline (datastore -> index -> kNN targets -> training -> evaluation -> package)."""

@@ -1,0 +1,137 @@
+"""Shared fixtures: an isolated $MEMREG_HOME for every test, a tiny real package, a moto S3 server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Real text that ships with every Debian machine: the licences of the system's own software.
+LICENSES = Path("/usr/share/common-licenses")
+
+
+@pytest.fixture(autouse=True)
+def memreg_home(tmp_path_factory, monkeypatch) -> Path:
+    home = tmp_path_factory.mktemp("memreg-home")
+    monkeypatch.setenv("MEMREG_HOME", str(home))
+    monkeypatch.delenv("MEMREG_REGISTRY", raising=False)
+    return home
+
+
+def licence_texts(limit: int | None = None) -> list[str]:
+    files = sorted(p for p in LICENSES.iterdir() if p.is_file() and not p.is_symlink())
+    return [p.read_text(errors="replace") for p in files[:limit]]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer trained on Debian's licence texts, saved as a HF folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(licence_texts(), trainer=trainer)
+    out = tmp_path_factory.mktemp("tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>").save_pretrained(out)
+    return out
+
+
+def make_package(dest: Path, tokenizer_dir: Path, *, seed: int = 0, n_embd: int = 32) -> Path:
+    """A real (tiny, random) GPT-2 saved as a Hugging Face folder with safetensors + tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=n_embd, n_layer=1, n_head=2,
+                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    return make_package(tmp_path_factory.mktemp("pkg") / "law-memory", tiny_tokenizer_dir)
+
+
+@pytest.fixture
+def package_copy(tmp_path, tiny_package) -> Path:
+    dest = tmp_path / "package"
+    shutil.copytree(tiny_package, dest)
+    return dest
+
+
+# --- S3: moto's real HTTP server on loopback, reached through s3fs ---------------------------
+@pytest.fixture(scope="session")
+def moto_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch) -> dict[str, str]:
+    """AWS settings the standard way, for this process and its subprocesses."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_server,
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return env
+
+
+@pytest.fixture
+def s3_url(s3_env) -> str:
+    import boto3
+
+    bucket = f"memreg-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/team-registry"
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def registry_url(request, tmp_path) -> str:
+    """One registry per backend; conformance tests run on each."""
+    if request.param == "local":
+        return str(tmp_path / "registry")
+    if request.param == "memory":
+        return f"memory://memreg-{uuid.uuid4().hex[:12]}"
+    return request.getfixturevalue("s3_url")
+
+
+def memreg_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -m memreg ARGS` in a fresh process, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "memreg", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"memreg {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
