@@ -6,9 +6,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY: dict[str, str] = {
-    "fingerprint": "memreg.registry.fingerprint",
-    "check_compatible": "memreg.registry.fingerprint",
-    "Compatibility": "memreg.registry.fingerprint",
+    "fingerprint": "memreg.registry.fingerprinting",
+    "check_compatible": "memreg.registry.fingerprinting",
+    "Compatibility": "memreg.registry.fingerprinting",
     "Registry": "memreg.registry.api",
     "parse_ref": "memreg.registry.refs",
     "Ref": "memreg.registry.refs",
@@ -16,7 +16,7 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from memreg.registry.api import Registry
-    from memreg.registry.fingerprint import Compatibility, check_compatible, fingerprint
+    from memreg.registry.fingerprinting import Compatibility, check_compatible, fingerprint
     from memreg.registry.refs import Ref, parse_ref
 
 __all__ = list(_LAZY)

@@ -165,7 +165,7 @@ class Registry:
         callback: Callback = DEFAULT_CALLBACK,
     ) -> PublishResult:
         """hash -> upload missing blobs -> create the manifest (the commit point) -> move tags."""
-        from memreg.registry.fingerprint import fingerprint
+        from memreg.registry.fingerprinting import fingerprint
 
         folder = Path(folder)
         card = read_card(folder)

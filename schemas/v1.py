@@ -59,7 +59,7 @@ class FileEntry(_Strict):
 
 
 class TokenizerFingerprint(_Strict):
-    """What decides the id <-> token mapping, hashed (see memreg.registry.fingerprint)."""
+    """What decides the id <-> token mapping, hashed (see memreg.registry.fingerprinting)."""
 
     algorithm: Literal["memreg-tokenizer-v1"] = "memreg-tokenizer-v1"
     digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 over the canonical JSON of all components")

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from memreg.registry.errors import PackageError
-from memreg.registry.fingerprint import COMPONENTS, Compatibility, check_compatible, fingerprint, load_vocab
+from memreg.registry.fingerprinting import COMPONENTS, Compatibility, check_compatible, fingerprint, load_vocab
 from memreg.schemas import TokenizerFingerprint
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -427,7 +427,7 @@ def test_missing_folder_and_bad_json(tmp_path: Path) -> None:
 
 def test_never_imports_torch_or_transformers(trained: dict[str, Any]) -> None:
     code = (
-        "import sys; from memreg.registry.fingerprint import fingerprint, check_compatible; "
+        "import sys; from memreg.registry.fingerprinting import fingerprint, check_compatible; "
         f"fingerprint({str(trained['fast'])!r}); check_compatible({str(trained['fast'])!r}, {str(trained['slow'])!r}); "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
     )
