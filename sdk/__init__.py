@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # public name -> module that defines it
+# (`memreg.train` is the training subpackage itself, callable: memreg.train(config).)
 _LAZY: dict[str, str] = {
     "Registry": "memreg.registry",
     "fingerprint": "memreg.registry",
@@ -19,7 +20,6 @@ _LAZY: dict[str, str] = {
     "compose": "memreg.compose",
     "ComposedLM": "memreg.compose",
     "fit_weights": "memreg.compose",
-    "train": "memreg.train",
     "TrainConfig": "memreg.train",
     "evaluate_perplexity": "memreg.evaluate",
 }
@@ -28,12 +28,15 @@ if TYPE_CHECKING:  # mirrors _LAZY for type checkers and IDEs
     from memreg.compose import ComposedLM, compose, fit_weights
     from memreg.evaluate import evaluate_perplexity
     from memreg.registry import Registry, check_compatible, fingerprint
-    from memreg.train import TrainConfig, train
+    from memreg import train
+    from memreg.train import TrainConfig
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "train", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "train":  # the subpackage, callable as a function
+        return importlib.import_module("memreg.train")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'memreg' has no attribute {name!r}")

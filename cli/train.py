@@ -1,0 +1,149 @@
+"""`memreg train`: build a memory decoder from a corpus (thin: parse, call memreg.train, show progress)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+CorpusArg = Annotated[list[str], typer.Argument(help="text files, folders, globs, JSONL with a 'text' field, or a save_to_disk dataset", show_default=False)]
+ModelOpt = Annotated[str, typer.Option(help="Hugging Face id or local folder (no remote code)", show_default=False)]
+
+
+def train(
+    corpus: CorpusArg,
+    teacher: ModelOpt = ...,  # type: ignore[assignment]
+    init: ModelOpt = ...,  # type: ignore[assignment]
+    out: Annotated[Path, typer.Option(help="package folder to write")] = ...,  # type: ignore[assignment]
+    domain: Annotated[Optional[list[str]], typer.Option(help="domain label (repeat for several)")] = None,
+    k: Annotated[Optional[int], typer.Option(help="neighbours per position [default: the paper's 1024, lowered to fit the datastore]", show_default=False)] = None,
+    temperature: Annotated[str, typer.Option(help="kNN softmax temperature over squared L2 distances, or 'auto'")] = "auto",
+    beta: Annotated[float, typer.Option(help="loss = beta*KL(p_knn||p_mem) + (1-beta)*CE")] = 0.5,
+    block_size: Annotated[Optional[int], typer.Option(help="tokens per training block [default: min(512, model context)]", show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="optimizer steps (overrides --epochs)", show_default=False)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="passes over the corpus [default: 3]", show_default=False)] = None,
+    lr: Annotated[float, typer.Option(help="peak AdamW learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="blocks per micro-batch")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="micro-batches per optimizer step")] = 1,
+    eval_fraction: Annotated[float, typer.Option(help="share of the corpus held out (by document) for evaluation")] = 0.05,
+    index: Annotated[str, typer.Option(help="'auto' or a faiss factory string: Flat, IVF1024,Flat, IVF4096,PQ64")] = "auto",
+    seed: Annotated[int, typer.Option(help="seed of the split, the sampling and the training")] = 0,
+    work_dir: Annotated[Optional[Path], typer.Option(help="stage cache [default: <out>.work]", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    name: Annotated[Optional[str], typer.Option(help="package name for memreg.json")] = None,
+    version: Annotated[Optional[str], typer.Option(help="package version for memreg.json")] = None,
+    description: Annotated[Optional[str], typer.Option(help="one-line description for memreg.json")] = None,
+    language: Annotated[Optional[str], typer.Option(help="BCP-47 language of the corpus, e.g. en")] = None,
+    license: Annotated[Optional[str], typer.Option(help="licence of the corpus / memory (SPDX id)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON (no bars)")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Train a memory decoder on CORPUS and write a package folder that `memreg publish` takes."""
+    from pydantic import ValidationError
+
+    from memreg.registry.errors import MemregError
+
+    try:
+        from memreg.train import TrainConfig, train as run_train
+
+        config = TrainConfig(
+            corpus=corpus, teacher=teacher, init=init, out=out, work_dir=work_dir, domain=domain or [], k=k,
+            temperature=temperature if temperature == "auto" else _float("--temperature", temperature),
+            beta=beta, block_size=block_size, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size,
+            grad_accum=grad_accum, eval_fraction=eval_fraction, index=index, seed=seed, device=device, name=name,
+            version=version, description=description, language=language, license=license,
+        )
+        progress = _RichProgress(enabled=not (quiet or json_out))
+        with progress:
+            result = run_train(config, progress=progress)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}")
+    except MemregError as exc:
+        _fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    _summary(result)
+
+
+def _float(option: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        _fail(f"{option} {value!r} is not a number: give a positive number or 'auto'")
+    raise AssertionError
+
+
+def _fail(message: str) -> None:
+    if os.environ.get("MEMREG_DEBUG") == "1" and sys.exc_info()[0] is not None:
+        raise
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _summary(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"memory decoder written to [bold]{result.out}[/] (k={result.k}, T={result.temperature:g}, "
+                  f"{result.steps} steps, index {result.index}, {result.datastore_size} datastore entries)")
+    if result.card.metrics.evaluations:
+        table = Table(title="held-out perplexity")
+        for col in ("base", "alone", "+ memory", "weight"):
+            table.add_column(col)
+        for e in result.card.metrics.evaluations:
+            table.add_row(e.base, f"{e.perplexity_base:.2f}", f"{e.perplexity_with_memory:.2f}", f"{e.weight:g}")
+        console.print(table)
+
+
+class _RichProgress:
+    """TrainProgress drawn with rich: one bar per stage, notes printed as warnings on stderr."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> "_RichProgress":
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            self._bar = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[info]}"), transient=False)
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def stage(self, name: str, *, total: int | None, unit: str, cached: bool = False) -> None:
+        if self._bar is not None:
+            label = f"{name} (cached)" if cached else name
+            self._task = self._bar.add_task(label, total=total, unit=unit, info="")
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        if self._bar is not None and self._task is not None:
+            text = " ".join(f"{k}={v:.3g}" for k, v in info.items() if isinstance(v, float))
+            self._bar.update(self._task, advance=n, **({"info": text} if text else {}))
+
+    def note(self, message: str, *, warning: bool = False) -> None:
+        text = f"warning: {message}" if warning else f"note: {message}"
+        if self._bar is not None:
+            self._bar.console.print(f"[bold yellow]{text}[/]" if warning else text, highlight=False)
+        else:
+            print(text, file=sys.stderr)
+
+    def end_stage(self) -> None:
+        self._task = None

@@ -1,0 +1,131 @@
+"""TrainConfig: every setting of `memreg train`, and the cache keys derived from it.
+
+Defaults follow the paper (Cao et al. 2025) and its reference code where they fit a CPU:
+k = 1024 neighbours, beta = 0.5 (half KL to the kNN distribution, half cross-entropy), AdamW with a
+linear schedule. The kNN temperature defaults to "auto": chosen on a sample of the datastore
+(leave-one-out likelihood of the true next token), because faiss returns squared L2 distances
+whose scale depends on the teacher (the reference code's T = 1 only suits its GPT2-xl keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Settings that decide the artifacts of each stage (a stage's key also covers the stages before it).
+STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "corpus": ("eval_fraction", "seed"),
+    "datastore": ("teacher", "block_size"),
+    "index": ("index", "nprobe", "memory_budget_mb", "flat_max_keys"),
+    "knn": ("k", "temperature", "knn_support"),
+    "train": (
+        "init", "beta", "steps", "epochs", "lr", "batch_size", "grad_accum",
+        "warmup_fraction", "weight_decay", "seed",
+    ),
+    "eval": ("weight_grid", "eval_stride"),
+}
+STAGES = tuple(STAGE_SETTINGS)
+PAPER_K = 1024
+
+
+class TrainConfig(BaseModel):
+    """What to train, from what, and how. Paths are kept as given; models are ids or folders."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    corpus: list[str] = Field(min_length=1, description="files, folders, globs, JSONL, or a save_to_disk dataset")
+    teacher: str = Field(description="LM whose last_ffn_input keys build the datastore")
+    init: str = Field(description="small LM of the same tokenizer the memory decoder starts from")
+    out: Path = Field(description="package folder to write")
+    work_dir: Path | None = Field(default=None, description="cache of the stages; default <out>.work next to out")
+    # package metadata (does not change any artifact)
+    name: str | None = None
+    version: str | None = None
+    description: str | None = None
+    domain: list[str] = Field(default_factory=list)
+    language: str | None = None
+    corpus_description: str | None = None
+    license: str | None = None
+    # 1. corpus
+    eval_fraction: float = Field(default=0.05, ge=0, lt=1)
+    # 2. datastore
+    block_size: int | None = Field(default=None, ge=2, description="default: min(512, the models' context)")
+    teacher_batch_size: int = Field(default=8, ge=1)
+    # 3. index
+    index: str = Field(default="auto", description="'auto' or a faiss factory string, e.g. Flat, IVF1024,Flat, IVF4096,PQ64")
+    nprobe: int | None = Field(default=None, ge=1, description="IVF lists searched; default: enough for ~2k candidates, >= 8")
+    memory_budget_mb: int = Field(default=4096, ge=1, description="exact search while float32 keys fit in this")
+    flat_max_keys: int = Field(default=50_000, ge=1, description="auto: above this many keys, IVF even if it fits")
+    # 4. kNN targets
+    k: int | None = Field(default=None, ge=1, description="default: the paper's 1024, lowered to fit a small datastore")
+    temperature: float | Literal["auto"] = "auto"
+    knn_support: int = Field(default=64, ge=1, description="tokens kept per position in the sparse p_kNN")
+    search_batch_size: int = Field(default=1024, ge=1)
+    # 5. training
+    beta: float = Field(default=0.5, ge=0, le=1)
+    steps: int | None = Field(default=None, ge=1)
+    epochs: float | None = Field(default=None, gt=0, description="default 3 when --steps is not given")
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    checkpoint_every: int = Field(default=100, ge=1)
+    seed: int = 0
+    # 6. evaluation
+    weight_grid: list[float] = Field(default_factory=lambda: [i / 20 for i in range(21)])
+    eval_stride: int | None = Field(default=None, ge=1, description="default: half the block")
+    # runtime only
+    device: str = "cpu"
+
+    @field_validator("corpus")
+    @classmethod
+    def _strings(cls, v: Sequence[Any]) -> list[str]:
+        return [str(x) for x in v]
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if v != "auto" and not v > 0:
+            raise ValueError(f"temperature {v!r} must be > 0 or 'auto'")
+        return v
+
+    @field_validator("weight_grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 <= w <= 1 for w in v):
+            raise ValueError(f"weight grid {v} must be non-empty, each weight in [0, 1]")
+        return sorted(set(float(w) for w in v))
+
+    def resolved_work_dir(self) -> Path:
+        return Path(self.work_dir) if self.work_dir is not None else Path(str(self.out) + ".work")
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting that changes an artifact (what a reused work folder must match)."""
+        keys = [s for stage in STAGE_SETTINGS.values() for s in stage]
+        return {k: _jsonable(getattr(self, k)) for k in dict.fromkeys(keys)}
+
+
+def _jsonable(v: Any) -> Any:
+    return str(v) if isinstance(v, Path) else v
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def stage_keys(config: TrainConfig, *, corpus_digest: str, tokenizer_digest: str, block_size: int) -> dict[str, str]:
+    """One key per stage: a hash of its own settings and of the key of the stage before it."""
+    keys: dict[str, str] = {}
+    previous = digest({"corpus": corpus_digest, "tokenizer": tokenizer_digest})
+    for stage, names in STAGE_SETTINGS.items():
+        own = {n: _jsonable(getattr(config, n)) for n in names}
+        if stage == "datastore":
+            own["block_size"] = block_size
+        previous = keys[stage] = digest({"previous": previous, "stage": stage, **own})
+    return keys

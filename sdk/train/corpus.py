@@ -1,0 +1,207 @@
+"""Stage 1: read the corpus into documents, tokenize, and split off held-out documents.
+
+Sources: text files, folders (every file below, sorted), glob patterns, JSONL/JSON-lines files
+with a `text` field, and Hugging Face datasets saved with `save_to_disk` (needs `datasets`).
+Binary and non-UTF-8 files are skipped and counted (never half-decoded), with a warning that
+names them. Tokens are written as uint32 .npy shards, memory-mapped on read.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from memreg.train.errors import CorpusError, EmptyCorpusError
+
+SHARD_TOKENS = 1 << 24  # 16 M tokens (64 MiB) per shard
+_BINARY_SNIFF = 8192
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str  # file path, or "path:line" for JSONL, or "dataset[i]"
+    text: str
+
+
+@dataclass
+class CorpusReport:
+    files: int = 0
+    documents: int = 0
+    skipped: list[str] = field(default_factory=list)  # "path (why)"
+
+
+def iter_documents(sources: list[str], report: CorpusReport) -> Iterator[Document]:
+    """Documents of every source, in a stable order (paths sorted within a folder or glob)."""
+    for src in sources:
+        path = Path(src)
+        if _is_hf_dataset(path):
+            yield from _dataset_documents(path, report)
+            continue
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
+        elif path.is_file():
+            files = [path]
+        else:
+            files = sorted(Path(p) for p in globlib.glob(src, recursive=True) if Path(p).is_file())
+            if not files:
+                raise CorpusError(f"corpus source {src!r} matches no file: give a file, folder or glob that exists")
+        for f in files:
+            yield from _file_documents(f, report)
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _file_documents(path: Path, report: CorpusReport) -> Iterator[Document]:
+    report.files += 1
+    raw = path.read_bytes()
+    if b"\x00" in raw[:_BINARY_SNIFF]:
+        report.skipped.append(f"{path} (binary)")
+        return
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.skipped.append(f"{path} (not UTF-8: byte {exc.start})")
+        return
+    text = text.removeprefix("\ufeff")
+    if path.suffix.lower() in (".jsonl", ".ndjson") or (path.suffix.lower() == ".json" and _looks_jsonl(text)):
+        yield from _jsonl_documents(path, text, report)
+    elif text.strip():
+        report.documents += 1
+        yield Document(str(path), text)
+
+
+def _looks_jsonl(text: str) -> bool:
+    first = text.lstrip()[:1]
+    return first == "{" and "\n{" in text
+
+
+def _jsonl_documents(path: Path, text: str, report: CorpusReport) -> Iterator[Document]:
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{path}:{lineno} is not JSON ({exc.msg}): JSONL needs one object per line") from None
+        value = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            raise CorpusError(f"{path}:{lineno} has no string field 'text': JSONL records need {{\"text\": ...}}")
+        if value.strip():
+            report.documents += 1
+            yield Document(f"{path}:{lineno}", value)
+
+
+def _is_hf_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def _dataset_documents(path: Path, report: CorpusReport) -> Iterator[Document]:
+    try:
+        import datasets
+    except ImportError:
+        raise CorpusError(
+            f"{path} is a Hugging Face dataset saved with save_to_disk: install `datasets` to read it"
+        ) from None
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        splits = ["train"] if "train" in ds else sorted(ds)
+    else:
+        splits, ds = [""], {"": ds}
+    for split in splits:
+        part = ds[split]
+        if "text" not in part.column_names:
+            raise CorpusError(f"dataset {path} has no 'text' column (columns: {part.column_names})")
+        report.files += 1
+        for i, value in enumerate(part["text"]):
+            if isinstance(value, str) and value.strip():
+                report.documents += 1
+                yield Document(f"{path}[{split}][{i}]" if split else f"{path}[{i}]", value)
+
+
+def corpus_digest(documents: list[Document]) -> str:
+    """sha256 over the documents' texts in order (paths excluded: moving a folder keeps the digest)."""
+    h = hashlib.sha256()
+    for d in documents:
+        data = d.text.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return "sha256:" + h.hexdigest()
+
+
+def split_documents(documents: list[Document], *, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of (train, eval) documents. Documents are visited in the order of a seeded hash of their
+    text and held out while they fit in `eval_fraction` of the characters; at least one stays on each
+    side when there are two or more."""
+    if eval_fraction == 0 or len(documents) < 2:
+        return list(range(len(documents))), []
+    order = sorted(
+        range(len(documents)),
+        key=lambda i: hashlib.sha256(f"{seed}:".encode() + documents[i].text.encode("utf-8")).digest(),
+    )
+    target = eval_fraction * sum(len(d.text) for d in documents)
+    held, chars = [], 0
+    for i in order[:-1]:  # documents that fit in what is left of the target; a big one never swallows it
+        if chars + len(documents[i].text) <= target:
+            held.append(i)
+            chars += len(documents[i].text)
+    if not held:  # every document is bigger than the target: hold out the smallest one
+        held = [min(order[:-1], key=lambda i: len(documents[i].text))]
+    train = sorted(set(range(len(documents))) - set(held))
+    return train, sorted(held)
+
+
+def write_tokens(
+    out_dir: Path, name: str, docs: list[Document], encode: Callable[[str], list[int]], eos_id: int | None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Tokenize documents into `<name>-NNNNN.npy` uint32 shards (an EOS token ends each document)."""
+    buf: list[int] = []
+    shard, written = 0, 0
+
+    def flush(final: bool) -> None:
+        nonlocal buf, shard, written
+        while len(buf) >= SHARD_TOKENS or (final and buf):
+            part, buf = buf[:SHARD_TOKENS], buf[SHARD_TOKENS:]
+            np.save(out_dir / f"{name}-{shard:05d}.npy", np.asarray(part, dtype=np.uint32))
+            shard += 1
+            written += len(part)
+
+    for d in docs:
+        ids = encode(d.text)
+        if eos_id is not None:
+            ids = [*ids, eos_id]
+        buf.extend(ids)
+        flush(False)
+        if progress is not None:
+            progress(len(d.text.encode("utf-8")))
+    flush(True)
+    return written
+
+
+class TokenArray:
+    """Read-only view of uint32 shards as one int64-indexable sequence (memory-mapped)."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.shards = [np.load(p, mmap_mode="r") for p in sorted(folder.glob(f"{name}-*.npy"))]
+        self.offsets = np.cumsum([0, *[len(s) for s in self.shards]])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        stop = min(stop, len(self))
+        parts = []
+        for i, s in enumerate(self.shards):
+            a, b = self.offsets[i], self.offsets[i + 1]
+            lo, hi = max(start, a), min(stop, b)
+            if lo < hi:
+                parts.append(np.asarray(s[lo - a : hi - a]))
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)

@@ -1,0 +1,76 @@
+"""Stage 3: the faiss index over the datastore keys.
+
+"auto" picks exact `Flat` (IndexFlatL2) while the float32 keys fit the memory budget and are few
+enough for an exact all-pairs search to finish quickly (on 2 CPU cores, 100 k keys of 256 dims with
+k = 1024 take minutes: the search is quadratic); `IVF<n>,Flat` above that while they still
+fit; `IVF<n>,PQ<m>` (the paper: 4096 centroids, 64-byte codes) beyond the budget. Any faiss factory
+string overrides it. Keys are never loaded all at once: IVF quantizers are trained on a sample and
+the index is filled in chunks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ADD_CHUNK = 65_536
+TRAIN_POINTS_PER_CENTROID = 40  # faiss warns below 39
+
+
+def choose_factory(n: int, dim: int, *, memory_budget_mb: int, flat_max_keys: int) -> str:
+    fits = n * dim * 4 <= memory_budget_mb * 2**20
+    if fits and n <= flat_max_keys:
+        return "Flat"
+    nlist = int(min(4096, max(16, 2 ** round(math.log2(4 * math.sqrt(n))))))
+    if fits:
+        return f"IVF{nlist},Flat"
+    m = max(d for d in range(1, min(64, dim) + 1) if dim % d == 0)
+    return f"IVF{nlist},PQ{m}"
+
+
+def build_index(
+    keys: np.ndarray, factory: str, path: Path, *, seed: int = 0, progress: Callable[[int], None] | None = None
+) -> None:
+    """Train (on a sample) and fill (in chunks) a faiss index over `keys` (N, D), write it to `path`."""
+    import faiss
+
+    n, dim = keys.shape
+    index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    if not index.is_trained:
+        nlist = faiss.extract_index_ivf(index).nlist if "IVF" in factory else 256
+        n_sample = min(n, max(nlist * TRAIN_POINTS_PER_CENTROID, 10_000))
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=n_sample, replace=False))
+        index.train(np.ascontiguousarray(keys[rows], dtype=np.float32))
+    for start in range(0, n, ADD_CHUNK):
+        chunk = np.ascontiguousarray(keys[start : start + ADD_CHUNK], dtype=np.float32)
+        index.add(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    tmp = path.with_suffix(".tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_index(path: Path):
+    import faiss
+
+    return faiss.read_index(str(path))
+
+
+def set_nprobe(index, nprobe: int | None, *, k: int) -> int | None:
+    """Set an IVF index's nprobe (None: enough lists to hold ~2k candidates, at least 8); returns it."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        return None
+    if nprobe is None:
+        per_list = max(1.0, index.ntotal / ivf.nlist)
+        nprobe = max(8, math.ceil(2 * k / per_list))
+    ivf.nprobe = min(nprobe, ivf.nlist)
+    return int(ivf.nprobe)

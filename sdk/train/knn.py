@@ -1,0 +1,126 @@
+"""Stage 4: kNN targets. For every datastore row (a training position), search its neighbours,
+remove the row itself *by id* (faiss returns ties, e.g. duplicated keys, in any order, so "drop
+the first result" as in the reference code can drop the wrong one), and turn squared L2 distances
+into p_kNN(v) = sum over neighbours with value v of softmax(-d / T). Stored sparse: the `support`
+most probable tokens per row, ids int32 (N, S) and probabilities float16 (N, S), zero-padded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def search(index, keys: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k+1 nearest neighbours of datastore rows `rows` (squared L2 distances, ids)."""
+    q = np.ascontiguousarray(keys[rows], dtype=np.float32)
+    return index.search(q, k + 1)
+
+
+def knn_sparse(
+    dists: np.ndarray, ids: np.ndarray, query_rows: np.ndarray, values: np.ndarray, *, k: int, temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """p_kNN per query as (tokens (B, K'), probabilities (B, K')), K' = neighbours searched, unused slots 0.
+
+    Self removed by id, the k nearest others kept, softmax(-d / T) over them, summed per token (a
+    sort and a segment sum over the neighbours: O(B * K) whatever the vocabulary size).
+    """
+    d = torch.as_tensor(np.asarray(dists, dtype=np.float64))
+    i = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    order = torch.argsort(d, dim=1, stable=True)  # do not trust faiss to sort ties or approximate results
+    d, i = d.gather(1, order), i.gather(1, order)
+    keep = (i != torch.as_tensor(query_rows, dtype=torch.int64)[:, None]) & (i >= 0)
+    keep &= torch.cumsum(keep.long(), dim=1) <= k  # the k nearest that are not the query itself
+    logits = torch.where(keep, -d / temperature, torch.tensor(-math.inf, dtype=d.dtype))
+    w = torch.nan_to_num(torch.softmax(logits, dim=1), nan=0.0)  # (B, K'); a row without neighbours is all 0
+    w = torch.where(keep, w, torch.zeros_like(w))
+    vals = torch.as_tensor(np.asarray(values)[np.clip(i.numpy(), 0, None)], dtype=torch.int64)
+    vals = torch.where(keep, vals, torch.full_like(vals, -1))
+    sv, perm = torch.sort(vals, dim=1, stable=True)
+    sw = w.gather(1, perm)
+    seg = torch.cumsum(torch.cat([torch.zeros_like(sv[:, :1]), (sv[:, 1:] != sv[:, :-1]).long()], 1), 1)
+    probs = torch.zeros_like(sw).scatter_add_(1, seg, sw)  # (B, K') one slot per distinct token
+    tokens = torch.zeros_like(sv).scatter_(1, seg, sv.clamp(min=0))
+    return tokens, probs
+
+
+def knn_distribution(
+    dists: np.ndarray, ids: np.ndarray, query_rows: np.ndarray, values: np.ndarray, *,
+    k: int, temperature: float, vocab_size: int,
+) -> torch.Tensor:
+    """Dense p_kNN (B, V) float64 (for checks and small vocabularies)."""
+    tokens, probs = knn_sparse(dists, ids, query_rows, values, k=k, temperature=temperature)
+    return torch.zeros(len(tokens), vocab_size, dtype=torch.float64).scatter_add_(1, tokens, probs)
+
+
+def sparsify(tokens: torch.Tensor, probs: torch.Tensor, support: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `support` most probable tokens (ids int32, probabilities float16), zero-padded."""
+    s = min(support, probs.shape[1])
+    top, where = torch.topk(probs, s, dim=1)
+    ids = tokens.gather(1, where)
+    ids = torch.where(top > 0, ids, torch.zeros_like(ids))
+    out_ids = np.zeros((len(ids), support), dtype=np.int32)
+    out_p = np.zeros((len(ids), support), dtype=np.float16)
+    out_ids[:, :s], out_p[:, :s] = ids.numpy(), top.numpy()
+    return out_ids, out_p
+
+
+def choose_temperature(
+    index, keys: np.ndarray, values: np.ndarray, *, k: int, vocab_size: int, sample: int = 2048, seed: int = 0
+) -> float:
+    """T maximising the leave-one-out likelihood of the true next token under p_kNN (smoothed with
+    1 % uniform so a miss is finite), on a sample of rows, over a grid around the distance scale."""
+    n = len(keys)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False))
+    dists, ids = search(index, keys, rows, k)
+    scale = float(np.median(np.clip(dists[:, 1:], 0, None))) or 1.0
+    truth = torch.as_tensor(np.asarray(values)[rows], dtype=torch.int64)
+    best, best_ll = scale, -math.inf
+    for t in scale * 2.0 ** np.arange(-8, 5):
+        tokens, probs = knn_sparse(dists, ids, rows, values, k=k, temperature=float(t))
+        p_true = (probs * (tokens == truth[:, None])).sum(1)
+        ll = torch.log(0.99 * p_true + 0.01 / vocab_size).mean().item()
+        if ll > best_ll:
+            best, best_ll = float(t), ll
+    return float(f"{best:.6g}")
+
+
+def build_targets(
+    index, keys: np.ndarray, values: np.ndarray, out: Path, *, k: int, temperature: float, vocab_size: int,
+    support: int, batch_size: int, progress: Callable[[int], None] | None = None,
+) -> None:
+    """Write ids.npy (N, S) int32 and probs.npy (N, S) float16 into `out`, resumable by batches."""
+    n = len(keys)
+    s = min(support, vocab_size)
+    ids_path, probs_path, progress_path = out / "ids.npy", out / "probs.npy", out / "progress.json"
+    if not ids_path.exists():
+        np.lib.format.open_memmap(ids_path, mode="w+", dtype=np.int32, shape=(n, s)).flush()
+        np.lib.format.open_memmap(probs_path, mode="w+", dtype=np.float16, shape=(n, s)).flush()
+    out_ids = np.load(ids_path, mmap_mode="r+")
+    out_probs = np.load(probs_path, mmap_mode="r+")
+    done = json.loads(progress_path.read_text())["rows_done"] if progress_path.exists() else 0
+    if progress is not None and done:
+        progress(done)
+    values_ram = np.asarray(values)
+    for start in range(done, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        dists, ids = search(index, keys, rows, k)
+        tokens, probs = knn_sparse(dists, ids, rows, values_ram, k=k, temperature=temperature)
+        out_ids[rows[0] : rows[-1] + 1], out_probs[rows[0] : rows[-1] + 1] = sparsify(tokens, probs, s)
+        out_ids.flush()
+        out_probs.flush()
+        tmp = progress_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"rows_done": int(rows[-1] + 1)}))
+        os.replace(tmp, progress_path)
+        if progress is not None:
+            progress(len(rows))
+
+
+def open_targets(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    return np.load(folder / "ids.npy", mmap_mode="r"), np.load(folder / "probs.npy", mmap_mode="r")

@@ -1,0 +1,40 @@
+"""Stage 7: the package folder. A standard Hugging Face model folder (config.json,
+model.safetensors, tokenizer files) plus `memreg.json`, a `PackageCard` that `memreg publish` reads.
+Written into a temporary sibling folder and moved into place last, so a crash leaves no half package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from memreg.schemas import PackageCard
+
+CARD_FILE = "memreg.json"
+
+
+def write_package(out: Path, *, model: Any, tokenizer: Any, card: dict[str, Any]) -> PackageCard:
+    """Write model + tokenizer + memreg.json to `out` (replacing it); returns the validated card."""
+    from memreg.registry.fingerprinting import fingerprint
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    card = {**card, "tokenizer": fingerprint(tmp).model_dump(mode="json")}
+    validated = PackageCard.model_validate(card)
+    (tmp / CARD_FILE).write_text(validated.model_dump_json(indent=2, exclude_none=True) + "\n")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    return validated

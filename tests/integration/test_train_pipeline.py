@@ -1,0 +1,120 @@
+"""`memreg train` end to end on tiny real models and real licence texts: a package that transformers
+opens and whose memreg.json validates; interrupted runs resume to the same weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("faiss")
+typer = pytest.importorskip("typer")
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
+
+from memreg.schemas import PackageCard  # noqa: E402
+from memreg.train import TrainConfig, TrainProgress, train  # noqa: E402
+
+_one_thread = single_thread_fixture()
+CORPUS = ["BSD", "Artistic", "Apache-2.0", "MPL-2.0", "CC0-1.0"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    make_tokenizer(root / "tok")
+    make_model(root / "teacher", "gpt2", tokenizer_from=root / "tok", hidden=48, seed=1)
+    make_model(root / "init", "gpt2", tokenizer_from=root / "tok", seed=2)
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for p in licence_texts(CORPUS):
+        shutil.copy(p, corpus / p.name)
+    (corpus / "notes-latin1.txt").write_bytes("Copyright \xa9 1999 \xc9cole".encode("latin-1"))
+    return root
+
+
+def test_cli_writes_a_package_transformers_opens(setup, tmp_path):
+    from typer.testing import CliRunner
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from memreg.cli.train import train as train_command
+
+    app = typer.Typer()
+    app.command()(train_command)
+    out = tmp_path / "law-memory"
+    args = [str(setup / "corpus"), "--teacher", str(setup / "teacher"), "--init", str(setup / "init"), "--out",
+            str(out), "--domain", "law", "--domain", "licences", "--k", "48", "--block-size", "32", "--steps", "20",
+            "--batch-size", "4", "--eval-fraction", "0.1", "--name", "law", "--version", "0.1.0", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 of 6 corpus files" in result.output and "notes-latin1.txt" in result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["k"] == 48 and summary["steps"] == 20 and summary["index"] == "Flat"
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).eos_token_id == model.config.eos_token_id
+    assert (out / "model.safetensors").is_file()
+    card = PackageCard.model_validate_json((out / "memreg.json").read_text())
+    assert card.name == "law" and card.domain.labels == ["law", "licences"]
+    assert card.tokenizer is not None and card.tokenizer.vocab_size == 400
+    t = card.training
+    assert t.k == 48 and t.steps == 20 and t.beta == 0.5 and t.corpus_digest.startswith("sha256:")
+    assert t.datastore_size == t.corpus_tokens - 1 and t.extra["skipped_files"] == 1
+    bases = [e.base for e in card.metrics.evaluations]
+    assert bases == [str(setup / "teacher"), str(setup / "init")]
+    for e in card.metrics.evaluations:
+        assert e.perplexity_with_memory <= e.perplexity_base and set(e.sweep) >= {"0", "1"}
+    assert card.metrics.recommended_weight is not None
+
+    # the same command again finds every stage cached and writes the same weights
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    # a bad setting is one line and a non-zero exit
+    bad = CliRunner().invoke(app, [*args[:-1], "--k", "999999", "--work-dir", str(tmp_path / "w2")])
+    assert bad.exit_code == 1 and "error: --k 999999 is larger than the datastore allows" in bad.output
+    assert "Traceback" not in bad.output
+
+
+class _CrashAt(TrainProgress):
+    """Raises once `stage` has advanced past `after` units: a kill in the middle of that stage."""
+
+    def __init__(self, stage: str, after: int) -> None:
+        self.target, self.after, self.current, self.done = stage, after, None, 0
+
+    def stage(self, name, *, total, unit, cached=False):
+        self.current, self.done = name, 0
+
+    def advance(self, n=1, **info):
+        self.done += n
+        if self.current == self.target and self.done > self.after:
+            raise KeyboardInterrupt(f"killed in {self.target}")
+
+
+def test_interrupted_stages_resume_to_the_same_artifacts(setup, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import memreg.train.datastore as ds
+
+    monkeypatch.setattr(ds, "FLUSH_EVERY_ROWS", 256)
+
+    def config(out: Path) -> TrainConfig:
+        return TrainConfig(corpus=[str(p) for p in licence_texts(CORPUS[:3])], teacher=str(setup / "teacher"),
+                           init=str(setup / "init"), out=out, block_size=32, k=32, steps=12, batch_size=4,
+                           checkpoint_every=5, search_batch_size=256, eval_fraction=0.1, seed=7)
+
+    straight = train(config(tmp_path / "a"))
+    for stage, after in (("datastore", 1000), ("knn targets", 1000), ("train", 7)):
+        with pytest.raises(KeyboardInterrupt, match=stage):
+            train(config(tmp_path / "b"), progress=_CrashAt(stage, after))
+    resumed = train(config(tmp_path / "b"))
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert straight.card.metrics == resumed.card.metrics
+    assert straight.temperature == resumed.temperature

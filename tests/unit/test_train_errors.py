@@ -1,0 +1,134 @@
+"""Bad input to `train`: each a one-line error that names the file or setting, before the slow stages."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("faiss")
+
+from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
+
+from memreg.train import TrainConfig, TrainProgress, train  # noqa: E402
+from memreg.train.errors import (CorpusTooSmallError, EmptyCorpusError, InvalidTrainSettingError,  # noqa: E402
+                                 MemregError, TokenizerMismatchError, WorkDirMismatchError)
+
+_one_thread = single_thread_fixture()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_tokenizer(root / "tok")
+    make_model(root / "teacher", "gpt2", tokenizer_from=root / "tok", seed=1)
+    make_model(root / "init", "gpt2", tokenizer_from=root / "tok", seed=2)
+    return root
+
+
+class _StopAt(TrainProgress):
+    def __init__(self, stage: str) -> None:
+        self.at, self.notes = stage, []
+
+    def stage(self, name, *, total, unit, cached=False):
+        if name == self.at:
+            raise KeyboardInterrupt(name)
+
+    def note(self, message, *, warning=False):
+        self.notes.append(message)
+
+
+def _config(models, tmp_path, corpus, **kw):
+    return TrainConfig(corpus=[str(c) for c in corpus], teacher=str(models / "teacher"), init=str(models / "init"),
+                       out=tmp_path / "pkg", block_size=32, steps=2, **kw)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert "\n" not in msg and isinstance(exc, MemregError)
+    return msg
+
+
+def test_empty_corpus(models, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "blank.txt").write_text("\n\n")
+    with pytest.raises(EmptyCorpusError) as e:
+        train(_config(models, tmp_path, [tmp_path / "empty"]))
+    assert "holds no text" in _one_line(e.value)
+
+
+def test_only_binary_files_is_empty_and_counts_them(models, tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x.txt").write_bytes(b"caf\xe9 au lait")
+    with pytest.raises(EmptyCorpusError, match="1 skipped"):
+        train(_config(models, tmp_path, [tmp_path / "c"]))
+
+
+def test_corpus_shorter_than_one_block(models, tmp_path):
+    (tmp_path / "short.txt").write_text(licence_texts(["BSD"])[0].read_text()[:30])  # ~20 tokens
+    with pytest.raises(CorpusTooSmallError, match="fewer than one block of 33.*--block-size") as e:
+        train(_config(models, tmp_path, [tmp_path / "short.txt"], eval_fraction=0))
+    _one_line(e.value)
+
+
+def test_k_larger_than_the_datastore(models, tmp_path):
+    bsd = licence_texts(["BSD"])[0]
+    with pytest.raises(InvalidTrainSettingError, match=r"--k 100000 is larger than the datastore allows") as e:
+        train(_config(models, tmp_path, [bsd], k=100_000, eval_fraction=0))
+    _one_line(e.value)
+
+
+def test_default_k_is_lowered_with_a_note(models, tmp_path):
+    (tmp_path / "part.txt").write_text(licence_texts(["BSD"])[0].read_text()[:700])  # ~500 tokens
+    progress = _StopAt("datastore")
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(models, tmp_path, [tmp_path / "part.txt"], eval_fraction=0), progress=progress)
+    assert any(n.startswith("k lowered from the paper's 1024 to ") for n in progress.notes), progress.notes
+
+
+def test_skipped_files_are_noted(models, tmp_path):
+    (tmp_path / "c").mkdir()
+    shutil.copy(licence_texts(["BSD"])[0], tmp_path / "c" / "BSD")
+    (tmp_path / "c" / "latin1.txt").write_bytes(b"caf\xe9")
+    progress = _StopAt("datastore")
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(models, tmp_path, [tmp_path / "c"]), progress=progress)
+    assert any("skipped 1 of 2 corpus files" in n and "latin1.txt" in n for n in progress.notes)
+
+
+def test_reused_work_dir_with_other_settings(models, tmp_path):
+    corpus = licence_texts(["BSD"])
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(models, tmp_path, corpus, beta=0.5), progress=_StopAt("datastore"))
+    with pytest.raises(WorkDirMismatchError, match=r"other settings: beta=0.5 \(now 0.9\)") as e:
+        train(_config(models, tmp_path, corpus, beta=0.9), progress=_StopAt("datastore"))
+    _one_line(e.value)
+    with pytest.raises(WorkDirMismatchError, match="another corpus"):
+        train(_config(models, tmp_path, licence_texts(["Artistic"]), beta=0.5), progress=_StopAt("datastore"))
+    with pytest.raises(KeyboardInterrupt):  # the same settings resume
+        train(_config(models, tmp_path, corpus, beta=0.5), progress=_StopAt("datastore"))
+
+
+def test_tokenizer_mismatch_is_refused_before_any_work(models, tmp_path):
+    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(tm.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train([str(p) for p in licence_texts()], trainers.BpeTrainer(vocab_size=350, special_tokens=["<pad>"],
+                                                                      show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<pad>").save_pretrained(tmp_path / "other")
+    make_model(tmp_path / "other-model", "gpt2", tokenizer_from=tmp_path / "other")
+    cfg = TrainConfig(corpus=[str(p) for p in licence_texts(["BSD"])], teacher=str(tmp_path / "other-model"),
+                      init=str(models / "init"), out=tmp_path / "pkg")
+    with pytest.raises(TokenizerMismatchError, match="teacher and init tokenizers differ") as e:
+        train(cfg)
+    _one_line(e.value)
+    assert not (tmp_path / "pkg.work").exists()
+
+
+def test_bad_block_size(models, tmp_path):
+    with pytest.raises(InvalidTrainSettingError, match="--block-size 4096 is longer than the teacher's context of 128"):
+        train(TrainConfig(corpus=[str(licence_texts(["BSD"])[0])], teacher=str(models / "teacher"),
+                          init=str(models / "init"), out=tmp_path / "p", block_size=4096))
