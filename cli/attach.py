@@ -1,0 +1,263 @@
+"""`memreg attach`, `memreg eval`, `memreg tune`: thin commands over `memreg.compose`.
+
+torch and transformers are imported inside the functions, so registering these commands costs
+nothing to `memreg list`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from memreg.cli.options import JsonOpt, RegistryOpt, StorageOpt, storage_options
+from memreg.cli.output import console, print_json, err_console
+
+BaseArg = Annotated[str, typer.Argument(help="Base model: a Hugging Face model folder or id (with its tokenizer).")]
+MemoriesArg = Annotated[
+    list[str],
+    typer.Argument(help="Memories: registry references (law, law@1.2.0, law:stable) or package folders, each REF[=WEIGHT]."),
+]
+DataOpt = Annotated[list[Path], typer.Option("--data", help="Held-out text files (repeatable); one document per file.")]
+ContextOpt = Annotated[int, typer.Option(help="Tokens each sliding window sees.")]
+StrideOpt = Annotated[Optional[int], typer.Option(help="Tokens each window advances (<= context). Default: context / 2.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Compose even when a tokenizer check fails (experts only).")]
+
+
+def _compose(base: str, specs: list[str], registry: str | None, options: list[str] | None, force: bool, **kw: Any):
+    from transformers.utils import logging as hf_logging
+
+    from memreg.compose import compose, parse_memory_spec
+
+    hf_logging.disable_progress_bar()  # memreg's output only; weights load in well under a second
+
+    refs, weights = [], []
+    for spec in specs:
+        ref, w = parse_memory_spec(spec)
+        refs.append(ref)
+        weights.append(w)
+    reg = None
+    if any(not Path(r).expanduser().is_dir() for r in refs):  # a registry is opened only when needed
+        from memreg.registry import Registry
+
+        reg = Registry.open(registry, storage_options=storage_options(options))
+    return compose(base, refs, weights, registry=reg, force=force, **kw)
+
+
+def _read_texts(files: list[Path]) -> list[str]:
+    texts = []
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is not a file: --data/--eval take text files")
+        texts.append(f.read_text(errors="replace"))
+    return texts
+
+
+def _ppl(lp) -> float:
+    from memreg.evaluate import perplexity
+
+    return perplexity(lp)
+
+
+def _weights_str(names: list[str], weights: list[float]) -> str:
+    return ", ".join(f"{n}={w:.3g}" for n, w in zip(names, weights))
+
+
+def attach(
+    base: BaseArg,
+    memories: MemoriesArg,
+    prompt: Annotated[Optional[str], typer.Option(help="Text to continue; the output streams as it is generated.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 50,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: keep the smallest set with this much probability.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens.")] = None,
+    beams: Annotated[int, typer.Option(help="Beam search with N beams (printed at the end).")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed for --sample.")] = None,
+    eval_files: Annotated[Optional[list[Path]], typer.Option("--eval", help="Text files: print perplexity of the base alone and composed.")] = None,
+    context: ContextOpt = 1024,
+    stride: StrideOpt = None,
+    force: ForceOpt = False,
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Attach memories to a base model: generate from --prompt, or compare perplexity with --eval."""
+    if prompt is None and not eval_files:
+        raise ValueError("nothing to do: give --prompt TEXT to generate or --eval FILES to score")
+    model = _compose(base, memories, registry, storage_option, force)
+    if eval_files:
+        from memreg.compose import member_target_log_probs
+        from memreg.evaluate import mixture_log_probs
+
+        lps = member_target_log_probs(model, _read_texts(eval_files), context=context, stride=stride or max(1, context // 2))
+        row = {
+            "tokens": int(lps[0].size),
+            "weights": dict(zip(model.names, model.weights)),
+            "perplexity_base": _ppl(lps[0]),
+            "perplexity_composed": _ppl(mixture_log_probs(lps[0], lps[1:], model.member_weights)),
+        }
+        if json_:
+            print_json(row)
+        else:
+            console.print(f"base alone: perplexity {row['perplexity_base']:.2f}")
+            console.print(f"composed ({_weights_str(model.names, model.weights)}): "
+                          f"perplexity {row['perplexity_composed']:.2f}  ({row['tokens']} tokens)")
+    if prompt is not None:
+        _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_)
+
+
+def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_) -> None:
+    import torch
+    from transformers import TextStreamer
+
+    tok = model.tokenizer
+    enc = tok([prompt], return_tensors="pt")
+    if seed is not None:
+        torch.manual_seed(seed)
+    stream = beams == 1 and not json_
+    out = model.generate(
+        enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
+        temperature=temperature, top_p=top_p, top_k=top_k, num_beams=beams,
+        streamer=TextStreamer(tok, skip_prompt=False, skip_special_tokens=True) if stream else None,
+    )
+    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    if json_:
+        print_json({"prompt": prompt, "completion": text, "weights": dict(zip(model.names, model.weights))})
+    elif not stream:
+        console.print(prompt + text, markup=False)
+
+
+def eval_cmd(
+    base: BaseArg,
+    data: DataOpt,
+    memory: Annotated[Optional[list[str]], typer.Option("--memory", "-m", help="Memory REF[=WEIGHT], repeatable.")] = None,
+    context: ContextOpt = 1024,
+    stride: StrideOpt = None,
+    sweep: Annotated[bool, typer.Option("--sweep", help="Perplexity at weights 0, 0.05, …, 1 of each memory alone.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="With --sweep: write perplexity against weight to this image.")] = None,
+    fit: Annotated[bool, typer.Option("--fit-weights", help="Fit the memory weights by EM and report them.")] = False,
+    force: ForceOpt = False,
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Held-out perplexity of a base, alone and with memories (sliding window)."""
+    from memreg.compose import fit_weights, member_target_log_probs
+    from memreg.evaluate import mixture_log_probs, weight_sweep
+
+    memory = memory or []
+    if plot is not None and not sweep:
+        raise ValueError("--plot draws the weight sweep: add --sweep")
+    # weights left out are taken from manifests; with --sweep/--fit-weights they need not exist
+    specs = memory if not (sweep or fit) else [s if "=" in s else f"{s}=0" for s in memory]
+    model = _compose(base, specs, registry, storage_option, force)
+    lps = member_target_log_probs(model, _read_texts(data), context=context, stride=stride or max(1, context // 2))
+    base_lp, mem_lps = lps[0], lps[1:]
+    result: dict[str, Any] = {"tokens": int(base_lp.size), "perplexity_base": _ppl(base_lp)}
+    if memory and not (sweep or fit) or any("=" in s for s in memory):
+        result["weights"] = dict(zip(model.names, model.weights))
+        result["perplexity_composed"] = _ppl(mixture_log_probs(base_lp, mem_lps, model.member_weights))
+    if fit and memory:
+        fitted = fit_weights(lps)
+        named = _per_memory(model, fitted.weights)
+        result["fitted_weights"] = dict(zip(model.names, named))
+        result["perplexity_fitted"] = fitted.perplexity
+    if sweep and memory:
+        distinct = [model.names[model.member_of_memory.index(j)] for j in range(1, len(model.members))]
+        result["sweep"] = {name: weight_sweep(base_lp, lp) for name, lp in zip(distinct, mem_lps)}
+        if plot is not None:
+            _plot(result["sweep"], result["perplexity_base"], plot)
+            result["plot"] = str(plot)
+    if json_:
+        print_json(result)
+        return
+    _print_eval(result)
+
+
+def _per_memory(model, distinct_weights: list[float]) -> list[float]:
+    counts = [model.member_of_memory.count(j) for j in range(len(model.members))]
+    return [distinct_weights[j - 1] / counts[j] for j in model.member_of_memory]
+
+
+def _print_eval(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table("model", "weights", "perplexity")
+    table.add_row("base alone", "-", f"{result['perplexity_base']:.2f}")
+    if "perplexity_composed" in result:
+        table.add_row("composed", _fmt(result["weights"]), f"{result['perplexity_composed']:.2f}")
+    if "perplexity_fitted" in result:
+        table.add_row("fitted (EM)", _fmt(result["fitted_weights"]), f"{result['perplexity_fitted']:.2f}")
+    for name, curve in result.get("sweep", {}).items():
+        best = min(curve, key=curve.get)
+        table.add_row(f"sweep {name}: best", f"{name}={best:.2f}", f"{curve[best]:.2f}")
+    console.print(table)
+    console.print(f"{result['tokens']} tokens scored" + (f"; plot written to {result['plot']}" if "plot" in result else ""))
+
+
+def _fmt(weights: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3g}" for k, v in weights.items())
+
+
+def _plot(sweeps: dict[str, dict[float, float]], base_ppl: float, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in sweeps.items():
+        ax.plot(list(curve), list(curve.values()), marker="o", ms=3, label=name)
+    ax.axhline(base_ppl, color="grey", ls="--", lw=1, label="base alone")
+    ax.set_xlabel("memory weight")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def tune(
+    base: BaseArg,
+    memories: MemoriesArg,
+    data: DataOpt,
+    context: ContextOpt = 1024,
+    stride: StrideOpt = None,
+    force: ForceOpt = False,
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Fit the memory weights by EM on held-out text and print them."""
+    from memreg.compose import fit_weights
+
+    specs = [s if "=" in s else f"{s}=0" for s in memories]  # the weights are what we fit
+    model = _compose(base, specs, registry, storage_option, force)
+    fitted = fit_weights(model, _read_texts(data), context=context, stride=stride or max(1, context // 2))
+    result = {
+        "weights": dict(zip(model.names, fitted.weights)),
+        "base_weight": fitted.base_weight,
+        "perplexity_base": fitted.base_perplexity,
+        "perplexity_fitted": fitted.perplexity,
+        "tokens": fitted.tokens,
+        "iterations": fitted.iterations,
+        "converged": fitted.converged,
+    }
+    if json_:
+        print_json(result)
+        return
+    for name, w in result["weights"].items():
+        console.print(f"{name}\t{w:.4f}")
+    console.print(
+        f"base gets {fitted.base_weight:.4f}; perplexity {fitted.base_perplexity:.2f} -> {fitted.perplexity:.2f} "
+        f"on {fitted.tokens} tokens"
+        + ("" if fitted.converged else f" (EM stopped after {fitted.iterations} iterations before converging)")
+    )
+    if not math.isfinite(fitted.perplexity):
+        err_console.print("warning: a member gives probability 0 to some held-out token")

@@ -1,0 +1,276 @@
+"""Decoding for `ComposedLM`: greedy, sampling and beam search over left-padded batches.
+
+Why an own loop rather than transformers' `GenerationMixin.generate`: the latter drives the model
+through internals that change between releases (cache keyword names, cache classes, position
+bookkeeping), and a mixture has one cache per member. This loop calls only `ComposedLM.forward`,
+and reuses transformers' public pieces: `LogitsProcessorList` and its warpers (temperature,
+top-k, top-p) and the streamer protocol (`TextStreamer`: `put` the prompt, then each token,
+then `end`). Keyword names and defaults follow `generate` (except `top_k`, off unless given).
+
+Shapes: B prompts, L prompt length (left-padded), V vocabulary, N beams.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from memreg.composed import ComposedLM
+
+
+@dataclass
+class GenerateOutput:
+    """`return_dict_in_generate=True`: sequences (B*R, L+new), per-step scores (B*N, V), beam scores (B*R,)."""
+
+    sequences: torch.Tensor
+    scores: tuple[torch.Tensor, ...] | None = None
+    sequences_scores: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _token_ids(value: int | Sequence[int] | None) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def _special_ids(model: ComposedLM) -> tuple[list[int], int | None]:
+    tok = model.tokenizer
+    eos = getattr(tok, "eos_token_id", None) if tok is not None else None
+    pad = getattr(tok, "pad_token_id", None) if tok is not None else None
+    cfg = getattr(model.base, "generation_config", None) or getattr(model.base, "config", None)
+    if eos is None and cfg is not None:
+        eos = getattr(cfg, "eos_token_id", None)
+    if pad is None and cfg is not None:
+        pad = getattr(cfg, "pad_token_id", None)
+    return _token_ids(eos), pad
+
+
+def _processors(
+    logits_processor: Any, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None
+):
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    procs = LogitsProcessorList(list(logits_processor or []))
+    if do_sample:
+        if temperature is not None and temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            procs.append(TopKLogitsWarper(int(top_k)))
+        if top_p is not None and top_p < 1.0:
+            procs.append(TopPLogitsWarper(float(top_p)))
+    return procs
+
+
+@torch.no_grad()
+def generate(
+    model: ComposedLM,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 20,
+    max_length: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    num_beams: int = 1,
+    num_return_sequences: int = 1,
+    length_penalty: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    streamer: Any = None,
+    logits_processor: Any = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    output_scores: bool = False,
+    return_dict_in_generate: bool = False,
+    **unknown: Any,
+) -> torch.Tensor | GenerateOutput:
+    """Continue left-padded prompts `input_ids` (B, L); returns (B * num_return_sequences, L + new)."""
+    if unknown:
+        raise TypeError(f"generate() got unsupported arguments: {', '.join(sorted(unknown))}")
+    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError("generate() needs input_ids of shape (batch, length) with at least one token")
+    if temperature is not None and temperature <= 0:
+        raise ValueError(f"temperature {temperature} must be > 0 (for greedy decoding use do_sample=False)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p {top_p} must be in (0, 1]")
+    if num_beams < 1 or num_return_sequences < 1:
+        raise ValueError("num_beams and num_return_sequences must be at least 1")
+    if max_length is not None:
+        max_new_tokens = max_length - input_ids.shape[1]
+    device = model.device
+    input_ids = input_ids.to(device)
+    mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).to(device).long()
+    eos, pad = _special_ids(model)
+    if eos_token_id is not None:
+        eos = _token_ids(eos_token_id)
+    if pad_token_id is not None:
+        pad = pad_token_id
+    if pad is None:
+        pad = eos[0] if eos else 0
+    procs = _processors(logits_processor, do_sample, temperature, top_k, top_p)
+    if num_beams > 1:
+        if do_sample:
+            raise ValueError("beam search with sampling is not supported: use num_beams=1 with do_sample=True")
+        if streamer is not None:
+            raise ValueError("a streamer needs num_beams=1: beams are only decided at the end")
+        if num_return_sequences > num_beams:
+            raise ValueError(f"num_return_sequences {num_return_sequences} cannot exceed num_beams {num_beams}")
+        return _beam_search(
+            model, input_ids, mask, max_new_tokens, num_beams, num_return_sequences, length_penalty,
+            eos, pad, procs, use_cache, output_scores, return_dict_in_generate,
+        )
+    if num_return_sequences > 1:
+        if not do_sample:
+            raise ValueError("greedy decoding gives one sequence per prompt: use do_sample=True or num_beams")
+        input_ids = input_ids.repeat_interleave(num_return_sequences, 0)
+        mask = mask.repeat_interleave(num_return_sequences, 0)
+    return _sample(
+        model, input_ids, mask, max_new_tokens, do_sample, eos, pad, procs, streamer, generator,
+        use_cache, output_scores, return_dict_in_generate,
+    )
+
+
+class _Stepper:
+    """Feeds the growing sequences to the model, with or without the members' caches."""
+
+    def __init__(self, model: ComposedLM, use_cache: bool) -> None:
+        self.model, self.use_cache, self.cache = model, use_cache, None
+
+    def first(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(ids, mask, use_cache=self.use_cache)
+        self.cache = out.cache
+        return out.logits[:, -1]  # (B, V)
+
+    def next(self, ids: torch.Tensor, mask: torch.Tensor, reorder: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.use_cache:
+            return self.model(ids, mask).logits[:, -1]
+        if reorder is not None:
+            self.cache.reorder(reorder)
+        out = self.model(ids[:, -1:], mask, cache=self.cache, use_cache=True)
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+
+def _sample(model, ids, mask, max_new, do_sample, eos, pad, procs, streamer, generator, use_cache, output_scores, as_dict):
+    stepper = _Stepper(model, use_cache)
+    eos_t = torch.tensor(eos, device=ids.device, dtype=torch.long)
+    unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+    scores: list[torch.Tensor] = []
+    if streamer is not None:
+        streamer.put(ids.cpu())
+    logp = stepper.first(ids, mask) if max_new > 0 else None
+    for step in range(max_new):
+        step_scores = procs(ids, logp)  # (B, V)
+        if output_scores:
+            scores.append(step_scores)
+        if do_sample:
+            probs = torch.softmax(step_scores.double(), dim=-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            tok = step_scores.argmax(dim=-1)
+        tok = torch.where(unfinished, tok, torch.full_like(tok, pad))
+        ids = torch.cat([ids, tok[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if streamer is not None:
+            streamer.put(tok.cpu())
+        if eos:
+            unfinished &= ~torch.isin(tok, eos_t)
+        if step == max_new - 1 or not unfinished.any():
+            break
+        logp = stepper.next(ids, mask)
+    if streamer is not None:
+        streamer.end()
+    if as_dict:
+        return GenerateOutput(ids, tuple(scores) if output_scores else None)
+    return ids
+
+
+def _beam_search(model, ids, mask, max_new, nb, n_ret, length_penalty, eos, pad, procs, use_cache, output_scores, as_dict):
+    """Beam search as transformers does it: 2N candidates per prompt, finished hypotheses scored
+    sum(log p) / generated_length ** length_penalty, stop when no running beam can beat the N-th best."""
+    b, prompt_len = ids.shape
+    ids = ids.repeat_interleave(nb, 0)  # (B*N, L)
+    mask = mask.repeat_interleave(nb, 0)
+    stepper = _Stepper(model, use_cache)
+    beam_scores = torch.zeros(b, nb, dtype=torch.float64, device=ids.device)
+    beam_scores[:, 1:] = -math.inf  # all beams start equal: keep one, or the first step repeats
+    beam_scores = beam_scores.view(-1)
+    hyps: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(b)]
+    done = [False] * b
+    eos_set = set(eos)
+    scores: list[torch.Tensor] = []
+    logp = stepper.first(ids, mask) if max_new > 0 else None
+    for step in range(max_new):
+        gen_len = step + 1
+        step_scores = procs(ids, logp)  # (B*N, V)
+        if output_scores:
+            scores.append(step_scores)
+        v = step_scores.shape[-1]
+        cand = (step_scores.double() + beam_scores[:, None]).view(b, nb * v)
+        top_scores, top_idx = cand.topk(2 * nb, dim=1)  # (B, 2N), sorted
+        src, tok = top_idx // v, top_idx % v
+        next_scores = torch.zeros(b, nb, dtype=torch.float64, device=ids.device)
+        next_tok = torch.full((b, nb), pad, dtype=torch.long, device=ids.device)
+        next_src = torch.zeros(b, nb, dtype=torch.long, device=ids.device)
+        for i in range(b):
+            if done[i]:
+                continue
+            k = 0
+            for rank in range(2 * nb):
+                s, t, r = float(top_scores[i, rank]), int(tok[i, rank]), int(src[i, rank])
+                if s == -math.inf:
+                    break
+                if t in eos_set:
+                    if rank < nb:  # an eos outside the top N does not end a hypothesis
+                        seq = torch.cat([ids[i * nb + r, prompt_len:], tok.new_tensor([t])])
+                        _add_hyp(hyps[i], nb, s / gen_len**length_penalty, seq)
+                    continue
+                next_scores[i, k], next_tok[i, k], next_src[i, k] = s, t, r
+                k += 1
+                if k == nb:
+                    break
+            best_running = float(next_scores[i, 0]) / gen_len**length_penalty
+            done[i] = len(hyps[i]) == nb and hyps[i][-1][0] >= best_running
+        beam_idx = (torch.arange(b, device=ids.device)[:, None] * nb + next_src).view(-1)
+        ids = torch.cat([ids[beam_idx], next_tok.view(-1, 1)], dim=1)
+        mask = torch.cat([mask[beam_idx], torch.ones_like(mask[:, :1])], dim=1)
+        beam_scores = next_scores.view(-1)
+        if all(done) or step == max_new - 1:
+            break
+        logp = stepper.next(ids, mask, reorder=beam_idx)
+    gen_len = ids.shape[1] - prompt_len
+    for i in range(b):
+        if not done[i]:
+            for j in range(nb):
+                _add_hyp(hyps[i], nb, float(beam_scores[i * nb + j]) / max(gen_len, 1) ** length_penalty,
+                         ids[i * nb + j, prompt_len:])
+    prompts = ids.view(b, nb, -1)[:, 0, :prompt_len]
+    best = [(i, h) for i in range(b) for h in hyps[i][:n_ret]]
+    width = max(len(seq) for _, (_, seq) in best) if best else 0
+    out = torch.full((len(best), prompt_len + width), pad, dtype=torch.long, device=ids.device)
+    for row, (i, (_, seq)) in enumerate(best):
+        out[row, :prompt_len] = prompts[i]
+        out[row, prompt_len : prompt_len + len(seq)] = seq
+    if as_dict:
+        seq_scores = torch.tensor([s for _, (s, _) in best], dtype=torch.float64)
+        return GenerateOutput(out, tuple(scores) if output_scores else None, seq_scores)
+    return out
+
+
+def _add_hyp(hyps: list[tuple[float, torch.Tensor]], nb: int, score: float, seq: torch.Tensor) -> None:
+    """Keep the N best finished hypotheses, best first."""
+    if len(hyps) == nb and score <= hyps[-1][0]:
+        return
+    hyps.append((score, seq.clone()))
+    hyps.sort(key=lambda h: -h[0])
+    del hyps[nb:]

@@ -1,0 +1,129 @@
+"""`memreg attach / eval / tune` end to end on tiny real models, package folders and a local registry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_lms import LICENSES, STDLIB, gpt2, llama, real_text, save_package, train_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attach")
+    tok = train_tokenizer(real_text(LICENSES))
+    v = len(tok)
+    base = save_package(gpt2(v, 0), tok, root / "base")
+    mem = save_package(llama(v, 1, rows=v + 3), tok, root / "law", recommended_weight=0.3, name="law")
+    other_tok = train_tokenizer(real_text(STDLIB), vocab_size=v)
+    other = save_package(gpt2(v, 5), other_tok, root / "pymem", recommended_weight=0.3, name="pymem")
+    data = root / "held.txt"
+    data.write_text(Path(LICENSES[1]).read_text()[:1200])
+    from memreg.registry import Registry
+
+    reg = Registry.init(str(root / "registry"))
+    reg.publish(mem)
+    reg.publish(other)
+    return {"root": root, "base": str(base), "mem": str(mem), "other": str(other), "data": str(data),
+            "registry": str(root / "registry"), "tok": tok}
+
+
+def memreg(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    from memreg.cli.main import run
+
+    monkeypatch.setattr(sys, "argv", ["memreg", *args])
+    try:
+        run()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_attach_streams_a_completion_from_a_registry_memory(world, monkeypatch, capsys):
+    prompt = "Everyone is permitted to copy"
+    code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], "law@1.0.0", "--registry", world["registry"],
+                            "--prompt", prompt, "--max-new-tokens", "8")
+    assert code == 0, err
+    assert out.startswith(prompt) and len(out.strip()) > len(prompt)
+
+
+def test_attach_with_beams_and_sampling(world, monkeypatch, capsys):
+    code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"] + "=0.5", "--prompt", "The licence",
+                            "--max-new-tokens", "5", "--beams", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["weights"] == {"law@1.0.0 (" + world["mem"] + ")": 0.5}
+    args = ["attach", world["base"], world["mem"], "--prompt", "The licence", "--max-new-tokens", "6",
+            "--sample", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3", "--json"]
+    first = memreg(monkeypatch, capsys, *args)
+    again = memreg(monkeypatch, capsys, *args)
+    assert first[0] == 0 and json.loads(first[1])["completion"] == json.loads(again[1])["completion"]
+
+
+def test_attach_eval_prints_base_and_composed_perplexity(world, monkeypatch, capsys):
+    code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"], "--eval", world["data"],
+                            "--context", "64", "--stride", "32", "--json")
+    assert code == 0, err
+    row = json.loads(out)
+    from memreg.compose import compose, member_target_log_probs
+    from memreg.evaluate import mixture_perplexity, perplexity
+
+    model = compose(world["base"], [world["mem"]])
+    lps = member_target_log_probs(model, [Path(world["data"]).read_text()], context=64, stride=32)
+    assert row["perplexity_base"] == pytest.approx(perplexity(lps[0]), rel=1e-9)
+    assert row["perplexity_composed"] == pytest.approx(mixture_perplexity(lps[0], lps[1:], [0.3]), rel=1e-9)
+    code, out, _ = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"], "--eval", world["data"],
+                          "--context", "64", "--stride", "32")
+    assert code == 0 and "base alone" in out and "composed" in out
+
+
+def test_eval_sweep_plot_and_fit(world, monkeypatch, capsys):
+    plot = world["root"] / "sweep.png"
+    code, out, err = memreg(monkeypatch, capsys, "eval", world["base"], "--memory", world["mem"], "--data", world["data"],
+                            "--context", "64", "--stride", "32", "--sweep", "--plot", str(plot), "--fit-weights", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert plot.stat().st_size > 0
+    (curve,) = res["sweep"].values()
+    assert len(curve) == 21
+    assert res["perplexity_fitted"] <= min(curve.values()) * (1 + 1e-9)
+    code, out, err = memreg(monkeypatch, capsys, "eval", world["base"], "--data", world["data"], "--context", "64")
+    assert code == 0 and "base alone" in out
+
+
+def test_tune_prints_fitted_weights(world, monkeypatch, capsys):
+    code, out, err = memreg(monkeypatch, capsys, "tune", world["base"], "law", "--registry", world["registry"],
+                            "--data", world["data"], "--context", "64", "--stride", "32", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    (w,) = res["weights"].values()
+    assert 0 <= w <= 1 and res["converged"]
+    assert res["perplexity_fitted"] <= res["perplexity_base"] * (1 + 1e-9)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("{mem}=1.5", "1.5"),
+        ("{mem}=-0.2", "-0.2"),
+        ("{mem}=heavy", "'heavy'"),
+        ("{other}", "different tokenizer"),
+        ("pymem@1.0.0", "different tokenizer"),
+        ("./no-such-folder", "not a package folder"),
+        ("Bad_Name", "not a valid name"),
+    ],
+)
+def test_errors_are_one_line(world, monkeypatch, capsys, spec, expected):
+    spec = spec.format(mem=world["mem"], other=world["other"])
+    code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], spec, "--registry", world["registry"],
+                            "--prompt", "x", "--max-new-tokens", "2")
+    assert code != 0
+    assert err.startswith("error:") and err.count("\n") == 1 and expected in err, err

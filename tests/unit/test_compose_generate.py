@@ -1,0 +1,145 @@
+"""ComposedLM.generate: padded batches decode like single prompts; sampling is seeded; streaming works."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_lms import LICENSES, gpt2, llama, real_text, train_tokenizer  # noqa: E402
+
+from memreg.compose import compose  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(real_text(LICENSES))
+
+
+@pytest.fixture(scope="module")
+def composed(tok):
+    v = len(tok)
+    return compose(gpt2(v, 0), [(llama(v, 1, rows=v + 5), tok), (gpt2(v, 2, layers=1), tok)], [0.35, 0.25], tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    text = Path(LICENSES[-1]).read_text()
+    return [text[100:140], text[500:515], text[900:990]]
+
+
+def _strip(seq: torch.Tensor, pad: int, prompt_len: int) -> list[int]:
+    """Generated ids without the trailing pads (prompt dropped)."""
+    out = seq[prompt_len:].tolist()
+    while out and out[-1] == pad:
+        out.pop()
+    return out
+
+
+def _one_by_one(composed, tok, prompts, **kw):
+    rows = []
+    for p in prompts:
+        enc = tok([p], return_tensors="pt")
+        out = composed.generate(enc["input_ids"], enc["attention_mask"], return_dict_in_generate=True, **kw)
+        rows.append((out, enc["input_ids"].shape[1]))
+    return rows
+
+
+def test_greedy_padded_batch_equals_one_by_one(composed, tok, prompts):
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    assert (enc["attention_mask"] == 0).any()  # really padded
+    kw = dict(max_new_tokens=8, output_scores=True)
+    batch = composed.generate(enc["input_ids"], enc["attention_mask"], return_dict_in_generate=True, **kw)
+    width = enc["input_ids"].shape[1]
+    pad = tok.pad_token_id
+    for i, (single, plen) in enumerate(_one_by_one(composed, tok, prompts, **kw)):
+        assert _strip(batch.sequences[i], pad, width) == _strip(single.sequences[0], pad, plen)
+        for step, s in enumerate(single.scores):
+            tok_id = single.sequences[0, plen + step]
+            torch.testing.assert_close(batch.scores[step][i, tok_id], s[0, tok_id], rtol=1e-5, atol=1e-9)
+
+
+def test_beam_padded_batch_equals_one_by_one(composed, tok, prompts):
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    kw = dict(max_new_tokens=6, num_beams=3, num_return_sequences=2)
+    batch = composed.generate(enc["input_ids"], enc["attention_mask"], return_dict_in_generate=True, **kw)
+    width = enc["input_ids"].shape[1]
+    pad = tok.pad_token_id
+    assert batch.sequences.shape[0] == 2 * len(prompts)
+    for i, (single, plen) in enumerate(_one_by_one(composed, tok, prompts, **kw)):
+        for r in range(2):
+            assert _strip(batch.sequences[2 * i + r], pad, width) == _strip(single.sequences[r], pad, plen)
+            assert float(batch.sequences_scores[2 * i + r]) == pytest.approx(float(single.sequences_scores[r]), rel=1e-6)
+
+
+def test_beam_search_finds_at_least_the_greedy_score(composed, tok, prompts):
+    enc = tok(prompts[:1], return_tensors="pt")
+    n = 6
+    greedy = composed.generate(**enc, max_new_tokens=n)
+    beam = composed.generate(**enc, max_new_tokens=n, num_beams=4, return_dict_in_generate=True, length_penalty=0.0)
+
+    plen = enc["input_ids"].shape[1]
+
+    def score(seq):  # sum of log p over the generated tokens, up to and with the end token
+        gen = _strip(seq, tok.pad_token_id, plen)
+        seq = seq[: plen + len(gen)]
+        logp = composed(seq[None]).logits[0, :-1].gather(-1, seq[1:, None]).squeeze(-1)
+        return float(logp[-len(gen) :].sum())
+
+    with torch.no_grad():
+        assert score(beam.sequences[0]) >= score(greedy[0]) - 1e-9
+        assert float(beam.sequences_scores[0]) == pytest.approx(score(beam.sequences[0]), rel=1e-6)
+
+
+def test_sampling_with_a_fixed_seed_is_reproducible(composed, tok, prompts):
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    kw = dict(max_new_tokens=10, do_sample=True, temperature=0.8, top_k=40, top_p=0.9)
+    torch.manual_seed(1234)
+    a = composed.generate(**enc, **kw)
+    torch.manual_seed(1234)
+    b = composed.generate(**enc, **kw)
+    g = torch.Generator().manual_seed(99)
+    c = composed.generate(**enc, generator=g, **kw)
+    d = composed.generate(**enc, generator=torch.Generator().manual_seed(99), **kw)
+    assert torch.equal(a, b) and torch.equal(c, d)
+    assert not torch.equal(a, c)  # another seed draws other tokens (30 draws from wide distributions)
+
+
+def test_without_cache_gives_the_same_tokens(composed, tok, prompts):
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    a = composed.generate(**enc, max_new_tokens=5)
+    b = composed.generate(**enc, max_new_tokens=5, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_text_streamer_prints_the_generated_text(composed, tok, prompts, capsys):
+    from transformers import TextStreamer
+
+    enc = tok(prompts[:1], return_tensors="pt")
+    out = composed.generate(**enc, max_new_tokens=12, streamer=TextStreamer(tok, skip_prompt=True))
+    printed = capsys.readouterr().out
+    expected = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=False)
+    assert printed.strip() == expected.strip()
+    assert printed.strip()
+
+
+def test_eos_stops_and_pads(composed, tok, prompts):
+    enc = tok(prompts[:2], return_tensors="pt", padding=True, padding_side="left")
+    first = composed.generate(**enc, max_new_tokens=1)[:, -1]
+    eos = int(first[0])  # pretend the first row's next token is the end: that row stops at once
+    out = composed.generate(**enc, max_new_tokens=6, eos_token_id=eos, pad_token_id=1)
+    width = enc["input_ids"].shape[1]
+    assert out[0, width] == eos and (out[0, width + 1 :] == 1).all()
+
+
+def test_bad_arguments_are_refused(composed, tok, prompts):
+    enc = tok(prompts[:1], return_tensors="pt")
+    with pytest.raises(ValueError, match="temperature"):
+        composed.generate(**enc, do_sample=True, temperature=0)
+    with pytest.raises(TypeError, match="unsupported"):
+        composed.generate(**enc, penalty_alpha=0.6)
