@@ -1,0 +1,87 @@
+"""Registry format v1: the JSON Schema files match the models, refs follow the naming rules."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from memreg.registry.errors import InvalidReferenceError
+from memreg.registry.refs import parse_ref, version_key
+from memreg.schemas import FileEntry, Manifest, PackageCard
+from memreg.schemas.generate import main as generate_main
+from memreg.schemas.generate import render
+from memreg.schemas.v1 import NAME_PATTERN
+
+
+def test_json_schema_files_are_current():
+    assert generate_main(["--check"]) == 0, "run: python -m memreg.schemas.generate"
+
+
+def test_schema_check_detects_drift(tmp_path, monkeypatch):
+    import memreg.schemas.generate as gen
+
+    for name, text in render().items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(gen, "OUT", tmp_path)
+    assert gen.main(["--check"]) == 0
+    (tmp_path / "manifest.schema.json").write_text("{}")
+    assert gen.main(["--check"]) == 1
+
+
+def test_unknown_format_version_names_the_one_we_read():
+    with pytest.raises(ValidationError, match="format_version 2 is not supported: this memreg reads format 1"):
+        PackageCard.model_validate({"format_version": 2})
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../b", "a//b", "./a", "a\\b", ""])
+def test_file_entries_cannot_escape_the_package(path):
+    with pytest.raises(ValidationError, match="escapes the package folder|file path"):
+        FileEntry(path=path, digest="sha256:" + "0" * 64, size=1)
+
+
+def test_manifest_round_trip(tiny_package):
+    from memreg.registry.fingerprinting import fingerprint
+    from memreg.registry.package import model_info, scan_folder, sha256_file
+
+    files = scan_folder(tiny_package)
+    entries = [FileEntry(path=f.path, digest=sha256_file(f.local), size=f.size) for f in files]
+    m = Manifest(name="law", version="1.0.0", created_at=datetime.now(timezone.utc), memreg_version="0.1.0",
+                 tokenizer=fingerprint(tiny_package), model=model_info(tiny_package, entries))
+    assert Manifest.model_validate_json(m.model_dump_json()) == m
+    assert m.model.parameter_count == sum(p for p in [m.model.parameter_count]) > 0
+
+
+names = st.from_regex(NAME_PATTERN, fullmatch=True)
+versions = st.tuples(st.integers(0, 999), st.integers(0, 999), st.integers(0, 999)).map(lambda t: "%d.%d.%d" % t)
+
+
+@given(names, versions)
+def test_valid_refs_parse(name, version):
+    assert parse_ref(f"{name}@{version}").version == version
+    assert parse_ref(name).name == name
+    assert parse_ref(f"{name}:{name}").tag == name
+
+
+@given(st.text(min_size=1, max_size=70))
+def test_invalid_names_are_refused_with_the_rule(text):
+    if re.fullmatch(NAME_PATTERN, text) or any(c in text for c in "@:"):
+        return
+    with pytest.raises(InvalidReferenceError, match="is not a valid name: names are 1-64 characters"):
+        parse_ref(text)
+
+
+@settings(max_examples=200)
+@given(st.lists(versions, min_size=2, max_size=6, unique=True))
+def test_version_order_is_numeric(vs):
+    ordered = sorted(vs, key=version_key)
+    assert ordered == sorted(vs, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def test_prerelease_sorts_before_release():
+    assert sorted(["1.0.0", "1.0.0-rc.2", "1.0.0-rc.10", "1.0.0-alpha"], key=version_key) == \
+        ["1.0.0-alpha", "1.0.0-rc.2", "1.0.0-rc.10", "1.0.0"]
