@@ -7,6 +7,7 @@ nothing to `memreg list`.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -21,7 +22,7 @@ MemoriesArg = Annotated[
     typer.Argument(help="Memories: registry references (law, law@1.2.0, law:stable) or package folders, each REF[=WEIGHT]."),
 ]
 DataOpt = Annotated[list[Path], typer.Option("--data", help="Held-out text files (repeatable); one document per file.")]
-ContextOpt = Annotated[int, typer.Option(help="Tokens each sliding window sees.")]
+ContextOpt = Annotated[Optional[int], typer.Option(help="Tokens each sliding window sees. Default: the shortest context among the models, at most 1024.")]
 StrideOpt = Annotated[Optional[int], typer.Option(help="Tokens each window advances (<= context). Default: context / 2.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Compose even when a tokenizer check fails (experts only).")]
 
@@ -61,6 +62,15 @@ def _ppl(lp) -> float:
     return perplexity(lp)
 
 
+def _window(model, context: int | None, stride: int | None) -> dict[str, int]:
+    """Sliding-window sizes: a window never exceeds what every member's position table holds."""
+    if context is None:
+        limits = [getattr(m.config, "n_positions", None) or getattr(m.config, "max_position_embeddings", None)
+                  for m in model.members]
+        context = min([1024, *[int(x) for x in limits if x]])
+    return {"context": context, "stride": stride or max(1, context // 2)}
+
+
 def _weights_str(names: list[str], weights: list[float]) -> str:
     return ", ".join(f"{n}={w:.3g}" for n, w in zip(names, weights))
 
@@ -77,7 +87,7 @@ def attach(
     beams: Annotated[int, typer.Option(help="Beam search with N beams (printed at the end).")] = 1,
     seed: Annotated[Optional[int], typer.Option(help="Random seed for --sample.")] = None,
     eval_files: Annotated[Optional[list[Path]], typer.Option("--eval", help="Text files: print perplexity of the base alone and composed.")] = None,
-    context: ContextOpt = 1024,
+    context: ContextOpt = None,
     stride: StrideOpt = None,
     force: ForceOpt = False,
     registry: RegistryOpt = None,
@@ -92,7 +102,7 @@ def attach(
         from memreg.compose import member_target_log_probs
         from memreg.evaluate import mixture_log_probs
 
-        lps = member_target_log_probs(model, _read_texts(eval_files), context=context, stride=stride or max(1, context // 2))
+        lps = member_target_log_probs(model, _read_texts(eval_files), **_window(model, context, stride))
         row = {
             "tokens": int(lps[0].size),
             "weights": dict(zip(model.names, model.weights)),
@@ -134,7 +144,7 @@ def eval_cmd(
     base: BaseArg,
     data: DataOpt,
     memory: Annotated[Optional[list[str]], typer.Option("--memory", "-m", help="Memory REF[=WEIGHT], repeatable.")] = None,
-    context: ContextOpt = 1024,
+    context: ContextOpt = None,
     stride: StrideOpt = None,
     sweep: Annotated[bool, typer.Option("--sweep", help="Perplexity at weights 0, 0.05, …, 1 of each memory alone.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="With --sweep: write perplexity against weight to this image.")] = None,
@@ -154,7 +164,7 @@ def eval_cmd(
     # weights left out are taken from manifests; with --sweep/--fit-weights they need not exist
     specs = memory if not (sweep or fit) else [s if "=" in s else f"{s}=0" for s in memory]
     model = _compose(base, specs, registry, storage_option, force)
-    lps = member_target_log_probs(model, _read_texts(data), context=context, stride=stride or max(1, context // 2))
+    lps = member_target_log_probs(model, _read_texts(data), **_window(model, context, stride))
     base_lp, mem_lps = lps[0], lps[1:]
     result: dict[str, Any] = {"tokens": int(base_lp.size), "perplexity_base": _ppl(base_lp)}
     if memory and not (sweep or fit) or any("=" in s for s in memory):
@@ -227,19 +237,28 @@ def tune(
     base: BaseArg,
     memories: MemoriesArg,
     data: DataOpt,
-    context: ContextOpt = 1024,
+    context: ContextOpt = None,
     stride: StrideOpt = None,
     force: ForceOpt = False,
+    write: Annotated[Optional[str], typer.Option("--write", metavar="VERSION", help="Publish the memory again as VERSION (same weights, no re-upload) with the fitted weight as its recommended weight; one memory only.")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="With --write: also point these tags at the new version, repeatable.")] = None,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Fit the memory weights by EM on held-out text and print them."""
+    """Fit the memory weights by EM on held-out text and print them; --write VERSION publishes a new
+    version of the memory whose manifest recommends the fitted weight."""
     from memreg.compose import fit_weights
 
+    if write is not None:
+        from memreg.registry.refs import check_version
+
+        if len(memories) != 1:
+            raise ValueError(f"--write publishes one memory's fitted weight; {len(memories)} memories were given: tune them one at a time")
+        check_version(write)
     specs = [s if "=" in s else f"{s}=0" for s in memories]  # the weights are what we fit
     model = _compose(base, specs, registry, storage_option, force)
-    fitted = fit_weights(model, _read_texts(data), context=context, stride=stride or max(1, context // 2))
+    fitted = fit_weights(model, _read_texts(data), **_window(model, context, stride))
     result = {
         "weights": dict(zip(model.names, fitted.weights)),
         "base_weight": fitted.base_weight,
@@ -249,9 +268,15 @@ def tune(
         "iterations": fitted.iterations,
         "converged": fitted.converged,
     }
+    if write is not None:
+        result["written"] = _write_version(write, memories[0], base, data, fitted, tag or [], registry, storage_option)
     if json_:
         print_json(result)
         return
+    if "written" in result:
+        w = result["written"]
+        console.print(f"published {w['ref']} to {w['registry']} with recommended weight {w['recommended_weight']:.4f} "
+                      f"({w['uploaded']} blobs uploaded, {w['skipped']} already there)")
     for name, w in result["weights"].items():
         console.print(f"{name}\t{w:.4f}")
     console.print(
@@ -261,3 +286,54 @@ def tune(
     )
     if not math.isfinite(fitted.perplexity):
         err_console.print("warning: a member gives probability 0 to some held-out token")
+
+
+def _write_version(version: str, spec: str, base: str, data: list[Path], fitted, tags: list[str],
+                   registry: str | None, options: list[str] | None) -> dict[str, Any]:
+    """Publish `spec`'s package again as `version`, its card recommending the fitted weight.
+
+    The files are the pulled (or given) package's own, hard-linked into a staging folder next to
+    them, so the registry finds every blob by digest and uploads nothing but the manifest.
+    """
+    import shutil
+    import tempfile
+
+    from memreg.compose import parse_memory_spec
+    from memreg.registry import Registry
+    from memreg.registry.package import read_card, scan_folder
+    from memreg.schemas import BaseEvaluation
+
+    ref, _ = parse_memory_spec(spec)
+    reg = Registry.open(registry, storage_options=storage_options(options))
+    source = Path(ref).expanduser()
+    if not source.is_dir():
+        source = reg.pull(reg.resolve(ref).ref)
+    card = read_card(source)
+    if not card.name:
+        raise ValueError(f"{source} has no package name in its memreg.json: publish it once with a name first")
+    weight = float(fitted.weights[0])
+    evaluations = list(card.metrics.evaluations)
+    if math.isfinite(fitted.perplexity) and math.isfinite(fitted.base_perplexity):
+        evaluations.append(BaseEvaluation(
+            base=base, dataset="memreg tune (EM fit): " + ", ".join(str(f) for f in data), tokens=fitted.tokens,
+            perplexity_base=fitted.base_perplexity, perplexity_with_memory=fitted.perplexity, weight=weight))
+    metrics = card.metrics.model_copy(update={"recommended_weight": weight, "evaluations": evaluations})
+    new_card = card.model_copy(update={"version": version, "metrics": metrics})
+    try:  # next to the source, so that hard links work
+        staging = Path(tempfile.mkdtemp(prefix=".memreg-tune-", dir=source.parent))
+    except OSError:
+        staging = Path(tempfile.mkdtemp(prefix=".memreg-tune-"))
+    try:
+        for f in scan_folder(source):
+            target = staging / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f.local, target)
+            except OSError:
+                shutil.copyfile(f.local, target)
+        (staging / "memreg.json").write_text(new_card.model_dump_json(indent=2, exclude_none=True))
+        res = reg.publish(staging, name=card.name, version=version, tags=tags)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"ref": res.manifest.ref, "registry": reg.url, "recommended_weight": weight, "created": res.created,
+            "uploaded": res.uploaded, "skipped": res.skipped, "tags": sorted(res.tags)}

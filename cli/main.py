@@ -54,6 +54,12 @@ def run() -> None:
     """Console entry point: one-line errors (full traceback with MEMREG_DEBUG=1)."""
     from memreg.registry.errors import MemregError
 
+    # memreg draws its own bars and prints its own one-line notes: keep transformers' loading bars
+    # and advisory warnings (e.g. "sequence longer than the model's maximum" while tokenizing a
+    # whole corpus) off the terminal unless the user asked for them.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it
         if isinstance(rc, int) and rc:

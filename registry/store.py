@@ -113,6 +113,16 @@ class Store:
         """
         raise NotImplementedError
 
+    def _check_then_write(self, key: str, data: bytes, expected: str | None) -> None:
+        """Compare-and-swap for backends without conditional writes; atomic only under a lock."""
+        try:
+            current = _content_etag(self.read(key))
+        except FileNotFoundError:
+            current = None
+        if current != expected:
+            raise ConcurrentUpdateError(f"{key} changed while it was being updated")
+        self.fs.pipe_file(self._path(key), data)
+
     def delete(self, key: str) -> None:
         try:
             self.fs.rm_file(self._path(key))
@@ -219,13 +229,7 @@ class MemoryStore(Store):
 
     def swap(self, key: str, data: bytes, *, expected: str | None) -> None:
         with self._lock:
-            try:
-                current = _content_etag(self.read(key))
-            except FileNotFoundError:
-                current = None
-            if current != expected:
-                raise ConcurrentUpdateError(f"{key} changed while it was being updated")
-            self.fs.pipe_file(self._path(key), data)
+            self._check_then_write(key, data, expected)
 
 
 class S3Store(Store):
@@ -327,10 +331,4 @@ class GenericStore(Store):
         self.fs.pipe_file(self._path(key), data)
 
     def swap(self, key: str, data: bytes, *, expected: str | None) -> None:
-        try:
-            current = _content_etag(self.read(key))
-        except FileNotFoundError:
-            current = None
-        if current != expected:
-            raise ConcurrentUpdateError(f"{key} changed while it was being updated")
-        self.fs.pipe_file(self._path(key), data)
+        self._check_then_write(key, data, expected)  # not atomic across processes (see class doc)

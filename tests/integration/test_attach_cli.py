@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch  # a missing dependency must fail, not skip
+import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_lms import LICENSES, STDLIB, gpt2, llama, real_text, save_package, train_tokenizer  # noqa: E402
@@ -107,6 +107,45 @@ def test_tune_prints_fitted_weights(world, monkeypatch, capsys):
     (w,) = res["weights"].values()
     assert 0 <= w <= 1 and res["converged"]
     assert res["perplexity_fitted"] <= res["perplexity_base"] * (1 + 1e-9)
+
+
+def test_tune_write_publishes_a_new_version_recommending_the_fitted_weight(world, tmp_path, monkeypatch, capsys):
+    from memreg.registry import Registry
+
+    reg = Registry.init(str(tmp_path / "reg"))
+    reg.publish(world["mem"])  # law@1.0.0, recommended weight 0.3
+    blobs = sorted(p.name for p in (tmp_path / "reg").rglob("*") if p.is_file() and "blobs" in p.parts)
+    args = ["tune", world["base"], "law", "--registry", str(tmp_path / "reg"), "--data", world["data"],
+            "--context", "64", "--stride", "32"]
+    code, out, err = memreg(monkeypatch, capsys, *args, "--write", "1.1.0", "--tag", "tuned", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    (w,) = res["weights"].values()
+    assert res["written"]["ref"] == "law@1.1.0" and res["written"]["uploaded"] == 0 and res["written"]["created"]
+    assert res["written"]["recommended_weight"] == pytest.approx(w)
+
+    old, new = reg.manifest("law", "1.0.0"), reg.manifest("law", "1.1.0")
+    assert old.metrics.recommended_weight == 0.3  # the published version is untouched
+    assert new.metrics.recommended_weight == pytest.approx(w) and w != pytest.approx(0.3)
+    assert new.model.files == old.model.files and new.tokenizer == old.tokenizer and new.training == old.training
+    (fit,) = [e for e in new.metrics.evaluations if e.dataset.startswith("memreg tune")]
+    assert fit.weight == pytest.approx(w) and fit.base == world["base"] and fit.tokens == res["tokens"]
+    assert fit.perplexity_with_memory == pytest.approx(res["perplexity_fitted"])
+    assert sorted(p.name for p in (tmp_path / "reg").rglob("*") if p.is_file() and "blobs" in p.parts) == blobs
+    assert reg.tags("law")["tuned"] == "1.1.0"
+
+    # the new version's weight is what compose takes when none is given
+    from memreg.compose import compose
+
+    assert compose(world["base"], ["law@1.1.0"], registry=reg).weights == [pytest.approx(w)]
+    # versions are immutable: writing 1.0.0 again (other metrics) is refused, and so is a second memory
+    code, out, err = memreg(monkeypatch, capsys, *args, "--write", "1.0.0")
+    assert code == 1 and "already exists" in err and len(err.strip().splitlines()) == 1
+    code, out, err = memreg(monkeypatch, capsys, *args[:3], world["mem"], *args[3:], "--write", "1.2.0")
+    assert code == 1 and "one memory" in err
+    code, out, err = memreg(monkeypatch, capsys, *args, "--write", "v2")
+    assert code == 1 and "not a version" in err
+    assert reg.versions("law") == ["1.0.0", "1.1.0"]
 
 
 @pytest.mark.parametrize(

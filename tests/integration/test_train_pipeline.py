@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("faiss")
-typer = pytest.importorskip("typer")
+import torch  # a missing dependency must fail, not skip
+import faiss  # noqa: F401  (a missing dependency must fail, not skip)
+import typer  # a missing dependency must fail, not skip
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
 from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
@@ -118,3 +118,60 @@ def test_interrupted_stages_resume_to_the_same_artifacts(setup, tmp_path, monkey
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     assert straight.card.metrics == resumed.card.metrics
     assert straight.temperature == resumed.temperature
+
+
+class _Stages(TrainProgress):
+    def __init__(self) -> None:
+        self.seen: dict[str, bool] = {}
+
+    def stage(self, name, *, total, unit, cached=False):
+        self.seen[name] = cached
+
+
+def test_adapted_teacher_changes_the_keys_lowers_training_ce_and_is_cached(setup, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from memreg.train import corpus as corpus_mod
+    from memreg.train.datastore import open_datastore
+    from memreg.train.trainer import BlockBatches, mean_ce
+
+    def config(out: Path, steps: int) -> TrainConfig:
+        return TrainConfig(corpus=[str(p) for p in licence_texts(CORPUS[:2])], teacher=str(setup / "teacher"),
+                           init=str(setup / "init"), out=out, block_size=32, k=16, steps=3, batch_size=4,
+                           eval_fraction=0.1, seed=3, adapt_teacher_steps=steps, adapt_teacher_lr=3e-3)
+
+    plain = train(config(tmp_path / "plain", 0))
+    stages = _Stages()
+    adapted = train(config(tmp_path / "adapted", 25), progress=stages)
+    assert stages.seen["adapt teacher"] is False
+    assert plain.card.training.extra["teacher_adaptation"] is None
+    record = adapted.card.training.extra["teacher_adaptation"]
+    assert record["steps"] == 25 and record["split"] == "training"
+    assert record["train_ce_after"] < record["train_ce_before"]
+    for r in (plain, adapted):
+        assert r.card.training.extra["knn_effective_neighbours"] >= 1
+
+    (teacher_dir,) = adapted.work_dir.glob("teacher-*")
+    assert not list(plain.work_dir.glob("teacher-*"))  # off: no stage folder
+    keys_plain, values_plain = open_datastore(next(plain.work_dir.glob("datastore-*")))
+    keys_adapted, values_adapted = open_datastore(next(adapted.work_dir.glob("datastore-*")))
+    assert (values_plain == values_adapted).all() and keys_plain.shape == keys_adapted.shape
+    assert not (keys_plain == keys_adapted).all()
+
+    # CE on the training split, measured here independently of the pipeline's own record
+    (corpus_dir,) = adapted.work_dir.glob("corpus-*")
+    batches = BlockBatches(corpus_mod.TokenArray(corpus_dir, "train"), None, None, block_size=32, batch_size=4, seed=0)
+    micro = list(range(batches.micro_per_epoch))
+    ce = {name: mean_ce(AutoModelForCausalLM.from_pretrained(ref), batches, micro, vocab_size=400)
+          for name, ref in (("teacher", setup / "teacher"), ("adapted", teacher_dir / "final"))}
+    assert ce["adapted"] < ce["teacher"] - 0.05, ce
+
+    # a rerun finds the adapted teacher cached and does not retrain it
+    weights = teacher_dir / "final" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = _Stages()
+    train(config(tmp_path / "adapted", 25), progress=again)
+    assert again.seen["adapt teacher"] is True and weights.stat().st_mtime_ns == stamp
+    # another setting is another stage (and another work folder claim)
+    with pytest.raises(Exception, match="adapt_teacher_steps"):
+        train(config(tmp_path / "adapted", 26))

@@ -11,8 +11,8 @@ import pytest
 
 from memreg.evaluate import mixture_perplexity
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch  # a missing dependency must fail, not skip
+import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_lms import LICENSES, gpt2, llama, real_text, train_tokenizer  # noqa: E402

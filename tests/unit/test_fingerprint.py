@@ -24,8 +24,8 @@ from memreg.registry.errors import PackageError
 from memreg.registry.fingerprinting import COMPONENTS, Compatibility, check_compatible, fingerprint, load_vocab
 from memreg.schemas import TokenizerFingerprint
 
-tokenizers = pytest.importorskip("tokenizers")
-transformers = pytest.importorskip("transformers")
+import tokenizers  # a missing dependency must fail, not skip
+import transformers  # a missing dependency must fail, not skip
 
 VOCAB = 700
 EOS = "<|endoftext|>"

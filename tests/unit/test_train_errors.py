@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("faiss")
+import torch  # noqa: F401  (a missing dependency must fail, not skip)
+import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 
 from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
 
