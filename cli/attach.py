@@ -21,7 +21,7 @@ MemoriesArg = Annotated[
     list[str],
     typer.Argument(help="Memories: registry references (law, law@1.2.0, law:stable) or package folders, each REF[=WEIGHT]."),
 ]
-DataOpt = Annotated[list[Path], typer.Option("--data", help="Held-out text files (repeatable); one document per file.")]
+DataOpt = Annotated[list[Path], typer.Option("--data", help="Held-out text files or folders of them (repeatable); one document per file.")]
 ContextOpt = Annotated[Optional[int], typer.Option(help="Tokens each sliding window sees. Default: the shortest context among the models, at most 1024.")]
 StrideOpt = Annotated[Optional[int], typer.Option(help="Tokens each window advances (<= context). Default: context / 2.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Compose even when a tokenizer check fails (experts only).")]
@@ -47,13 +47,19 @@ def _compose(base: str, specs: list[str], registry: str | None, options: list[st
     return compose(base, refs, weights, registry=reg, force=force, **kw)
 
 
-def _read_texts(files: list[Path]) -> list[str]:
-    texts = []
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} is not a file: --data/--eval take text files")
-        texts.append(f.read_text(errors="replace"))
-    return texts
+def _read_texts(paths: list[Path]) -> list[str]:
+    """One document per file; a folder stands for the files directly in it, in name order."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(f for f in p.iterdir() if f.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p} is not a file or folder: --data/--eval take text files or folders of them")
+    if not files:
+        raise FileNotFoundError(f"no text files in {', '.join(map(str, paths))}")
+    return [f.read_text(errors="replace") for f in files]
 
 
 def _ppl(lp) -> float:

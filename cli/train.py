@@ -29,6 +29,8 @@ def train(
     lr: Annotated[float, typer.Option(help="peak AdamW learning rate")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="blocks per micro-batch")] = 8,
     grad_accum: Annotated[int, typer.Option(help="micro-batches per optimizer step")] = 1,
+    adapt_teacher_steps: Annotated[int, typer.Option(help="first fine-tune a copy of the teacher with CE on the training split for N steps (the paper's domain-adapted teacher); 0 = off")] = 0,
+    adapt_teacher_lr: Annotated[float, typer.Option(help="peak AdamW learning rate of --adapt-teacher-steps")] = 3e-4,
     eval_fraction: Annotated[float, typer.Option(help="share of the corpus held out (by document) for evaluation")] = 0.05,
     index: Annotated[str, typer.Option(help="'auto' or a faiss factory string: Flat, IVF1024,Flat, IVF4096,PQ64")] = "auto",
     seed: Annotated[int, typer.Option(help="seed of the split, the sampling and the training")] = 0,
@@ -42,7 +44,12 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON (no bars)")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Train a memory decoder on CORPUS and write a package folder that `memreg publish` takes."""
+    """Train a memory decoder on CORPUS and write a package folder that `memreg publish` takes.
+
+    Several processes (one machine or many): launch the same command with accelerate. On 2 CPU processes (accelerate's --cpu launcher starts one process without MPI, so use its torchrun launcher): accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no -m memreg train CORPUS --teacher BIG --init SMALL --out DIR. On GPUs: accelerate launch --num_processes N -m memreg train ... --device cuda (torchrun --nproc_per_node N -m memreg train ... works too).
+
+    The datastore is split across the processes; the teacher adaptation and the training are data parallel (gradients averaged, N times the blocks per step, so N times fewer steps per epoch); process 0 alone tokenizes, builds the index and the kNN targets, evaluates and writes the package.
+    """
     from pydantic import ValidationError
 
     from memreg.registry.errors import MemregError
@@ -54,7 +61,8 @@ def train(
             corpus=corpus, teacher=teacher, init=init, out=out, work_dir=work_dir, domain=domain or [], k=k,
             temperature=temperature if temperature == "auto" else _float("--temperature", temperature),
             beta=beta, block_size=block_size, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size,
-            grad_accum=grad_accum, eval_fraction=eval_fraction, index=index, seed=seed, device=device, name=name,
+            grad_accum=grad_accum, adapt_teacher_steps=adapt_teacher_steps, adapt_teacher_lr=adapt_teacher_lr,
+            eval_fraction=eval_fraction, index=index, seed=seed, device=device, name=name,
             version=version, description=description, language=language, license=license,
         )
         progress = _RichProgress(enabled=not (quiet or json_out))

@@ -99,14 +99,9 @@ def _has_tokenizer_files(folder: Path) -> bool:
 
 
 def _load_folder(folder: Path, dtype: Any = None) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
+    from memreg.models import load_causal_lm
 
-    # safetensors only (memory-mapped by transformers), never remote code
-    kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-    return model.eval()
+    return load_causal_lm(folder, dtype=dtype)  # safetensors (memory-mapped), never remote code
 
 
 def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memory:
@@ -295,13 +290,10 @@ def _base(base: Any, tokenizer: Any, dtype: Any) -> tuple[torch.nn.Module, Any, 
         if tokenizer is None and (folder := _tokenizer_folder_of(model)) is not None:
             tokenizer = _load_tokenizer(folder)
     else:
-        from transformers import AutoModelForCausalLM
+        from memreg.models import load_causal_lm
 
         name = os.fspath(base)
-        kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs).eval()
+        model = load_causal_lm(name, dtype=dtype)
         if tokenizer is None:
             tokenizer = _load_tokenizer(name)
     if isinstance(tokenizer, (str, os.PathLike)):

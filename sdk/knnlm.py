@@ -30,8 +30,9 @@ class KNNLM:
     @classmethod
     def from_work_dir(cls, work_dir: str | Path, *, device: str = "cpu", nprobe: int | None = None) -> "KNNLM":
         """Load the datastore, index and kNN settings of a finished (or past stage 4) `memreg train` run."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
+        from memreg.models import load_causal_lm
         from memreg.train.index import load_index, set_nprobe
 
         work = Path(work_dir)
@@ -41,7 +42,7 @@ class KNNLM:
         index = load_index(_one(work, "index") / "index.faiss")
         set_nprobe(index, nprobe if nprobe is not None else knn_meta.get("nprobe"), k=knn_meta["k"])
         return cls(
-            key_model=AutoModelForCausalLM.from_pretrained(teacher, trust_remote_code=False).to(device).eval(),
+            key_model=load_causal_lm(teacher, device=device),  # float32, as the datastore was built
             index=index,
             values=np.asarray(np.load(_one(work, "datastore") / "values.npy", mmap_mode="r")),
             k=int(knn_meta["k"]), temperature=float(knn_meta["temperature"]),

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # Settings that decide the artifacts of each stage (a stage's key also covers the stages before it).
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "corpus": ("eval_fraction", "seed"),
+    "teacher": ("teacher", "adapt_teacher_steps", "adapt_teacher_lr", "block_size", "batch_size", "seed"),
     "datastore": ("teacher", "block_size"),
     "index": ("index", "nprobe", "memory_budget_mb", "flat_max_keys"),
     "knn": ("k", "temperature", "knn_support"),
@@ -53,6 +54,9 @@ class TrainConfig(BaseModel):
     license: str | None = None
     # 1. corpus
     eval_fraction: float = Field(default=0.05, ge=0, lt=1)
+    # 1b. domain-adapted teacher (the paper's datastore comes from a teacher fine-tuned on the domain)
+    adapt_teacher_steps: int = Field(default=0, ge=0, description="fine-tune a copy of the teacher with CE on the training split for this many steps before the datastore; 0 = off")
+    adapt_teacher_lr: float = Field(default=3e-4, gt=0, description="peak AdamW learning rate of the teacher adaptation")
     # 2. datastore
     block_size: int | None = Field(default=None, ge=2, description="default: min(512, the models' context)")
     teacher_batch_size: int = Field(default=8, ge=1)
@@ -119,13 +123,19 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def stage_keys(config: TrainConfig, *, corpus_digest: str, tokenizer_digest: str, block_size: int) -> dict[str, str]:
-    """One key per stage: a hash of its own settings and of the key of the stage before it."""
+def stage_keys(config: TrainConfig, *, corpus_digest: str, tokenizer_digest: str, block_size: int,
+               world_size: int = 1) -> dict[str, str]:
+    """One key per stage: a hash of its own settings and of the key of the stage before it.
+    Data-parallel training over several processes takes larger steps: another key."""
     keys: dict[str, str] = {}
     previous = digest({"corpus": corpus_digest, "tokenizer": tokenizer_digest})
     for stage, names in STAGE_SETTINGS.items():
         own = {n: _jsonable(getattr(config, n)) for n in names}
-        if stage == "datastore":
+        if stage in ("teacher", "datastore"):
             own["block_size"] = block_size
+        if stage == "teacher" and not config.adapt_teacher_steps:  # off: the key does not depend on how it would run
+            own = {"teacher": own["teacher"], "adapt_teacher_steps": 0}
+        elif stage in ("teacher", "train") and world_size > 1:
+            own["world_size"] = world_size
         previous = keys[stage] = digest({"previous": previous, "stage": stage, **own})
     return keys

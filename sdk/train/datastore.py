@@ -116,7 +116,8 @@ def build_datastore(
     _barrier(world_size)
     keys = np.load(keys_path, mmap_mode="r+")
     values = np.load(values_path, mmap_mode="r+")
-    progress_path = out / f"progress-{rank}.json"
+    # a run resumed with another number of processes starts over (the batches are dealt differently)
+    progress_path = out / (f"progress-{rank}.json" if world_size == 1 else f"progress-{rank}-of-{world_size}.json")
     done = json.loads(progress_path.read_text())["batches_done"] if progress_path.exists() else 0
     model.eval().to(device)
     all_batches = list(_batches(blocks(len(tokens), block_size), batch_size))
@@ -157,10 +158,10 @@ def _hidden_size(model: torch.nn.Module) -> int:
 
 
 def _barrier(world_size: int) -> None:
-    if world_size > 1:
-        from accelerate import PartialState
+    if world_size > 1:  # the process group joined by memreg.train.distributed.Dist.from_env
+        import torch.distributed as dist
 
-        PartialState().wait_for_everyone()
+        dist.barrier()
 
 
 def _atomic_json(path: Path, obj: object) -> None:

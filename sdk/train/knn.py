@@ -25,6 +25,7 @@ def search(index, keys: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarra
 
 def knn_sparse(
     dists: np.ndarray, ids: np.ndarray, query_rows: np.ndarray, values: np.ndarray, *, k: int, temperature: float,
+    stats: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """p_kNN per query as (tokens (B, K'), probabilities (B, K')), K' = neighbours searched, unused slots 0.
 
@@ -47,7 +48,25 @@ def knn_sparse(
     seg = torch.cumsum(torch.cat([torch.zeros_like(sv[:, :1]), (sv[:, 1:] != sv[:, :-1]).long()], 1), 1)
     probs = torch.zeros_like(sw).scatter_add_(1, seg, sw)  # (B, K') one slot per distinct token
     tokens = torch.zeros_like(sv).scatter_(1, seg, sv.clamp(min=0))
+    if stats is not None:  # sums over queries of exp(entropy): effective neighbours and effective tokens
+        stats["queries"] = stats.get("queries", 0.0) + float(len(w))
+        stats["neighbours"] = stats.get("neighbours", 0.0) + float(_exp_entropy(w).sum())
+        stats["tokens"] = stats.get("tokens", 0.0) + float(_exp_entropy(probs).sum())
     return tokens, probs
+
+
+def _exp_entropy(p: torch.Tensor) -> torch.Tensor:
+    """exp(H(p)) per row: the number of equally likely outcomes with the same entropy."""
+    plogp = torch.where(p > 0, p * torch.log(p.clamp(min=1e-300)), torch.zeros_like(p))
+    return torch.exp(-plogp.sum(1))
+
+
+def effective_counts(stats: dict[str, float]) -> dict[str, float]:
+    """Mean over queries of exp(entropy) of the neighbour weights and of p_kNN over tokens."""
+    n = stats.get("queries", 0.0)
+    if not n:
+        return {}
+    return {"effective_neighbours": round(stats["neighbours"] / n, 4), "effective_tokens": round(stats["tokens"] / n, 4)}
 
 
 def knn_distribution(
@@ -94,8 +113,9 @@ def choose_temperature(
 def build_targets(
     index, keys: np.ndarray, values: np.ndarray, out: Path, *, k: int, temperature: float, vocab_size: int,
     support: int, batch_size: int, progress: Callable[[int], None] | None = None,
-) -> None:
-    """Write ids.npy (N, S) int32 and probs.npy (N, S) float16 into `out`, resumable by batches."""
+) -> dict[str, float]:
+    """Write ids.npy (N, S) int32 and probs.npy (N, S) float16 into `out`, resumable by batches.
+    Returns the mean effective number of neighbours and of tokens (exp of entropy) per position."""
     n = len(keys)
     s = min(support, vocab_size)
     ids_path, probs_path, progress_path = out / "ids.npy", out / "probs.npy", out / "progress.json"
@@ -104,22 +124,24 @@ def build_targets(
         np.lib.format.open_memmap(probs_path, mode="w+", dtype=np.float16, shape=(n, s)).flush()
     out_ids = np.load(ids_path, mmap_mode="r+")
     out_probs = np.load(probs_path, mmap_mode="r+")
-    done = json.loads(progress_path.read_text())["rows_done"] if progress_path.exists() else 0
+    state = json.loads(progress_path.read_text()) if progress_path.exists() else {"rows_done": 0}
+    done, stats = state["rows_done"], state.get("stats", {})
     if progress is not None and done:
         progress(done)
     values_ram = np.asarray(values)
     for start in range(done, n, batch_size):
         rows = np.arange(start, min(start + batch_size, n))
         dists, ids = search(index, keys, rows, k)
-        tokens, probs = knn_sparse(dists, ids, rows, values_ram, k=k, temperature=temperature)
+        tokens, probs = knn_sparse(dists, ids, rows, values_ram, k=k, temperature=temperature, stats=stats)
         out_ids[rows[0] : rows[-1] + 1], out_probs[rows[0] : rows[-1] + 1] = sparsify(tokens, probs, s)
         out_ids.flush()
         out_probs.flush()
         tmp = progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"rows_done": int(rows[-1] + 1)}))
+        tmp.write_text(json.dumps({"rows_done": int(rows[-1] + 1), "stats": stats}))
         os.replace(tmp, progress_path)
         if progress is not None:
             progress(len(rows))
+    return effective_counts(stats)
 
 
 def open_targets(folder: Path) -> tuple[np.ndarray, np.ndarray]:

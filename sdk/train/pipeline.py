@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from memreg.train.errors import (
     WorkDirMismatchError,
 )
 from memreg.train.progress import TrainProgress
+
+if TYPE_CHECKING:
+    from memreg.train.distributed import Dist
 
 DEFAULT_BLOCK = 512
 
@@ -66,8 +69,10 @@ class TrainResult:
 class _Run:
     """State shared by the stages of one run."""
 
-    def __init__(self, config: TrainConfig, progress: TrainProgress) -> None:
-        self.cfg, self.progress = config, progress
+    def __init__(self, config: TrainConfig, progress: TrainProgress, dist: Dist) -> None:
+        self.dist = dist
+        self.cfg, self.progress = config, progress if dist.is_main else TrainProgress()  # one process draws
+        self.device = dist.device(config.device)
         self.work = config.resolved_work_dir()
         self.notes: list[str] = []
 
@@ -82,6 +87,22 @@ class _Run:
         meta = self.stage_dir(stage) / "meta.json"
         return json.loads(meta.read_text()) if meta.exists() else None
 
+    def main_first(self, fn: Any) -> Any:
+        """Process 0 runs `fn` (a stage); the others wait, then run it too and find it cached."""
+        result = fn() if self.dist.is_main else None
+        self.dist.barrier()
+        return result if self.dist.is_main else fn()
+
+    def shared(self, stage: str, meta: dict[str, Any] | None) -> dict[str, Any]:
+        """After a stage all processes ran: process 0 has written `meta`; the others read it."""
+        self.dist.barrier()
+        if self.dist.is_main:
+            assert meta is not None
+            return meta
+        cached = self.cached(stage)
+        assert cached is not None, f"process 0 did not finish stage {stage}"
+        return cached
+
     def finish(self, stage: str, meta: dict[str, Any]) -> dict[str, Any]:
         path = self.stage_dir(stage) / "meta.json"
         tmp = path.with_suffix(".tmp")
@@ -95,8 +116,11 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
+    from memreg.train.distributed import Dist
+
     t0 = time.monotonic()
-    run = _Run(config, progress or TrainProgress())
+    dist = Dist.from_env(config.device)
+    run = _Run(config, progress or TrainProgress(), dist)
     # 0. refuse a tokenizer mismatch before any work
     tok = AutoTokenizer.from_pretrained(config.init, trust_remote_code=False)
     teacher_tok = AutoTokenizer.from_pretrained(config.teacher, trust_remote_code=False)
@@ -120,10 +144,10 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
     tok_digest = fingerprint(tok).digest
     models = {"teacher": _model_identity(config.teacher), "init": _model_identity(config.init)}
     run.keys = stage_keys(config, corpus_digest=cdigest, tokenizer_digest=digest([tok_digest, models]),
-                          block_size=block_size)
-    _claim_work_dir(run, cdigest, tok_digest, models, block_size)
+                          block_size=block_size, world_size=dist.world_size)
+    run.main_first(lambda: _claim_work_dir(run, cdigest, tok_digest, models, block_size))
 
-    cmeta = _stage_corpus(run, docs, tok)
+    cmeta = run.main_first(lambda: _stage_corpus(run, docs, tok))
     rows = cmeta["train_tokens"] - 1
     if rows < block_size:
         raise CorpusTooSmallError(
@@ -132,13 +156,18 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
         )
     k = _resolve_k(run, rows)
     torch.manual_seed(config.seed)
-    dmeta = _stage_datastore(run, block_size)
-    imeta = _stage_index(run, dmeta)
-    kmeta = _stage_knn(run, k, vocab_size)
+    ameta = _stage_teacher(run, block_size, vocab_size)
+    dmeta = _stage_datastore(run, block_size, ameta["model"])
+    imeta = run.main_first(lambda: _stage_index(run, dmeta))
+    kmeta = run.main_first(lambda: _stage_knn(run, k, vocab_size))
     tmeta = _stage_train(run, block_size, vocab_size, cmeta)
-    emeta = _stage_eval(run, block_size, vocab_size, cmeta)
-    card = _stage_package(run, tok, cdigest, cmeta, dmeta, imeta, kmeta, tmeta, emeta, block_size, k, report,
-                          time.monotonic() - t0)
+    emeta = run.main_first(lambda: _stage_eval(run, block_size, vocab_size, cmeta))
+    if dist.is_main:
+        card = _stage_package(run, tok, cdigest, cmeta, ameta, dmeta, imeta, kmeta, tmeta, emeta, block_size, k,
+                              report, time.monotonic() - t0)
+    dist.barrier()
+    if not dist.is_main:
+        card = PackageCard.model_validate_json((Path(config.out) / "memreg.json").read_text())
     return TrainResult(
         out=Path(config.out), work_dir=run.work, card=card, k=k, temperature=kmeta["temperature"],
         steps=tmeta["steps"], block_size=block_size, index=imeta["factory"], corpus_tokens=cmeta["train_tokens"],
@@ -277,13 +306,57 @@ def _split_tail(folder: Path, fraction: float) -> int:
 
 
 def _load_lm(ref: str, device: str):
-    from transformers import AutoModelForCausalLM
+    from memreg.models import load_causal_lm
 
-    model = AutoModelForCausalLM.from_pretrained(ref, trust_remote_code=False, dtype="float32")
-    return model.to(device)
+    return load_causal_lm(ref, device=device)
 
 
-def _stage_datastore(run: _Run, block_size: int) -> dict[str, Any]:
+def _stage_teacher(run: _Run, block_size: int, vocab_size: int) -> dict[str, Any]:
+    """Optional: fine-tune a copy of the teacher with plain CE on the *training* split (never the
+    held-out text), so that its keys, and so the kNN targets, come from a domain-adapted model as in
+    the paper (GPT2-xl fine-tuned on the domain). Off (`adapt_teacher_steps` = 0): the teacher as given."""
+    from memreg.train.trainer import BlockBatches, TrainSchedule, mean_ce, train_loop
+
+    cfg = run.cfg
+    if not cfg.adapt_teacher_steps:
+        return {"model": cfg.teacher, "adapted": False}
+    steps = cfg.adapt_teacher_steps
+    tokens = corpus_mod.TokenArray(run.stage_dir("corpus"), "train")
+    batches = BlockBatches(tokens, None, None, block_size=block_size, batch_size=cfg.batch_size, seed=cfg.seed)
+    sched = TrainSchedule(steps, batches.micro_per_epoch, int(cfg.warmup_fraction * steps))
+    probe = list(range(min(4, batches.micro_per_epoch)))  # the first epoch's first micro-batches: training text
+    cached = run.cached("teacher")
+    run.progress.stage("adapt teacher", total=steps, unit="step", cached=cached is not None)
+    if cached is None:
+        folder = run.stage_dir("teacher")
+        model = _load_lm(cfg.teacher, run.device)
+        before = mean_ce(model, batches, probe, vocab_size=vocab_size, device=run.device)
+        last_step = [0]
+
+        def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
+            run.progress.advance(step - last_step[0], **{k: v for k, v in metrics.items() if k in ("ce", "lr")})
+            last_step[0] = step
+
+        train_loop(model, batches, folder / "checkpoints", sched=sched, lr=cfg.adapt_teacher_lr,
+                   weight_decay=cfg.weight_decay, beta=0.0, grad_accum=1, vocab_size=vocab_size, seed=cfg.seed,
+                   checkpoint_every=cfg.checkpoint_every, device=run.device, on_step=on_step, dist=run.dist)
+        if run.dist.is_main:
+            after = mean_ce(model, batches, probe, vocab_size=vocab_size, device=run.device)
+            model.save_pretrained(folder / "final", safe_serialization=True)
+            run.note(f"teacher adapted on the training split: {steps} steps, training CE {before:.3f} -> {after:.3f}")
+            cached = run.finish("teacher", {"model": str(folder / "final"), "adapted": True, "steps": steps,
+                                            "lr": cfg.adapt_teacher_lr, "train_ce_before": before,
+                                            "train_ce_after": after})
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # final/ is the result
+        del model
+        cached = run.shared("teacher", cached)
+    else:
+        run.progress.advance(steps)
+    run.progress.end_stage()
+    return cached
+
+
+def _stage_datastore(run: _Run, block_size: int, teacher_ref: str) -> dict[str, Any]:
     from memreg.train.datastore import build_datastore
 
     tokens = corpus_mod.TokenArray(run.stage_dir("corpus"), "train")
@@ -292,11 +365,15 @@ def _stage_datastore(run: _Run, block_size: int) -> dict[str, Any]:
     if cached is None:
         folder = run.stage_dir("datastore")
         folder.mkdir(parents=True, exist_ok=True)
-        teacher = _load_lm(run.cfg.teacher, run.cfg.device)
+        teacher = _load_lm(teacher_ref, run.device)
         rows = build_datastore(teacher, tokens, folder, block_size=block_size, batch_size=run.cfg.teacher_batch_size,
-                               device=run.cfg.device, progress=run.progress.advance)
+                               device=run.device, progress=run.progress.advance, rank=run.dist.rank,
+                               world_size=run.dist.world_size)
         del teacher
-        cached = run.finish("datastore", {"rows": rows, "dim": int(np.load(folder / "keys.npy", mmap_mode="r").shape[1])})
+        if run.dist.is_main:
+            cached = run.finish("datastore", {"rows": rows, "dim": int(np.load(folder / "keys.npy", mmap_mode="r").shape[1]),
+                                              "processes": run.dist.world_size})
+        cached = run.shared("datastore", cached)
     else:
         run.progress.advance(cached["rows"])
     run.progress.end_stage()
@@ -349,9 +426,9 @@ def _stage_knn(run: _Run, k: int, vocab_size: int) -> dict[str, Any]:
             temperature = choose_temperature(index, keys, values, k=k, vocab_size=vocab_size, seed=run.cfg.seed)
             temp_file.write_text(json.dumps({"temperature": temperature}))
             run.note(f"kNN temperature {temperature:g} chosen on a sample of the datastore (squared L2 distances)")
-        build_targets(index, keys, values, folder, k=k, temperature=temperature, vocab_size=vocab_size,
+        effective = build_targets(index, keys, values, folder, k=k, temperature=temperature, vocab_size=vocab_size,
                       support=run.cfg.knn_support, batch_size=run.cfg.search_batch_size, progress=run.progress.advance)
-        cached = run.finish("knn", {"k": k, "temperature": temperature, "nprobe": nprobe})
+        cached = run.finish("knn", {"k": k, "temperature": temperature, "nprobe": nprobe, **effective})
     else:
         run.progress.advance(len(keys))
     run.progress.end_stage()
@@ -366,13 +443,13 @@ def _stage_train(run: _Run, block_size: int, vocab_size: int, cmeta: dict[str, A
     tokens = corpus_mod.TokenArray(run.stage_dir("corpus"), "train")
     batches = BlockBatches(tokens, *open_targets(run.stage_dir("knn")), block_size=block_size,
                            batch_size=cfg.batch_size, seed=cfg.seed)
-    sched = schedule(len(batches.spans), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, steps=cfg.steps,
+    sched = schedule(len(batches.spans), batch_size=cfg.batch_size * run.dist.world_size, grad_accum=cfg.grad_accum, steps=cfg.steps,
                      epochs=cfg.epochs, warmup_fraction=cfg.warmup_fraction)
     cached = run.cached("train")
     run.progress.stage("train", total=sched.total_steps, unit="step", cached=cached is not None)
     if cached is None:
         folder = run.stage_dir("train")
-        model = _load_lm(cfg.init, cfg.device)
+        model = _load_lm(cfg.init, run.device)
         last_step = [0]
 
         def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
@@ -382,10 +459,13 @@ def _stage_train(run: _Run, block_size: int, vocab_size: int, cmeta: dict[str, A
         metrics = train_loop(model, batches, folder / "checkpoints", sched=sched, lr=cfg.lr,
                              weight_decay=cfg.weight_decay, beta=cfg.beta, grad_accum=cfg.grad_accum,
                              vocab_size=vocab_size, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                             device=cfg.device, on_step=on_step)
-        model.save_pretrained(folder / "final", safe_serialization=True)
-        cached = run.finish("train", {"steps": sched.total_steps, "warmup_steps": sched.warmup_steps,
-                                      "final": metrics, "model": str(folder / "final")})
+                             device=run.device, on_step=on_step, dist=run.dist)
+        if run.dist.is_main:
+            model.save_pretrained(folder / "final", safe_serialization=True)
+            cached = run.finish("train", {"steps": sched.total_steps, "warmup_steps": sched.warmup_steps,
+                                          "final": metrics, "model": str(folder / "final"),
+                                          "processes": run.dist.world_size})
+        cached = run.shared("train", cached)
     else:
         run.progress.advance(sched.total_steps)
     run.progress.end_stage()
@@ -409,9 +489,9 @@ def _stage_eval(run: _Run, block_size: int, vocab_size: int, cmeta: dict[str, An
             stride = cfg.eval_stride or max(1, block_size // 2)
 
             def score(ref: str) -> np.ndarray:
-                model = _load_lm(ref, cfg.device).eval()
+                model = _load_lm(ref, run.device).eval()
                 return target_log_probs(model, ids, context=block_size, stride=min(stride, block_size),
-                                        vocab_size=vocab_size, device=cfg.device, progress=run.progress.advance)
+                                        vocab_size=vocab_size, device=run.device, progress=run.progress.advance)
 
             mem = score(str(run.stage_dir("train") / "final"))
             for role, ref in (("teacher", cfg.teacher), ("init", cfg.init)):
@@ -439,16 +519,15 @@ def _recommend(evaluations: list[dict[str, Any]]) -> float | None:
     return float(min(grid, key=lambda w: sum(math.log(e["sweep"][w]) for e in evaluations)))
 
 
-def _stage_package(run: _Run, tok: Any, cdigest: str, cmeta, dmeta, imeta, kmeta, tmeta, emeta, block_size: int,
+def _stage_package(run: _Run, tok: Any, cdigest: str, cmeta, ameta, dmeta, imeta, kmeta, tmeta, emeta, block_size: int,
                    k: int, report: corpus_mod.CorpusReport, wall: float) -> PackageCard:
-    from transformers import AutoModelForCausalLM
-
     import memreg
+    from memreg.models import load_causal_lm
     from memreg.train.package import write_package
 
     cfg = run.cfg
     run.progress.stage("package", total=1, unit="pkg")
-    model = AutoModelForCausalLM.from_pretrained(tmeta["model"], trust_remote_code=False)
+    model = load_causal_lm(tmeta["model"])
     card = {
         "name": cfg.name, "version": cfg.version, "description": cfg.description,
         "memreg_version": memreg.__version__,
@@ -466,6 +545,13 @@ def _stage_package(run: _Run, tok: Any, cdigest: str, cmeta, dmeta, imeta, kmeta
                 "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "warmup_steps": tmeta["warmup_steps"],
                 "weight_decay": cfg.weight_decay, "final_loss": tmeta["final"],
                 "nprobe": kmeta.get("nprobe"), "key": "last_ffn_input", "loss": "beta*KL(p_knn||p_mem)+(1-beta)*CE",
+                "processes": {"datastore": dmeta.get("processes", 1), "train": tmeta.get("processes", 1)},
+                "knn_effective_neighbours": kmeta.get("effective_neighbours"),
+                "knn_effective_tokens": kmeta.get("effective_tokens"),
+                "teacher_adaptation": ({"steps": ameta["steps"], "lr": ameta["lr"], "split": "training",
+                                        "loss": "CE", "train_ce_before": ameta["train_ce_before"],
+                                        "train_ce_after": ameta["train_ce_after"]}
+                                       if ameta.get("adapted") else None),
             },
         },
         "metrics": {

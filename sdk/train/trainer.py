@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch
 from memreg.train.corpus import TokenArray
 from memreg.train.datastore import blocks
 from memreg.train.loss import memdec_loss
+
+if TYPE_CHECKING:
+    from memreg.train.distributed import Dist
 
 KEEP_CHECKPOINTS = 2
 
@@ -42,7 +46,7 @@ def schedule(n_blocks: int, *, batch_size: int, grad_accum: int, steps: int | No
 class BlockBatches:
     """Micro-batch m of the endless stream: inputs, labels and kNN targets of `batch_size` blocks."""
 
-    def __init__(self, tokens: TokenArray, knn_ids: np.ndarray, knn_probs: np.ndarray, *, block_size: int,
+    def __init__(self, tokens: TokenArray, knn_ids: np.ndarray | None, knn_probs: np.ndarray | None, *, block_size: int,
                  batch_size: int, seed: int) -> None:
         self.tokens, self.knn_ids, self.knn_probs = tokens, knn_ids, knn_probs
         self.spans = blocks(len(tokens), block_size)
@@ -53,7 +57,8 @@ class BlockBatches:
         epoch, j = divmod(m, self.micro_per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.spans))
         chosen = [self.spans[i] for i in order[j * self.batch_size : (j + 1) * self.batch_size]]
-        B, T, S = len(chosen), self.block_size, self.knn_ids.shape[1]
+        B, T = len(chosen), self.block_size
+        S = self.knn_ids.shape[1] if self.knn_ids is not None else 1  # no kNN targets: CE only (beta = 0)
         ids = torch.zeros(B, T, dtype=torch.long)
         labels = torch.full((B, T), -100, dtype=torch.long)
         mask = torch.zeros(B, T, dtype=torch.long)
@@ -64,8 +69,9 @@ class BlockBatches:
             ids[r, :n] = torch.from_numpy(self.tokens.slice(a, b))
             labels[r, :n] = torch.from_numpy(self.tokens.slice(a + 1, b + 1))
             mask[r, :n] = 1
-            kid[r, :n] = torch.from_numpy(np.asarray(self.knn_ids[a:b], dtype=np.int64))
-            kp[r, :n] = torch.from_numpy(np.asarray(self.knn_probs[a:b], dtype=np.float32))
+            if self.knn_ids is not None and self.knn_probs is not None:
+                kid[r, :n] = torch.from_numpy(np.asarray(self.knn_ids[a:b], dtype=np.int64))
+                kp[r, :n] = torch.from_numpy(np.asarray(self.knn_probs[a:b], dtype=np.float32))
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "knn_ids": kid, "knn_probs": kp}
 
 
@@ -84,8 +90,16 @@ def train_loop(
     model: torch.nn.Module, batches: BlockBatches, ckpt_dir: Path, *, sched: TrainSchedule, lr: float,
     weight_decay: float, beta: float, grad_accum: int, vocab_size: int, seed: int, checkpoint_every: int,
     device: str = "cpu", on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    dist: "Dist | None" = None,
 ) -> dict[str, float]:
-    """Run (or resume) training to `sched.total_steps`; returns the last step's metrics."""
+    """Run (or resume) training to `sched.total_steps`; returns the last step's metrics.
+
+    With `dist` of several processes: process r takes micro-batches (step*grad_accum + micro)*W + r,
+    gradients are averaged across processes before each step, process 0 writes the checkpoints."""
+    from memreg.train.distributed import Dist
+
+    dist = dist or Dist()
+    world, rank = dist.world_size, dist.rank
     torch.manual_seed(seed)
     model.to(device).train()
     opt, lr_sched = make_optimizer(model, lr=lr, weight_decay=weight_decay, sched=sched)
@@ -96,24 +110,44 @@ def train_loop(
     while step < sched.total_steps:
         totals = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
         for micro in range(grad_accum):
-            batch = {k: v.to(device) for k, v in batches(step * grad_accum + micro).items()}
+            batch = {k: v.to(device) for k, v in batches((step * grad_accum + micro) * world + rank).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
             parts = memdec_loss(logits, batch["labels"], batch["knn_ids"], batch["knn_probs"],
                                 beta=beta, vocab_size=vocab_size)
             (parts.loss / grad_accum).backward()
             for name in totals:
                 totals[name] += float(getattr(parts, name).detach()) / grad_accum
+        dist.average_gradients(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         lr_sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
         metrics = {**totals, "lr": lr_sched.get_last_lr()[0]}
-        if step % checkpoint_every == 0 or step == sched.total_steps:
+        if dist.is_main and (step % checkpoint_every == 0 or step == sched.total_steps):
             save_checkpoint(model, opt, lr_sched, ckpt_dir, step)
         if on_step is not None:
             on_step(step, sched.total_steps, metrics)
     return metrics
+
+
+@torch.no_grad()
+def mean_ce(model: torch.nn.Module, batches: BlockBatches, micro_batches: list[int], *, vocab_size: int,
+            device: str = "cpu") -> float:
+    """Mean next-token cross-entropy of `model` on the given micro-batches (eval mode, no dropout)."""
+    was_training = model.training
+    model.eval()
+    total = n = 0.0
+    for m in micro_batches:
+        batch = batches(m)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        labels = batch["labels"].to(device)
+        logq = torch.log_softmax(logits[..., :vocab_size].float(), dim=-1)
+        mask = labels != -100
+        total += float(-(logq.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * mask).sum())
+        n += float(mask.sum())
+    model.train(was_training)
+    return total / max(n, 1.0)
 
 
 def save_checkpoint(model, opt, lr_sched, ckpt_dir: Path, step: int) -> Path:
