@@ -50,8 +50,9 @@ def target_log_probs(
         scored_to = end - 1
         if end == n:
             break
-        start += stride
-    out = np.empty(n - 1, dtype=np.float64)
+        # overlap by at least one token, so the first target of the next window has a predecessor
+        start = min(start + stride, end - 1)
+    out = np.full(n - 1, np.nan)
     for b in range(0, len(windows), batch_size):
         batch = windows[b : b + batch_size]
         length = max(e - s for s, e, _ in batch)
@@ -70,6 +71,7 @@ def target_log_probs(
             out[first - 1 : e - 1] = logp[i, pos.to(logp.device), tgt].double().cpu().numpy()
         if progress is not None:
             progress(sum(e - first for _, e, first in batch))
+    assert not np.isnan(out).any(), "sliding windows left a token unscored"
     return out
 
 
