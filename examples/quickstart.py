@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 LARGE, SMALL = REPO / "models" / "memreg-base-large", REPO / "models" / "memreg-base-small"
 
 
-def build_corpus(work: Path, *, train_extra_bytes: int = 350_000, heldout_bytes: int = 120_000) -> tuple[Path, Path]:
+def build_corpus(work: Path, *, train_extra_bytes: int = 200_000, heldout_bytes: int = 120_000) -> tuple[Path, Path]:
     """train/ = common-licenses + copyright files; heldout/ = other copyright files (never trained on)."""
     train, heldout = work / "corpus" / "train", work / "corpus" / "heldout"
     if train.is_dir() and heldout.is_dir():

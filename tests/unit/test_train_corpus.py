@@ -81,3 +81,19 @@ def test_token_shards_roundtrip(tmp_path, monkeypatch):
     assert n == len(arr) == 12 and len(arr.shards) == 3
     assert arr.slice(3, 11).tolist() == [ord(c) for c in "defg"] + [0] + [ord(c) for c in "hij"]
     assert arr.shards[0].dtype == np.uint32
+
+
+def test_hugging_face_dataset_saved_to_disk(tmp_path):
+    import datasets
+
+    texts = [p.read_text() for p in licence_texts()[:5]]
+    datasets.Dataset.from_dict({"text": texts, "id": list(range(5))}).save_to_disk(tmp_path / "single")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts[:3]}),
+                          "test": datasets.Dataset.from_dict({"text": texts[3:]})}).save_to_disk(tmp_path / "dict")
+    report = CorpusReport()
+    docs = list(iter_documents([str(tmp_path / "single")], report))
+    assert [d.text for d in docs] == texts and report.documents == 5
+    assert [d.text for d in iter_documents([str(tmp_path / "dict")], CorpusReport())] == texts[:3]  # the train split
+    datasets.Dataset.from_dict({"body": texts}).save_to_disk(tmp_path / "no-text")
+    with pytest.raises(CorpusError, match="no 'text' column"):
+        list(iter_documents([str(tmp_path / "no-text")], CorpusReport()))
