@@ -58,6 +58,7 @@ def io_ratios(url: str, pkg: Path, scratch: Path, repeats: int, storage_options:
     rows = {"publish": [], "plain_put": [], "pull": [], "plain_get": []}
     for r in range(repeats):
         plain = f"{root}/plain-{r}"
+        fs.makedirs(plain, exist_ok=True)
         rows["plain_put"].append(timed(lambda: [fs.put_file(str(p), f"{plain}/{p.name}") for p in files]))
         out = scratch / f"get-{r}"
         out.mkdir()

@@ -1,0 +1,423 @@
+"""`memreg train`, stage by stage, measured on this machine (one run; the CPUs are shared, so read
+the shares and ratios, not the absolute seconds).
+
+    /work/venv/bin/python bench/train_pipeline.py [--corpus /usr/share/common-licenses] [--steps 4]
+        [--k 1024] [--queries 2048] [--big-keys 5000000] [--big-factory IVF256,Flat]
+        [--big-knn-rows 2048] [--big-brute-queries 128] [--threads 2] [--work-dir /tmp/memreg-bench-train]
+
+A. End to end, real: `memreg.train.train` on real text (default /usr/share/common-licenses) with the
+   shipped models (teacher models/memreg-base-large, init models/memreg-base-small), a fresh work
+   folder, default settings except --steps/--k. For each stage (tokenize, datastore, index, kNN
+   targets, training, evaluation, package): seconds, tokens per second, share of the total, peak
+   resident memory of the process during the stage (VmRSS and anonymous RSS, sampled every 20 ms).
+   Tokens per stage: tokenize = tokens written; datastore/index/kNN = datastore rows; training =
+   steps x batch x block; evaluation = held-out tokens x 3 models scored.
+B. kNN-target search, faiss against brute force on the same keys (same run): the datastore of A,
+   --queries of its rows, the index the pipeline built (its nprobe) and faiss IndexFlatL2, against
+   a torch matrix product + top-k over all keys; seconds, ratio, recall of the exact neighbours.
+C. Peak memory at --big-keys (>= 5 M) keys of dim 320 (the teacher's width), one child process
+   per stage (VmHWM = that process's own peak; anonymous RSS sampled): the datastore stage is the
+   real `build_datastore` writing memory-mapped fp16 keys, but fed by a stub key model that emits
+   random keys instead of running the teacher over 5 M tokens; the index stage is `build_index`
+   (--big-factory; `choose_factory` would pick IVF4096,PQ64 here, recorded too); the kNN stage is
+   `build_targets` with k = --k over the first --big-knn-rows rows, searching the whole 5 M index
+   (rows/s extrapolated to all rows); a brute-force top-k over all 5 M keys (chunked) for
+   --big-brute-queries queries against the same faiss search. Training and evaluation read the
+   kNN targets one batch at a time, so their memory does not grow with the datastore: measured in A.
+Writes bench/results/train_pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TEACHER = REPO / "models" / "memreg-base-large"
+INIT = REPO / "models" / "memreg-base-small"
+
+
+# ------------------------------------------------------------------------------------ memory
+def status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class RssSampler:
+    """Samples VmRSS and RssAnon every `every` s; `window()` gives the peaks since the last call."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        self.every, self.peak_rss, self.peak_anon = every, 0, 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.every)
+
+    def sample(self) -> None:
+        rss, anon = status_kb("VmRSS"), status_kb("RssAnon")
+        with self._lock:
+            self.peak_rss, self.peak_anon = max(self.peak_rss, rss), max(self.peak_anon, anon)
+
+    def window(self) -> dict:
+        self.sample()
+        with self._lock:
+            out = {"peak_rss_mib": self.peak_rss / 1024, "peak_anon_rss_mib": self.peak_anon / 1024}
+            self.peak_rss, self.peak_anon = status_kb("VmRSS"), status_kb("RssAnon")
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# ------------------------------------------------------------------------------------ A. end to end
+def end_to_end(args, work: Path) -> dict:
+    from memreg.train import TrainConfig, TrainProgress, train
+
+    class Recorder(TrainProgress):
+        def __init__(self, sampler: RssSampler) -> None:
+            self.sampler, self.stages, self.current = sampler, [], None
+            self.t_mark = time.perf_counter()
+
+        def stage(self, name, *, total, unit, cached=False):
+            now = time.perf_counter()
+            gap = now - self.t_mark
+            mem = self.sampler.window()
+            if self.current is None:  # before the first stage: load tokenizers, read and hash the corpus
+                self.stages.append({"stage": "setup (read corpus, check tokenizers)", "seconds": gap, **mem})
+            self.current = {"stage": name, "total": total, "unit": unit, "cached": cached, "t0": now}
+
+        def note(self, message, *, warning=False):
+            print(f"    note: {message}", flush=True)
+
+        def end_stage(self):
+            now = time.perf_counter()
+            cur = self.current
+            cur["seconds"] = now - cur.pop("t0")
+            cur.update(self.sampler.window())
+            self.stages.append(cur)
+            print(f"    {cur['stage']:12} {cur['seconds']:7.1f} s  peak RSS {cur['peak_rss_mib']:.0f} MiB", flush=True)
+            self.t_mark = now
+
+    shutil.rmtree(work, ignore_errors=True)
+    cfg = TrainConfig(corpus=[str(c) for c in args.corpus], teacher=str(TEACHER), init=str(INIT),
+                      out=work / "package", work_dir=work / "work", steps=args.steps, k=args.k, seed=0,
+                      name="bench-memory", version="0.0.1", domain=["law"])
+    sampler = RssSampler()
+    rec = Recorder(sampler)
+    t0 = time.perf_counter()
+    result = train(cfg, progress=rec)
+    wall = time.perf_counter() - t0
+    sampler.stop()
+    rows = result.datastore_size
+    block = result.block_size
+    tokens = {
+        "tokenize": result.corpus_tokens + result.eval_tokens,
+        "datastore": rows, "index": rows, "knn targets": rows,
+        "train": result.steps * cfg.batch_size * cfg.grad_accum * block,
+        "evaluate": 3 * max(0, result.eval_tokens - 1),
+    }
+    total = sum(s["seconds"] for s in rec.stages)
+    for s in rec.stages:
+        n = tokens.get(s["stage"])
+        s["tokens"] = n
+        s["tokens_per_s"] = n / s["seconds"] if n and s["seconds"] > 0 else None
+        s["share"] = s["seconds"] / total
+    return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in cfg.model_dump().items()},
+            "result": result.to_json(), "stages": rec.stages, "wall_seconds": wall,
+            "stage_seconds_total": total, "work_dir": str(cfg.resolved_work_dir())}
+
+
+# ------------------------------------------------------------------------------------ B. faiss vs brute force
+def exact_topk(queries, keys, k: int, chunk: int = 500_000):
+    """Brute force: squared L2 by one matrix product per chunk of keys, torch top-k, merged."""
+    import numpy as np
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    qn = (q * q).sum(1, keepdim=True)
+    best_d = best_i = None
+    for a in range(0, len(keys), chunk):
+        kc = torch.from_numpy(np.ascontiguousarray(keys[a:a + chunk], dtype=np.float32))
+        d = qn - 2 * q @ kc.T + (kc * kc).sum(1)[None]
+        kk = min(k, d.shape[1])
+        dv, di = torch.topk(d, kk, dim=1, largest=False)
+        di = di + a
+        if best_d is None:
+            best_d, best_i = dv, di
+        else:
+            cd, ci = torch.cat([best_d, dv], 1), torch.cat([best_i, di], 1)
+            best_d, sel = torch.topk(cd, k, dim=1, largest=False)
+            best_i = ci.gather(1, sel)
+    return best_d.numpy(), best_i.numpy()
+
+
+def recall(approx_ids, exact_ids) -> float:
+    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx_ids, exact_ids))
+    return hits / exact_ids.size
+
+
+def search_comparison(args, e2e: dict) -> dict:
+    import faiss
+    import numpy as np
+
+    from memreg.train.datastore import open_datastore
+    from memreg.train.index import load_index, set_nprobe
+
+    work = Path(e2e["work_dir"])
+    ds = sorted(work.glob("datastore-*"))[-1]
+    keys, _ = open_datastore(ds)
+    k = int(e2e["result"]["k"])
+    index = load_index(sorted(work.glob("index-*"))[-1] / "index.faiss")
+    nprobe = set_nprobe(index, None, k=k)
+    rows = np.arange(min(args.queries, len(keys)))
+    q = np.ascontiguousarray(keys[rows], dtype=np.float32)
+    out = {"datastore_keys": int(len(keys)), "dim": int(keys.shape[1]), "queries": int(len(rows)), "k_plus_self": k + 1,
+           "pipeline_index": e2e["result"]["index"], "nprobe": nprobe}
+    t = time.perf_counter()
+    ex_d, ex_i = exact_topk(q, keys, k + 1)
+    out["brute_force_torch_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _, pi = index.search(q, k + 1)
+    out["faiss_pipeline_index_s"] = time.perf_counter() - t
+    flat = faiss.IndexFlatL2(keys.shape[1])
+    flat.add(np.ascontiguousarray(keys, dtype=np.float32))
+    t = time.perf_counter()
+    _, fi = flat.search(q, k + 1)
+    out["faiss_flat_s"] = time.perf_counter() - t
+    out["recall_pipeline_index_vs_exact"] = recall(pi, ex_i)
+    out["recall_faiss_flat_vs_exact"] = recall(fi, ex_i)
+    out["brute_force_over_faiss_pipeline_index"] = out["brute_force_torch_s"] / out["faiss_pipeline_index_s"]
+    out["brute_force_over_faiss_flat"] = out["brute_force_torch_s"] / out["faiss_flat_s"]
+    return out
+
+
+# ------------------------------------------------------------------------------------ C. 5 M keys, one child per stage
+class StubKeyModel:
+    """Stands in for the teacher in build_datastore: random keys at its last MLP's input, no network."""
+
+    @staticmethod
+    def make(dim: int):
+        import torch
+        from torch import nn
+
+        class Block(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.mlp = nn.Identity()
+
+        class Stub(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.config = type("Cfg", (), {"hidden_size": dim})()
+                self.transformer = nn.Module()
+                self.transformer.h = nn.ModuleList([Block()])
+                self.gen = torch.Generator().manual_seed(0)
+
+            def forward(self, input_ids, attention_mask=None, use_cache=False):
+                x = torch.randn(*input_ids.shape, dim, generator=self.gen)
+                return self.transformer.h[-1].mlp(x)
+
+        return Stub()
+
+
+def child(args) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    big = Path(args.work_dir) / "big"
+    sampler = RssSampler()
+    res: dict = {"stage": args.child}
+    t0 = time.perf_counter()
+    if args.child == "datastore":
+        from memreg.train.corpus import TokenArray
+        from memreg.train.datastore import build_datastore
+
+        shutil.rmtree(big, ignore_errors=True)
+        (big / "corpus").mkdir(parents=True)
+        (big / "ds").mkdir()
+        rng = np.random.default_rng(0)
+        np.save(big / "corpus" / "train-00000.npy", rng.integers(0, 8192, size=args.big_keys + 1, dtype=np.uint32))
+        t0 = time.perf_counter()
+        rows = build_datastore(StubKeyModel.make(args.dim), TokenArray(big / "corpus", "train"), big / "ds",
+                               block_size=512, batch_size=8)
+        res["rows"] = rows
+        res["keys_bytes"] = (big / "ds" / "keys.npy").stat().st_size
+    elif args.child == "index":
+        from memreg.train.datastore import open_datastore
+        from memreg.train.index import build_index, choose_factory
+
+        keys, _ = open_datastore(big / "ds")
+        res["pipeline_auto_factory"] = choose_factory(len(keys), keys.shape[1], memory_budget_mb=4096, flat_max_keys=50_000)
+        res["factory"] = factory = res["pipeline_auto_factory"] if args.big_factory == "auto" else args.big_factory
+        build_index(keys, factory, big / "index.faiss", seed=0)
+        res["rows"] = len(keys)
+        res["index_bytes"] = (big / "index.faiss").stat().st_size
+    elif args.child == "knn":
+        from memreg.train.datastore import open_datastore
+        from memreg.train.index import load_index, set_nprobe
+        from memreg.train.knn import build_targets
+
+        keys, values = open_datastore(big / "ds")
+        index = load_index(big / "index.faiss")
+        res["rss_after_index_load_mib"] = status_kb("VmRSS") / 1024
+        res["nprobe"] = set_nprobe(index, None, k=args.k)
+        out = big / "knn"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        n = min(args.big_knn_rows, len(keys))
+        t0 = time.perf_counter()
+        build_targets(index, keys[:n], values, out, k=args.k, temperature=1.0, vocab_size=8192, support=64,
+                      batch_size=1024)
+        res["rows"] = n
+        res["rows_total"] = len(keys)
+    elif args.child == "bruteforce":
+        from memreg.train.datastore import open_datastore
+        from memreg.train.index import load_index, set_nprobe
+
+        keys, _ = open_datastore(big / "ds")
+        index = load_index(big / "index.faiss")
+        set_nprobe(index, None, k=args.k)
+        rows = np.arange(args.big_brute_queries) * (len(keys) // args.big_brute_queries)
+        q = np.ascontiguousarray(keys[rows], dtype=np.float32)
+        t = time.perf_counter()
+        _, fi = index.search(q, args.k + 1)
+        res["faiss_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _, ei = exact_topk(q, keys, args.k + 1)
+        res["brute_force_torch_s"] = time.perf_counter() - t
+        res["recall_faiss_vs_exact"] = recall(fi, ei)
+        res["queries"] = len(rows)
+        res["brute_force_over_faiss"] = res["brute_force_torch_s"] / res["faiss_s"]
+    res["seconds"] = time.perf_counter() - t0
+    if "rows" in res:
+        res["rows_per_s"] = res["rows"] / res["seconds"]
+    res["peak_rss_mib"] = status_kb("VmHWM") / 1024  # this process's own high-water mark
+    res["peak_anon_rss_mib"] = sampler.window()["peak_anon_rss_mib"]
+    sampler.stop()
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def run_child(args, stage: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", stage, "--work-dir", args.work_dir, "--big-keys", str(args.big_keys),
+           "--big-factory", args.big_factory, "--big-knn-rows", str(args.big_knn_rows), "--k", str(args.k),
+           "--big-brute-queries", str(args.big_brute_queries), "--threads", str(args.threads), "--dim", str(args.dim)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"child {stage} failed:\n{proc.stderr[-3000:]}")
+    res = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    print(f"    {stage:10} {res['seconds']:7.1f} s  peak RSS {res['peak_rss_mib']:.0f} MiB "
+          f"(anon {res['peak_anon_rss_mib']:.0f} MiB)", flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", nargs="+", default=["/usr/share/common-licenses"])
+    ap.add_argument("--steps", type=int, default=4, help="training steps (batch 8 x block 512)")
+    ap.add_argument("--k", type=int, default=1024, help="neighbours (the paper's 1024)")
+    ap.add_argument("--queries", type=int, default=2048, help="B: queries for faiss vs brute force")
+    ap.add_argument("--big-keys", type=int, default=5_000_000)
+    ap.add_argument("--dim", type=int, default=320, help="C: key width (memreg-base-large's n_embd)")
+    ap.add_argument("--big-factory", default="IVF256,Flat", help="C: faiss factory, or 'auto' (the pipeline's choice)")
+    ap.add_argument("--big-knn-rows", type=int, default=2048)
+    ap.add_argument("--big-brute-queries", type=int, default=128)
+    ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work-dir", default="/tmp/memreg-bench-train")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_pipeline.json"))
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    import faiss
+    import torch
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    print("A. memreg train, end to end (fresh work folder)", flush=True)
+    e2e = end_to_end(args, work / "e2e")
+    print("B. kNN search: faiss vs brute force on the same keys", flush=True)
+    search = search_comparison(args, e2e)
+    big = None
+    if not args.skip_big:
+        print(f"C. peak memory per stage at {args.big_keys:,} keys of dim {args.dim} (one child each)", flush=True)
+        big = {s: run_child(args, s) for s in ("datastore", "index", "knn", "bruteforce")}
+        big["knn"]["extrapolated_all_rows_s"] = big["knn"]["rows_total"] / big["knn"]["rows_per_s"]
+        shutil.rmtree(work / "big", ignore_errors=True)
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"torch_threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "faiss": faiss.__version__,
+                    "note": "2 shared CPU cores: absolute times drift between runs; shares and ratios are from one run"},
+        "end_to_end": e2e, "search_faiss_vs_brute_force": search, "big_datastore": big,
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print_table(result)
+    print(f"wrote {out} ({result['wall_seconds']:.0f} s)")
+
+
+def print_table(r: dict) -> None:
+    e = r["end_to_end"]
+    res = e["result"]
+    print(f"\nA. memreg train on {', '.join(e['config']['corpus'])}: {res['corpus_tokens']:,} train + {res['eval_tokens']:,} "
+          f"held-out tokens, datastore {res['datastore_size']:,} keys, index {res['index']}, k {res['k']}, "
+          f"{res['steps']} steps")
+    print(f"{'stage':38} {'seconds':>8} {'share':>6} {'tokens/s':>10} {'peak RSS MiB':>12} {'anon MiB':>9}")
+    for s in e["stages"]:
+        tps = f"{s['tokens_per_s']:10.0f}" if s.get("tokens_per_s") else f"{'-':>10}"
+        print(f"{s['stage']:38} {s['seconds']:8.1f} {100 * s['share']:5.1f}% {tps} {s['peak_rss_mib']:12.0f} "
+              f"{s['peak_anon_rss_mib']:9.0f}")
+    print(f"{'total':38} {e['stage_seconds_total']:8.1f}")
+    s = r["search_faiss_vs_brute_force"]
+    print(f"\nB. {s['queries']} queries x {s['datastore_keys']:,} keys, top {s['k_plus_self']}: brute force (torch matmul + "
+          f"top-k) {s['brute_force_torch_s']:.2f} s; faiss {s['pipeline_index']} (nprobe {s['nprobe']}) "
+          f"{s['faiss_pipeline_index_s']:.2f} s -> brute/faiss {s['brute_force_over_faiss_pipeline_index']:.2f}x, "
+          f"recall {s['recall_pipeline_index_vs_exact']:.3f}; faiss Flat {s['faiss_flat_s']:.2f} s -> "
+          f"{s['brute_force_over_faiss_flat']:.2f}x")
+    b = r["big_datastore"]
+    if b:
+        print(f"\nC. {b['datastore']['rows']:,} keys x {r['end_to_end']['result'].get('dim', 320) if False else 320} fp16 "
+              f"({b['datastore']['keys_bytes'] / 2**30:.2f} GiB on disk), index {b['index']['factory']} "
+              f"(auto would be {b['index']['pipeline_auto_factory']}, {b['index']['index_bytes'] / 2**20:.0f} MiB)")
+        print(f"{'stage (child process)':38} {'seconds':>8} {'rows/s':>10} {'peak RSS MiB':>12} {'anon MiB':>9}")
+        for name in ("datastore", "index", "knn", "bruteforce"):
+            c = b[name]
+            rps = f"{c['rows_per_s']:10.0f}" if c.get("rows_per_s") else f"{'-':>10}"
+            label = {"datastore": "datastore (stub keys, real writer)", "index": "index build",
+                     "knn": f"kNN targets ({c.get('rows', 0):,} rows, k {r['end_to_end']['result']['k']})",
+                     "bruteforce": "brute-force top-k, all keys"}[name]
+            print(f"{label:38} {c['seconds']:8.1f} {rps} {c['peak_rss_mib']:12.0f} {c['peak_anon_rss_mib']:9.0f}")
+        k, bf = b["knn"], b["bruteforce"]
+        print(f"kNN targets for all {k['rows_total']:,} rows extrapolated: {k['extrapolated_all_rows_s'] / 3600:.1f} h; "
+              f"{bf['queries']} queries over all keys: brute force {bf['brute_force_torch_s']:.1f} s vs faiss "
+              f"{bf['faiss_s']:.2f} s ({bf['brute_force_over_faiss']:.1f}x), faiss recall {bf['recall_faiss_vs_exact']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
