@@ -21,12 +21,13 @@ _LAZY: dict[str, str] = {
     "ComposedLM": "memreg.compose",
     "fit_weights": "memreg.compose",
     "TrainConfig": "memreg.train",
-    "evaluate_perplexity": "memreg.evaluate",
+    "target_log_probs": "memreg.evaluate",
+    "perplexity": "memreg.evaluate",
 }
 
 if TYPE_CHECKING:  # mirrors _LAZY for type checkers and IDEs
     from memreg.compose import ComposedLM, compose, fit_weights
-    from memreg.evaluate import evaluate_perplexity
+    from memreg.evaluate import perplexity, target_log_probs
     from memreg.registry import Registry, check_compatible, fingerprint
     from memreg import train
     from memreg.train import TrainConfig

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memreg.train.errors import CorpusError, EmptyCorpusError
+from memreg.train.errors import CorpusError
 
 SHARD_TOKENS = 1 << 24  # 16 M tokens (64 MiB) per shard
 _BINARY_SNIFF = 8192

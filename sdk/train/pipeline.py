@@ -480,7 +480,7 @@ def _stage_eval(run: _Run, block_size: int, vocab_size: int, cmeta: dict[str, An
     cached = run.cached("eval")
     run.progress.stage("evaluate", total=3 * max(0, n_eval - 1), unit="tok", cached=cached is not None)
     if cached is None:
-        (folder := run.stage_dir("eval")).mkdir(parents=True, exist_ok=True)
+        run.stage_dir("eval").mkdir(parents=True, exist_ok=True)
         evaluations: list[dict[str, Any]] = []
         if n_eval < 2:
             run.note("no held-out text: the package carries no perplexity metrics (raise --eval-fraction or add documents)")

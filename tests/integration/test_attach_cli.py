@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import torch  # a missing dependency must fail, not skip
+import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import torch  # a missing dependency must fail, not skip
+import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
-import typer  # a missing dependency must fail, not skip
+import typer  # noqa: F401  (a missing dependency must fail, not skip)
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
 from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402

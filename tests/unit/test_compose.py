@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import torch  # a missing dependency must fail, not skip
+import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -133,7 +133,6 @@ def test_other_tokenizer_is_refused_before_any_weight_is_read(tok, models, tmp_p
     monkeypatch.setattr(io, "open", lambda f, *a, **k: (opened.append(str(f)), real_io_open(f, *a, **k))[1])
     import safetensors
     import safetensors.torch
-    import transformers
 
     monkeypatch.setattr(safetensors, "safe_open", refuse)
     monkeypatch.setattr(safetensors.torch, "load_file", refuse)

@@ -24,8 +24,8 @@ from memreg.registry.errors import PackageError
 from memreg.registry.fingerprinting import COMPONENTS, Compatibility, check_compatible, fingerprint, load_vocab
 from memreg.schemas import TokenizerFingerprint
 
-import tokenizers  # a missing dependency must fail, not skip
-import transformers  # a missing dependency must fail, not skip
+import tokenizers  # noqa: F401  (a missing dependency must fail, not skip)
+import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
 VOCAB = 700
 EOS = "<|endoftext|>"

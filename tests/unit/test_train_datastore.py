@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import torch  # a missing dependency must fail, not skip
+import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
 from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
