@@ -175,3 +175,46 @@ def test_adapted_teacher_changes_the_keys_lowers_training_ce_and_is_cached(setup
     # another setting is another stage (and another work folder claim)
     with pytest.raises(Exception, match="adapt_teacher_steps"):
         train(config(tmp_path / "adapted", 26))
+
+
+SIGKILL_RUN = """
+import json, os, signal, sys
+import torch
+from memreg.train import TrainConfig, TrainProgress, train
+
+torch.set_num_threads(1)  # as the in-process runs (single_thread_fixture): same float reduction order
+
+class KillAt(TrainProgress):
+    def __init__(self, stage, after):
+        self.target, self.after, self.current, self.done = stage, after, None, 0
+    def stage(self, name, *, total, unit, cached=False):
+        self.current, self.done = name, 0
+    def advance(self, n=1, **info):
+        self.done += n
+        if self.current == self.target and self.done > self.after:
+            os.kill(os.getpid(), signal.SIGKILL)  # no unwinding, no finally: as when the machine dies
+
+cfg, stage, after = json.loads(sys.argv[1])
+train(TrainConfig(**cfg), progress=KillAt(stage, after))
+"""
+
+
+def test_sigkill_mid_stage_then_rerun_gives_the_same_weights(setup, tmp_path):
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    cfg = dict(corpus=[str(p) for p in licence_texts(CORPUS[:3])], teacher=str(setup / "teacher"),
+               init=str(setup / "init"), block_size=32, k=32, steps=12, batch_size=4, checkpoint_every=5,
+               search_batch_size=256, eval_fraction=0.1, seed=7)
+    train(TrainConfig(**cfg, out=tmp_path / "a"))
+    killed = {**cfg, "out": str(tmp_path / "b"), "work_dir": str(tmp_path / "work-b")}
+    for stage, after in (("knn targets", 300), ("train", 7)):
+        proc = subprocess.run([sys.executable, "-c", SIGKILL_RUN, json.dumps([killed, stage, after])],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -9, proc.stderr[-2000:]
+        assert not (tmp_path / "b" / "model.safetensors").exists()
+    train(TrainConfig(**killed))
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
