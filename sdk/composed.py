@@ -74,6 +74,9 @@ class ComposedLM(nn.Module):
     (the same memory composed twice is one module, its weights added: the mixture is the same).
     """
 
+    # forward's `logits` are already normalised log-probabilities (scorers skip a log-softmax)
+    outputs_log_probs = True
+
     def __init__(
         self,
         base: nn.Module,

@@ -64,7 +64,8 @@ def target_log_probs(
         logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
         if vocab_size is not None:
             logits = logits[..., :vocab_size]
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        # a ComposedLM already returns normalised log-probabilities; others return raw logits
+        logp = logits.float() if getattr(model, "outputs_log_probs", False) else torch.log_softmax(logits.float(), dim=-1)
         for i, (s, e, first) in enumerate(batch):
             pos = torch.arange(first - s - 1, e - s - 1)  # predicting position p+1 from p
             tgt = inp[i, pos + 1].to(logp.device)

@@ -51,5 +51,8 @@ def mix_log_probs(log_probs: Sequence[torch.Tensor], weights: Sequence[float]) -
     kept = [(lw, lp) for lw, lp in zip(logw, log_probs) if lw != -math.inf]
     if len(kept) == 1:
         return kept[0][1]
-    stacked = torch.stack([lp + lw for lw, lp in kept])
-    return torch.logsumexp(stacked, dim=0)
+    # pairwise logaddexp instead of stack + logsumexp: no (members, B, T, V) temporary
+    out = kept[0][1] + kept[0][0]
+    for lw, lp in kept[1:]:
+        out = torch.logaddexp(out, lp + lw)
+    return out
