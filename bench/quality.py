@@ -332,6 +332,7 @@ def knn_log_probs(work: Path, domain: str, text: str, t_factors) -> dict:
     import torch
 
     from memreg.knnlm import KNNLM
+    from memreg.evaluate import sliding_windows
     from memreg.train.datastore import last_ffn_inputs
 
     path = work / "logprobs" / f"knn-{domain}__{text}.npz"
@@ -343,17 +344,10 @@ def knn_log_probs(work: Path, domain: str, text: str, t_factors) -> dict:
     ids = torch.as_tensor(text_ids(work, text))
     n = len(ids)
     queries = np.empty((n - 1, knn.key_model.config.n_embd), dtype=np.float32)
-    start, scored_to = 0, 0
-    with torch.no_grad():
-        while True:
-            end = min(start + CONTEXT, n)
-            first = max(scored_to + 1, start + 1)
+    with torch.no_grad():  # the same windows the LM scores use
+        for start, end, first in sliding_windows(n, context=CONTEXT, stride=STRIDE):
             h = last_ffn_inputs(knn.key_model, ids[start:end][None])[0]
             queries[first - 1 : end - 1] = h[first - start - 1 : end - start - 1].float().numpy()
-            scored_to = end - 1
-            if end == n:
-                break
-            start += STRIDE
     targets = ids[1:].numpy()
     temps = [knn.temperature * f for f in t_factors]
     lp = np.empty((len(temps), n - 1), dtype=np.float64)

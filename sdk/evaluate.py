@@ -14,6 +14,23 @@ import numpy as np
 import torch
 
 
+def sliding_windows(n: int, *, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first_target) per window over n tokens: the window sees ids[start:end] and scores
+    targets first_target .. end-1, so every target 1 .. n-1 is scored exactly once."""
+    if stride < 1 or stride > context:
+        raise ValueError(f"stride {stride} must be between 1 and the context {context}")
+    windows: list[tuple[int, int, int]] = []
+    start, scored_to = 0, 0
+    while True:
+        end = min(start + context, n)
+        windows.append((start, end, max(scored_to + 1, start + 1)))
+        scored_to = end - 1
+        if end == n:
+            return windows
+        # overlap by at least one token, so the first target of the next window has a predecessor
+        start = min(start + stride, end - 1)
+
+
 @torch.no_grad()
 def target_log_probs(
     model: torch.nn.Module,
@@ -32,26 +49,12 @@ def target_log_probs(
     one did not (the standard sliding-window evaluation). `vocab_size` slices padded embedding rows
     off before normalising. Returns float64 of length len(ids) - 1.
     """
-    if stride < 1 or stride > context:
-        raise ValueError(f"stride {stride} must be between 1 and the context {context}")
     ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     n = ids_t.numel()
     if n < 2:
         raise ValueError("need at least 2 tokens to score")
     device = device or next(model.parameters()).device
-    # window w covers [start, end); it scores targets start+offset .. end-1
-    windows: list[tuple[int, int, int]] = []
-    scored_to = 0  # targets with index < scored_to+1 are done (target index = position of the token)
-    start = 0
-    while True:
-        end = min(start + context, n)
-        first_target = max(scored_to + 1, start + 1)
-        windows.append((start, end, first_target))
-        scored_to = end - 1
-        if end == n:
-            break
-        # overlap by at least one token, so the first target of the next window has a predecessor
-        start = min(start + stride, end - 1)
+    windows = sliding_windows(n, context=context, stride=stride)
     out = np.full(n - 1, np.nan)
     for b in range(0, len(windows), batch_size):
         batch = windows[b : b + batch_size]

@@ -92,7 +92,10 @@ class _CrashAt(TrainProgress):
     def advance(self, n=1, **info):
         self.done += n
         if self.current == self.target and self.done > self.after:
-            raise KeyboardInterrupt(f"killed in {self.target}")
+            self.kill()
+
+    def kill(self) -> None:
+        raise KeyboardInterrupt(f"killed in {self.target}")
 
 
 def test_interrupted_stages_resume_to_the_same_artifacts(setup, tmp_path, monkeypatch):
@@ -177,22 +180,18 @@ def test_adapted_teacher_changes_the_keys_lowers_training_ce_and_is_cached(setup
         train(config(tmp_path / "adapted", 26))
 
 
-SIGKILL_RUN = """
+SIGKILL_RUN = f"""
 import json, os, signal, sys
+sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1] / "unit")!r}]
 import torch
-from memreg.train import TrainConfig, TrainProgress, train
+from test_train_pipeline import _CrashAt
+from memreg.train import TrainConfig, train
 
 torch.set_num_threads(1)  # as the in-process runs (single_thread_fixture): same float reduction order
 
-class KillAt(TrainProgress):
-    def __init__(self, stage, after):
-        self.target, self.after, self.current, self.done = stage, after, None, 0
-    def stage(self, name, *, total, unit, cached=False):
-        self.current, self.done = name, 0
-    def advance(self, n=1, **info):
-        self.done += n
-        if self.current == self.target and self.done > self.after:
-            os.kill(os.getpid(), signal.SIGKILL)  # no unwinding, no finally: as when the machine dies
+class KillAt(_CrashAt):
+    def kill(self):
+        os.kill(os.getpid(), signal.SIGKILL)  # no unwinding, no finally: as when the machine dies
 
 cfg, stage, after = json.loads(sys.argv[1])
 train(TrainConfig(**cfg), progress=KillAt(stage, after))
