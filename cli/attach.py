@@ -16,7 +16,7 @@ import typer
 from memreg.cli.options import JsonOpt, RegistryOpt, StorageOpt, storage_options
 from memreg.cli.output import console, print_json, err_console
 
-BaseArg = Annotated[str, typer.Argument(help="Base model: a Hugging Face model folder or id (with its tokenizer).")]
+BaseArg = Annotated[str, typer.Argument(help="Base model: a Hugging Face model folder or id (with its tokenizer), or a .gguf file (converted once, see `memreg convert-gguf`).")]
 MemoriesArg = Annotated[
     list[str],
     typer.Argument(help="Memories: registry references (law, law@1.2.0, law:stable) or package folders, each REF[=WEIGHT]."),

@@ -45,6 +45,12 @@ def _register_ml_commands() -> None:
         app.command()(att.attach)
         app.command("eval")(att.eval_cmd)
         app.command()(att.tune)
+    try:
+        from memreg.cli.convert import convert_gguf
+    except ImportError:
+        pass
+    else:
+        app.command("convert-gguf")(convert_gguf)
 
 
 _register_ml_commands()

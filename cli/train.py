@@ -10,28 +10,36 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from memreg.train.config import DEFAULT_LR, DEFAULT_MAX_EPOCHS
+
 CorpusArg = Annotated[list[str], typer.Argument(help="text files, folders, globs, JSONL with a 'text' field, or a save_to_disk dataset", show_default=False)]
-ModelOpt = Annotated[str, typer.Option(help="Hugging Face id or local folder (no remote code)", show_default=False)]
+ModelOpt = Annotated[str, typer.Option(help="Hugging Face id, local folder or .gguf file (no remote code)", show_default=False)]
 
 
 def train(
     corpus: CorpusArg,
     teacher: ModelOpt = ...,  # type: ignore[assignment]
     init: ModelOpt = ...,  # type: ignore[assignment]
+    init_layers: Annotated[Optional[int], typer.Option(help="start the memory from the first N blocks of --init (embeddings, final norm and LM head kept): for a base with no smaller sibling", show_default=False)] = None,
     out: Annotated[Path, typer.Option(help="package folder to write")] = ...,  # type: ignore[assignment]
     domain: Annotated[Optional[list[str]], typer.Option(help="domain label (repeat for several)")] = None,
     k: Annotated[Optional[int], typer.Option(help="neighbours per position [default: the paper's 1024, lowered to fit the datastore]", show_default=False)] = None,
     temperature: Annotated[str, typer.Option(help="kNN softmax temperature over squared L2 distances, or 'auto'")] = "auto",
     beta: Annotated[float, typer.Option(help="loss = beta*KL(p_knn||p_mem) + (1-beta)*CE")] = 0.5,
     block_size: Annotated[Optional[int], typer.Option(help="tokens per training block [default: min(512, model context)]", show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="optimizer steps (overrides --epochs)", show_default=False)] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="passes over the corpus [default: 3]", show_default=False)] = None,
-    lr: Annotated[float, typer.Option(help="peak AdamW learning rate")] = 1e-3,
+    steps: Annotated[Optional[int], typer.Option(help="fixed number of optimizer steps (overrides --epochs) [default: stop on the validation loss]", show_default=False)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="fixed number of passes over the corpus [default: stop on the validation loss]", show_default=False)] = None,
+    max_epochs: Annotated[float, typer.Option(help="cap of a run stopped on the validation loss (the learning rate decays to 0 there)")] = DEFAULT_MAX_EPOCHS,
+    patience: Annotated[int, typer.Option(help="stop after this many evaluations without improvement")] = 3,
+    eval_every: Annotated[Optional[int], typer.Option(help="optimizer steps between evaluations [default: twice an epoch]", show_default=False)] = None,
+    val_tokens: Annotated[int, typer.Option(help="held-out tokens scored at each evaluation")] = 16_384,
+    max_minutes: Annotated[Optional[float], typer.Option(help="stop training after this many minutes and package the best checkpoint so far", show_default=False)] = None,
+    lr: Annotated[float, typer.Option(help="peak AdamW learning rate (after a linear warm-up)")] = DEFAULT_LR,
     batch_size: Annotated[int, typer.Option(help="blocks per micro-batch")] = 8,
     grad_accum: Annotated[int, typer.Option(help="micro-batches per optimizer step")] = 1,
     adapt_teacher_steps: Annotated[int, typer.Option(help="first fine-tune a copy of the teacher with CE on the training split for N steps (the paper's domain-adapted teacher); 0 = off")] = 0,
     adapt_teacher_lr: Annotated[float, typer.Option(help="peak AdamW learning rate of --adapt-teacher-steps")] = 3e-4,
-    eval_fraction: Annotated[float, typer.Option(help="share of the corpus held out (by document) for evaluation")] = 0.05,
+    eval_fraction: Annotated[float, typer.Option(help="share of the corpus held out for validation and evaluation (whole near-duplicate clusters of documents)")] = 0.05,
     index: Annotated[str, typer.Option(help="'auto' or a faiss factory string: Flat, IVF1024,Flat, IVF4096,PQ64")] = "auto",
     seed: Annotated[int, typer.Option(help="seed of the split, the sampling and the training")] = 0,
     work_dir: Annotated[Optional[Path], typer.Option(help="stage cache [default: <out>.work]", show_default=False)] = None,
@@ -46,6 +54,8 @@ def train(
 ) -> None:
     """Train a memory decoder on CORPUS and write a package folder that `memreg publish` takes.
 
+    By default training stops when the memory's loss on the held-out documents stops improving (evaluated twice an epoch; --patience, --max-epochs, --max-minutes) and the best checkpoint is packaged; the card (memreg.json) holds the learning curve. Example, a memory for SmolLM2 from its own first 4 blocks: memreg train docs/ --teacher model.gguf --init model.gguf --init-layers 4 --out law-memory
+
     Several processes (one machine or many): launch the same command with accelerate. On 2 CPU processes (accelerate's --cpu launcher starts one process without MPI, so use its torchrun launcher): accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no -m memreg train CORPUS --teacher BIG --init SMALL --out DIR. On GPUs: accelerate launch --num_processes N -m memreg train ... --device cuda (torchrun --nproc_per_node N -m memreg train ... works too).
 
     The datastore is split across the processes; the teacher adaptation and the training are data parallel (gradients averaged, N times the blocks per step, so N times fewer steps per epoch); process 0 alone tokenizes, builds the index and the kNN targets, evaluates and writes the package.
@@ -58,9 +68,10 @@ def train(
         from memreg.train import TrainConfig, train as run_train
 
         config = TrainConfig(
-            corpus=corpus, teacher=teacher, init=init, out=out, work_dir=work_dir, domain=domain or [], k=k,
+            corpus=corpus, teacher=teacher, init=init, init_layers=init_layers, out=out, work_dir=work_dir, domain=domain or [], k=k,
             temperature=temperature if temperature == "auto" else _float("--temperature", temperature),
-            beta=beta, block_size=block_size, steps=steps, epochs=epochs, lr=lr, batch_size=batch_size,
+            beta=beta, block_size=block_size, steps=steps, epochs=epochs, max_epochs=max_epochs, patience=patience,
+            eval_every=eval_every, val_tokens=val_tokens, max_minutes=max_minutes, lr=lr, batch_size=batch_size,
             grad_accum=grad_accum, adapt_teacher_steps=adapt_teacher_steps, adapt_teacher_lr=adapt_teacher_lr,
             eval_fraction=eval_fraction, index=index, seed=seed, device=device, name=name,
             version=version, description=description, language=language, license=license,
@@ -99,8 +110,16 @@ def _summary(result: Any) -> None:
     from rich.table import Table
 
     console = Console()
+    extra = result.card.training.extra if result.card.training else {}
+    sched = extra.get("schedule") or {}
     console.print(f"memory decoder written to [bold]{result.out}[/] (k={result.k}, T={result.temperature:g}, "
                   f"{result.steps} steps, index {result.index}, {result.datastore_size} datastore entries)")
+    if sched.get("best_step") is not None and extra.get("learning_curve"):
+        console.print(f"stopped: {sched['stop_reason']}; packaged the best checkpoint (step {sched['best_step']})")
+    ppl = (extra.get("validation") or {}).get("perplexity") or {}
+    if "memory" in ppl:
+        console.print(f"held-out perplexity alone: memory {ppl['memory']:.2f}, its untrained init {ppl['init']:.2f}, "
+                      f"teacher {ppl['teacher']:.2f}")
     if result.card.metrics.evaluations:
         table = Table(title="held-out perplexity")
         for col in ("base", "alone", "+ memory", "weight"):

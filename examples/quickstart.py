@@ -1,11 +1,15 @@
-"""memreg quickstart: train a memory decoder on law text, publish it, attach it to two base models.
+"""memreg quickstart: train a memory decoder on a domain, publish it, attach it to two base models.
 
-    python examples/quickstart.py            # ~5 minutes on 2 CPU cores
+    python examples/quickstart.py                  # law, ~6 minutes on 2 CPU cores
+    python examples/quickstart.py --domain code    # Python standard-library sources
 
-Everything runs on what this machine ships: the domain corpus is Debian's licence texts
-(/usr/share/common-licenses) and the copyright files of installed packages (/usr/share/doc/*/copyright,
-deduplicated; one in ten held out, by document, for evaluation); the two base models are the ones in
-models/ (GPT-2 shaped, 7.7 M and 5.4 M parameters, one tokenizer, pretrained on man pages).
+Everything runs on what this machine ships: the law corpus is Debian's licence texts and the
+copyright files of installed packages, the code corpus Python's standard library (examples/domains.py;
+documents with a near-copy on the other side are never held out). The two base models are the ones
+in models/ (GPT-2 shaped, 7.7 M and 5.4 M parameters, one tokenizer, pretrained on man pages).
+The memory starts from the small base; the teacher that builds its datastore is the same model
+first fine-tuned on the training split (--adapt-teacher-steps), so it knows the domain at least as
+well as the memory's init. Training stops on the held-out loss (memreg train's defaults).
 Each step is a plain `memreg` command, printed before it runs: copy them for your own corpus.
 The registry is the default local one ($MEMREG_HOME/registry) unless --registry says otherwise.
 """
@@ -13,46 +17,16 @@ The registry is the default local one ($MEMREG_HOME/registry) unless --registry 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from domains import DOMAINS, build_domain
+
 REPO = Path(__file__).resolve().parents[1]
 LARGE, SMALL = REPO / "models" / "memreg-base-large", REPO / "models" / "memreg-base-small"
-
-
-def build_corpus(work: Path, *, train_extra_bytes: int = 200_000, heldout_bytes: int = 120_000) -> tuple[Path, Path]:
-    """train/ = common-licenses + copyright files; heldout/ = other copyright files (never trained on)."""
-    train, heldout = work / "corpus" / "train", work / "corpus" / "heldout"
-    if train.is_dir() and heldout.is_dir():
-        return train, heldout
-    for d in (train, heldout):
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-    for p in sorted(Path("/usr/share/common-licenses").iterdir()):
-        if p.is_file():
-            shutil.copyfile(p, train / f"common-licenses-{p.name}.txt")
-    docs: dict[str, Path] = {}
-    for p in sorted(Path("/usr/share/doc").glob("*/copyright")):
-        try:
-            body = p.read_bytes()
-            body.decode("utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        docs.setdefault(hashlib.sha256(body).hexdigest(), p)  # many packages ship identical files
-    budget = {"train": train_extra_bytes, "heldout": heldout_bytes}
-    for digest, p in sorted(docs.items()):
-        split = "heldout" if int(digest[:8], 16) % 10 == 0 else "train"
-        size = p.stat().st_size
-        if size > 50_000 or size > budget[split]:
-            continue
-        budget[split] -= size
-        shutil.copyfile(p, (heldout if split == "heldout" else train) / f"{p.parent.name}.copyright.txt")
-    return train, heldout
 
 
 def memreg(*args: str, capture: bool = False) -> str:
@@ -66,38 +40,47 @@ def memreg(*args: str, capture: bool = False) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "quickstart", help="scratch folder (stage cache)")
+    ap.add_argument("--domain", choices=DOMAINS, default="law")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (stage cache) [runs/quickstart-DOMAIN]")
     ap.add_argument("--registry", default=None, help="registry URL (default: the local one under $MEMREG_HOME)")
     ap.add_argument("--version", default="1.0.0", help="version to publish")
     args = ap.parse_args()
     reg = ["--registry", args.registry] if args.registry else []
+    work = args.work or REPO / "runs" / f"quickstart-{args.domain}"
 
-    train, heldout = build_corpus(args.work)
-    package = args.work / "debian-law"
-    memreg("train", str(train), "--teacher", str(LARGE), "--init", str(SMALL), "--out", str(package),
-           "--work-dir", str(args.work / "stages"), "--domain", "law", "--name", "debian-law",
-           "--version", args.version, "--language", "en",
-           "--description", "Debian licence and copyright texts")
+    train, heldout = build_domain(args.domain, work)
+    name = f"debian-{args.domain}" if args.domain != "code" else "python-stdlib"
+    package = work / name
+    memreg("train", str(train), "--teacher", str(SMALL), "--adapt-teacher-steps", "60", "--init", str(SMALL),
+           "--out", str(package), "--work-dir", str(work / "stages"), "--domain", args.domain, "--name", name,
+           "--version", args.version, "--language", "en", "--description", f"{args.domain} texts of a Debian machine")
     memreg("publish", str(package), "--tag", "stable", *reg)
     memreg("list", *reg)
     rows = []
     for base in (LARGE, SMALL):
-        out = json.loads(memreg("eval", str(base), "--memory", "debian-law:stable", "--data", str(heldout), *reg,
+        out = json.loads(memreg("eval", str(base), "--memory", f"{name}:stable", "--data", str(heldout), *reg,
                                 "--json", capture=True))
         rows.append((base.name, out))
-    print_table(rows, len(list(heldout.iterdir())))
+    # weight 1 is the memory alone; the small base is the memory's untrained init
+    alone = json.loads(memreg("eval", str(SMALL), "--memory", f"{name}:stable=1", "--data", str(heldout), *reg,
+                              "--json", capture=True))
+    print_table(rows, alone, heldout)
 
 
-def print_table(rows: list[tuple[str, dict]], n_files: int) -> None:
+def print_table(rows: list[tuple[str, dict]], alone: dict, heldout: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"held-out perplexity on {n_files} Debian copyright files never trained on")
-    for col in ("base", "tokens", "base alone", "+ debian-law memory", "weight"):
-        table.add_column(col, justify="right" if col != "base" else "left")
+    split = json.loads((heldout.parent / "split.json").read_text())
+    table = Table(title=f"held-out perplexity on {split['heldout']} documents never trained on "
+                        f"({split['heldout_8gram_overlap']:.1%} of their 8-grams occur in training)")
+    for col in ("model", "tokens", "alone", "+ memory", "weight"):
+        table.add_column(col, justify="right" if col != "model" else "left")
     for name, out in rows:
         table.add_row(name, f"{out['tokens']:,}", f"{out['perplexity_base']:.1f}",
                       f"{out['perplexity_composed']:.1f}", f"{next(iter(out['weights'].values())):g}")
+    table.add_row("memory alone vs its untrained init", f"{alone['tokens']:,}", f"{alone['perplexity_base']:.1f} (init)",
+                  f"{alone['perplexity_composed']:.1f} (memory)", "1")
     Console().print(table)
 
 

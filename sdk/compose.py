@@ -240,7 +240,8 @@ def compose(
 ) -> ComposedLM:
     """Mix `memories` into `base`: p = (1 - sum w) p_base + sum_i w_i p_i, after checking tokenizers.
 
-    base: a loaded transformers causal LM (give `tokenizer`) or a Hugging Face id/folder.
+    base: a loaded transformers causal LM (give `tokenizer`), a Hugging Face id/folder, or a .gguf
+      file (converted once into $MEMREG_HOME/models, see memreg.gguf).
     memories: one or a list of registry references (`law`, `law@1.2.0`, `law:stable`), package
       folders, loaded models, or (model, tokenizer) pairs.
     weights: one per memory in [0, 1] summing to at most 1; None (or None entries) takes each
@@ -290,9 +291,10 @@ def _base(base: Any, tokenizer: Any, dtype: Any) -> tuple[torch.nn.Module, Any, 
         if tokenizer is None and (folder := _tokenizer_folder_of(model)) is not None:
             tokenizer = _load_tokenizer(folder)
     else:
+        from memreg.gguf import resolve_model_ref
         from memreg.models import load_causal_lm
 
-        name = os.fspath(base)
+        name = resolve_model_ref(base)  # a .gguf becomes its converted folder, the tokenizer's too
         model = load_causal_lm(name, dtype=dtype)
         if tokenizer is None:
             tokenizer = _load_tokenizer(name)
@@ -302,9 +304,9 @@ def _base(base: Any, tokenizer: Any, dtype: Any) -> tuple[torch.nn.Module, Any, 
 
 
 def _load_tokenizer(name: Any):
-    from transformers import AutoTokenizer
+    from memreg.models import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(os.fspath(name), trust_remote_code=False)
+    return load_tokenizer(name)  # a folder, a Hugging Face id or a .gguf file
 
 
 # ------------------------------------------------------------------------------ held-out text

@@ -30,15 +30,14 @@ class KNNLM:
     @classmethod
     def from_work_dir(cls, work_dir: str | Path, *, device: str = "cpu", nprobe: int | None = None) -> "KNNLM":
         """Load the datastore, index and kNN settings of a finished (or past stage 4) `memreg train` run."""
-        from transformers import AutoTokenizer
-
-        from memreg.models import load_causal_lm
+        from memreg.gguf import resolve_model_ref
+        from memreg.models import load_causal_lm, load_tokenizer
         from memreg.train.index import load_index, set_nprobe
 
         work = Path(work_dir)
         run = json.loads((work / "run.json").read_text())
         knn_meta = json.loads(_one(work, "knn") .joinpath("meta.json").read_text())
-        teacher = run["settings"]["teacher"]
+        teacher = resolve_model_ref(run["settings"]["teacher"])  # a .gguf teacher: its converted folder
         index = load_index(_one(work, "index") / "index.faiss")
         set_nprobe(index, nprobe if nprobe is not None else knn_meta.get("nprobe"), k=knn_meta["k"])
         return cls(
@@ -46,7 +45,7 @@ class KNNLM:
             index=index,
             values=np.asarray(np.load(_one(work, "datastore") / "values.npy", mmap_mode="r")),
             k=int(knn_meta["k"]), temperature=float(knn_meta["temperature"]),
-            vocab_size=len(AutoTokenizer.from_pretrained(teacher, trust_remote_code=False)),
+            vocab_size=len(load_tokenizer(teacher)),
         )
 
     @torch.no_grad()

@@ -1,14 +1,26 @@
-"""Loading Hugging Face causal LMs the way memreg always does."""
+"""Loading Hugging Face causal LMs and tokenizers the way memreg always does.
+
+A model reference is a Hugging Face folder or id, or a `.gguf` file: the latter is converted once
+into a folder under $MEMREG_HOME (memreg.gguf.resolve_model_ref) and loaded from there.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from memreg.gguf import resolve_model_ref
+
+__all__ = ["ModelSummary", "load_causal_lm", "load_tokenizer", "resolve_model_ref", "summarize_model"]
 
 
 def load_causal_lm(ref: str | os.PathLike, *, dtype: Any = None, device: Any = None):
     """`AutoModelForCausalLM.from_pretrained(ref)`: safetensors only, never remote code, float32
-    unless `dtype` says otherwise.
+    unless `dtype` says otherwise. `ref` may be a `.gguf` file.
 
     transformers 5 loads a checkpoint in the dtype it was saved in; the shipped bases are stored
     in float16 to stay small, and float16 matmuls on a CPU are both slow and lossy.
@@ -17,8 +29,61 @@ def load_causal_lm(ref: str | os.PathLike, *, dtype: Any = None, device: Any = N
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        os.fspath(ref), use_safetensors=True, trust_remote_code=False, dtype=dtype or torch.float32
+        resolve_model_ref(ref), use_safetensors=True, trust_remote_code=False, dtype=dtype or torch.float32
     )
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def load_tokenizer(ref: str | os.PathLike):
+    """`AutoTokenizer.from_pretrained(ref)`, never remote code; `ref` may be a `.gguf` file."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_ref(ref), trust_remote_code=False)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What a model folder holds, read from config.json and the safetensors headers (no torch)."""
+
+    folder: Path
+    architecture: str  # e.g. "LlamaForCausalLM"
+    model_type: str  # e.g. "llama"
+    parameters: int  # distinct parameters: a tied output embedding is counted once
+    tie_word_embeddings: bool
+    vocab_size: int | None  # embedding rows
+
+
+def summarize_model(folder: str | os.PathLike) -> ModelSummary:
+    """Describe a Hugging Face model folder without loading its weights."""
+    root = Path(folder)
+    try:
+        config = json.loads((root / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{root} has no readable config.json ({exc}): it is not a model folder") from None
+    text = config.get("text_config") or config
+    architectures = config.get("architectures") or ["?"]
+    return ModelSummary(
+        folder=root,
+        architecture=str(architectures[0]),
+        model_type=str(config.get("model_type", "?")),
+        parameters=sum(_safetensors_numel(f) for f in sorted(root.glob("*.safetensors"))),
+        tie_word_embeddings=bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
+        vocab_size=text.get("vocab_size"),
+    )
+
+
+def _safetensors_numel(path: Path) -> int:
+    """Elements in one safetensors file, from its JSON header (8-byte length, then the header)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    total = 0
+    for name, info in header.items():
+        if name != "__metadata__":
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            total += count
+    return total

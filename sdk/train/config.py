@@ -24,14 +24,17 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "datastore": ("teacher", "block_size"),
     "index": ("index", "nprobe", "memory_budget_mb", "flat_max_keys"),
     "knn": ("k", "temperature", "knn_support"),
+    "init": ("init", "init_layers"),
     "train": (
         "init", "beta", "steps", "epochs", "lr", "batch_size", "grad_accum",
-        "warmup_fraction", "weight_decay", "seed",
+        "warmup_fraction", "weight_decay", "seed", "max_epochs", "patience", "eval_every", "val_tokens",
     ),
     "eval": ("weight_grid", "eval_stride"),
 }
 STAGES = tuple(STAGE_SETTINGS)
 PAPER_K = 1024
+DEFAULT_LR = 1e-3
+DEFAULT_MAX_EPOCHS = 20.0
 
 
 class TrainConfig(BaseModel):
@@ -42,6 +45,7 @@ class TrainConfig(BaseModel):
     corpus: list[str] = Field(min_length=1, description="files, folders, globs, JSONL, or a save_to_disk dataset")
     teacher: str = Field(description="LM whose last_ffn_input keys build the datastore")
     init: str = Field(description="small LM of the same tokenizer the memory decoder starts from")
+    init_layers: int | None = Field(default=None, ge=1, description="start from the first N blocks of --init (plus its embeddings, final norm and LM head)")
     out: Path = Field(description="package folder to write")
     work_dir: Path | None = Field(default=None, description="cache of the stages; default <out>.work next to out")
     # package metadata (does not change any artifact)
@@ -72,12 +76,17 @@ class TrainConfig(BaseModel):
     search_batch_size: int = Field(default=1024, ge=1)
     # 5. training
     beta: float = Field(default=0.5, ge=0, le=1)
-    steps: int | None = Field(default=None, ge=1)
-    epochs: float | None = Field(default=None, gt=0, description="default 3 when --steps is not given")
-    lr: float = Field(default=1e-3, gt=0)
+    steps: int | None = Field(default=None, ge=1, description="fixed length; default: stop on the validation loss")
+    epochs: float | None = Field(default=None, gt=0, description="fixed length in passes; default: stop on the validation loss")
+    max_epochs: float = Field(default=DEFAULT_MAX_EPOCHS, gt=0, description="cap of the early-stopped run (the schedule decays to 0 there)")
+    patience: int = Field(default=3, ge=1, description="evaluations without improvement before stopping")
+    eval_every: int | None = Field(default=None, ge=1, description="optimizer steps between evaluations; default: twice an epoch")
+    val_tokens: int = Field(default=16_384, ge=2, description="held-out tokens scored at each evaluation")
+    max_minutes: float | None = Field(default=None, gt=0, description="stop training after this long (this invocation), keep the best")
+    lr: float = Field(default=DEFAULT_LR, gt=0)
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
-    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1, description="of the schedule's length; at least 1 step")
     weight_decay: float = Field(default=0.0, ge=0)
     checkpoint_every: int = Field(default=100, ge=1)
     seed: int = 0

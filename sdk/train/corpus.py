@@ -137,25 +137,40 @@ def corpus_digest(documents: list[Document]) -> str:
 
 
 def split_documents(documents: list[Document], *, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of (train, eval) documents. Documents are visited in the order of a seeded hash of their
-    text and held out while they fit in `eval_fraction` of the characters; at least one stays on each
-    side when there are two or more."""
+    """Indices of (train, eval) documents, holding out whole near-duplicate clusters
+    (`neardup.near_duplicate_clusters`: chains of 8-gram Jaccard >= 0.5, fixed hash seed), so that no
+    held-out document has a near-copy in training. Deterministic for given (documents, seed).
+
+    Clusters are visited in the order of a seeded hash of their texts (a cluster's key is the least
+    of its documents' keys, so a corpus without near-copies splits exactly as documents did before)
+    and held out while they fit in `eval_fraction` of the characters; a big one never swallows the
+    budget, and the last stays in training. If none fits, the smallest is held out. When all the
+    documents form one cluster, none can be held out without its near-copies in training: all train,
+    none held out, and the caller holds out the tail of the training text instead, with a warning.
+    `neardup.split_report` measures the 8-gram overlap the split leaves."""
     if eval_fraction == 0 or len(documents) < 2:
         return list(range(len(documents))), []
-    order = sorted(
-        range(len(documents)),
-        key=lambda i: hashlib.sha256(f"{seed}:".encode() + documents[i].text.encode("utf-8")).digest(),
-    )
+    from memreg.train.neardup import near_duplicate_clusters
+
+    labels = near_duplicate_clusters([d.text for d in documents])
+    members: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        members.setdefault(label, []).append(i)
+    if len(members) < 2:
+        return list(range(len(documents))), []
+    keys = [hashlib.sha256(f"{seed}:".encode() + d.text.encode("utf-8")).digest() for d in documents]
+    order = sorted(members.values(), key=lambda m: min(keys[i] for i in m))
+    chars = [sum(len(documents[i].text) for i in m) for m in order]
     target = eval_fraction * sum(len(d.text) for d in documents)
-    held, chars = [], 0
-    for i in order[:-1]:  # documents that fit in what is left of the target; a big one never swallows it
-        if chars + len(documents[i].text) <= target:
-            held.append(i)
-            chars += len(documents[i].text)
-    if not held:  # every document is bigger than the target: hold out the smallest one
-        held = [min(order[:-1], key=lambda i: len(documents[i].text))]
-    train = sorted(set(range(len(documents))) - set(held))
-    return train, sorted(held)
+    held, total = [], 0
+    for c in range(len(order) - 1):  # clusters that fit in what is left of the target
+        if total + chars[c] <= target:
+            held.append(c)
+            total += chars[c]
+    if not held:  # every cluster is bigger than the target: hold out the smallest one
+        held = [min(range(len(order) - 1), key=chars.__getitem__)]
+    eval_idx = sorted(i for c in held for i in order[c])
+    return sorted(set(range(len(documents))) - set(eval_idx)), eval_idx
 
 
 def write_tokens(

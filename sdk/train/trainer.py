@@ -8,13 +8,15 @@ exactly the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ import torch
 from memreg.train.corpus import TokenArray
 from memreg.train.datastore import blocks
 from memreg.train.loss import memdec_loss
+from memreg.train.stopping import EarlyStopping
 
 if TYPE_CHECKING:
     from memreg.train.distributed import Dist
@@ -31,16 +34,26 @@ KEEP_CHECKPOINTS = 2
 
 @dataclass(frozen=True)
 class TrainSchedule:
-    total_steps: int
+    total_steps: int  # the cap: with early stopping, training usually ends before it
     micro_per_epoch: int
     warmup_steps: int
+    early_stopping: bool = False
+    grad_accum: int = 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.micro_per_epoch / self.grad_accum))
 
 
 def schedule(n_blocks: int, *, batch_size: int, grad_accum: int, steps: int | None, epochs: float | None,
-             warmup_fraction: float) -> TrainSchedule:
+             warmup_fraction: float, max_epochs: float = 3.0) -> TrainSchedule:
+    """Fixed length when `steps` or `epochs` is given; otherwise up to `max_epochs`, stopped early on the
+    validation loss. Warm-up is a fraction of the length, and never 0 steps: a pretrained init hit by
+    the full learning rate on its first step can lose what it knew before it learns anything."""
     micro = math.ceil(n_blocks / batch_size)
-    total = steps if steps is not None else max(1, math.ceil((epochs or 3.0) * micro / grad_accum))
-    return TrainSchedule(total, micro, int(warmup_fraction * total))
+    early = steps is None and epochs is None
+    total = steps if steps is not None else max(1, math.ceil((epochs if epochs is not None else max_epochs) * micro / grad_accum))
+    return TrainSchedule(total, micro, max(1, int(warmup_fraction * total)), early, grad_accum)
 
 
 class BlockBatches:
@@ -86,16 +99,34 @@ def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, sc
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+Validate = Callable[[torch.nn.Module], dict[str, float]]
+
+
+@dataclass
+class TrainOutcome:
+    steps: int  # optimizer steps taken (the last checkpoint's step)
+    metrics: dict[str, float]  # the last step's training loss parts
+    stopping: EarlyStopping
+    stop_reason: str  # "patience", "time budget", "schedule" (the cap or --steps), or "resumed finished"
+    best: Path | None  # folder of the best checkpoint's weights (None without validation)
+
+
 def train_loop(
     model: torch.nn.Module, batches: BlockBatches, ckpt_dir: Path, *, sched: TrainSchedule, lr: float,
     weight_decay: float, beta: float, grad_accum: int, vocab_size: int, seed: int, checkpoint_every: int,
     device: str = "cpu", on_step: Callable[[int, int, dict[str, float]], None] | None = None,
-    dist: "Dist | None" = None,
-) -> dict[str, float]:
-    """Run (or resume) training to `sched.total_steps`; returns the last step's metrics.
+    dist: "Dist | None" = None, validate: Validate | None = None, eval_every: int | None = None,
+    patience: int | None = None, max_seconds: float | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainOutcome:
+    """Run (or resume) training; returns where it stopped and the best checkpoint.
 
-    With `dist` of several processes: process r takes micro-batches (step*grad_accum + micro)*W + r,
-    gradients are averaged across processes before each step, process 0 writes the checkpoints."""
+    With `validate` (model in eval mode -> {"val_loss": ..., ...}), the model is scored before the
+    first step and every `eval_every` steps; the best point's weights are kept in `best-step-N/`,
+    and with `patience` the run stops after that many evaluations without improvement. With `dist`
+    of several processes: process r takes micro-batches (step*grad_accum + micro)*W + r, gradients
+    are averaged before each step, every process evaluates (same weights, same decision) and
+    process 0 writes the checkpoints."""
     from memreg.train.distributed import Dist
 
     dist = dist or Dist()
@@ -103,32 +134,77 @@ def train_loop(
     torch.manual_seed(seed)
     model.to(device).train()
     opt, lr_sched = make_optimizer(model, lr=lr, weight_decay=weight_decay, sched=sched)
-    step = _resume(model, opt, lr_sched, ckpt_dir)
+    step, stopping, pending = _resume(model, opt, lr_sched, ckpt_dir, EarlyStopping(patience))
     if on_step is not None and step:
         on_step(step, sched.total_steps, {})
+    started = time.monotonic()
+    eval_every = eval_every or sched.total_steps
+
+    def evaluate(at: int) -> None:
+        point = {**_means(pending), **_evaluate(model, validate)}  # type: ignore[arg-type]
+        pending.clear()
+        if stopping.record(at, point) and dist.is_main:
+            _save_weights(model, ckpt_dir / f"best-step-{at:07d}")
+        if on_eval is not None:
+            on_eval(stopping.curve[-1])
+
+    if validate is not None and not stopping.curve:
+        evaluate(0)  # the untrained init: the point every later one has to beat
     metrics: dict[str, float] = {}
-    while step < sched.total_steps:
-        totals = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
-        for micro in range(grad_accum):
-            batch = {k: v.to(device) for k, v in batches((step * grad_accum + micro) * world + rank).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-            parts = memdec_loss(logits, batch["labels"], batch["knn_ids"], batch["knn_probs"],
-                                beta=beta, vocab_size=vocab_size)
-            (parts.loss / grad_accum).backward()
-            for name in totals:
-                totals[name] += float(getattr(parts, name).detach()) / grad_accum
-        dist.average_gradients(model)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        lr_sched.step()
-        opt.zero_grad(set_to_none=True)
+    reason = "resumed finished" if stopping.should_stop else "schedule"
+    while step < sched.total_steps and not stopping.should_stop:
+        metrics = _optimizer_step(model, batches, opt, lr_sched, step, grad_accum=grad_accum, beta=beta,
+                                  vocab_size=vocab_size, device=device, dist=dist)
         step += 1
-        metrics = {**totals, "lr": lr_sched.get_last_lr()[0]}
-        if dist.is_main and (step % checkpoint_every == 0 or step == sched.total_steps):
-            save_checkpoint(model, opt, lr_sched, ckpt_dir, step)
+        for name in ("loss", "kl", "ce"):
+            pending[name] = pending.get(name, 0.0) + metrics[name]
+        pending["n"] = pending.get("n", 0.0) + 1
+        out_of_time = max_seconds is not None and time.monotonic() - started > max_seconds
+        if validate is not None and (step % eval_every == 0 or step == sched.total_steps or out_of_time):
+            evaluate(step)
+        stop = stopping.should_stop or out_of_time
+        if dist.is_main and (step % checkpoint_every == 0 or step == sched.total_steps or stop):
+            save_checkpoint(model, opt, lr_sched, ckpt_dir, step, stopping=stopping, pending=pending)
         if on_step is not None:
             on_step(step, sched.total_steps, metrics)
-    return metrics
+        if stop:
+            reason = "patience" if stopping.should_stop else "time budget"
+            break
+    best = ckpt_dir / f"best-step-{stopping.best_step:07d}" if stopping.best_step >= 0 else None
+    return TrainOutcome(step, metrics, stopping, reason, best)
+
+
+def _optimizer_step(model, batches: BlockBatches, opt, lr_sched, step: int, *, grad_accum: int, beta: float,
+                    vocab_size: int, device: str, dist: "Dist") -> dict[str, float]:
+    totals = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
+    for micro in range(grad_accum):
+        batch = {k: v.to(device) for k, v in batches((step * grad_accum + micro) * dist.world_size + dist.rank).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        parts = memdec_loss(logits, batch["labels"], batch["knn_ids"], batch["knn_probs"], beta=beta, vocab_size=vocab_size)
+        (parts.loss / grad_accum).backward()
+        for name in totals:
+            totals[name] += float(getattr(parts, name).detach()) / grad_accum
+    dist.average_gradients(model)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    lr_sched.step()
+    opt.zero_grad(set_to_none=True)
+    return {**totals, "lr": lr_sched.get_last_lr()[0]}
+
+
+def _means(pending: dict[str, float]) -> dict[str, float]:
+    """Mean training loss parts since the previous evaluation (none before the first step)."""
+    n = pending.get("n", 0.0)
+    return {f"train_{k}": pending[k] / n for k in ("loss", "kl", "ce")} if n else {}
+
+
+def _evaluate(model: torch.nn.Module, validate: Validate) -> dict[str, float]:
+    was_training = model.training
+    model.eval()  # no dropout; evaluation draws no random numbers, so resumed runs stay identical
+    try:
+        return dict(validate(model))
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -150,22 +226,39 @@ def mean_ce(model: torch.nn.Module, batches: BlockBatches, micro_batches: list[i
     return total / max(n, 1.0)
 
 
-def save_checkpoint(model, opt, lr_sched, ckpt_dir: Path, step: int) -> Path:
-    from safetensors.torch import save_model
-
+def save_checkpoint(model, opt, lr_sched, ckpt_dir: Path, step: int, *, stopping: EarlyStopping | None = None,
+                    pending: dict[str, float] | None = None) -> Path:
     final = ckpt_dir / f"step-{step:07d}"
     if final.exists():
         return final
     tmp = ckpt_dir / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
+    _save_weights(model, tmp, atomic=False)
     torch.save({"optimizer": opt.state_dict(), "scheduler": lr_sched.state_dict(), "step": step,
                 "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+    (tmp / "stopping.json").write_text(json.dumps({"stopping": (stopping or EarlyStopping(None)).state_dict(),
+                                                   "pending": pending or {}}))
     os.replace(tmp, final)
     for old in sorted(ckpt_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
+    if stopping is not None:  # only now may an older best go: this checkpoint no longer points at it
+        for old in ckpt_dir.glob("best-step-*"):
+            if old.name != f"best-step-{stopping.best_step:07d}":
+                shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _save_weights(model, folder: Path, *, atomic: bool = True) -> None:
+    from safetensors.torch import save_model
+
+    target = folder.with_name(f".tmp-{folder.name}") if atomic else folder
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    save_model(model, str(target / "model.safetensors"))
+    if atomic:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(target, folder)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -173,15 +266,23 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _resume(model, opt, lr_sched, ckpt_dir: Path) -> int:
+def _resume(model, opt, lr_sched, ckpt_dir: Path, fresh: EarlyStopping) -> tuple[int, EarlyStopping, dict[str, float]]:
     from safetensors.torch import load_model
 
     last = latest_checkpoint(ckpt_dir)
     if last is None:
-        return 0
+        return 0, fresh, {}
     load_model(model, str(last / "model.safetensors"))
     state = torch.load(last / "state.pt", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     lr_sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
+    saved = json.loads((last / "stopping.json").read_text())
+    stopping = EarlyStopping.from_state({**saved["stopping"], "patience": fresh.patience})
+    return int(state["step"]), stopping, saved["pending"]
+
+
+def load_best(model, best: Path) -> None:
+    from safetensors.torch import load_model
+
+    load_model(model, str(best / "model.safetensors"))

@@ -1,0 +1,182 @@
+"""Stages 1-4 of `memreg train`: corpus -> (teacher adaptation) -> datastore -> index -> kNN targets.
+
+Each function is one stage body run through `StageRunner.run`, which skips it when its result is
+cached and marks it done; the body returns the stage's metadata (what later stages and the card read).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memreg.train import corpus as corpus_mod
+from memreg.train.errors import InvalidTrainSettingError
+from memreg.train.runner import Meta, StageRunner
+
+
+def load_lm(ref: str, device: str):
+    from memreg.models import load_causal_lm
+
+    return load_causal_lm(ref, device=device)
+
+
+def corpus(run: StageRunner, docs: list[corpus_mod.Document], tok: Any) -> Meta:
+    """Tokenize into uint32 shards; hold out whole near-duplicate clusters of documents for evaluation."""
+    total = sum(len(d.text.encode("utf-8")) for d in docs)
+
+    def body() -> Meta:
+        folder = run.stage_dir("corpus")
+        for old in folder.glob("*.npy"):  # a killed tokenization starts over: it is the cheap stage
+            old.unlink()
+        train_i, eval_i = corpus_mod.split_documents(docs, eval_fraction=run.cfg.eval_fraction, seed=run.cfg.seed)
+
+        def encode(text: str) -> list[int]:
+            return tok(text, add_special_tokens=False)["input_ids"]
+
+        eos = tok.eos_token_id
+        n_train = corpus_mod.write_tokens(folder, "train", [docs[i] for i in train_i], encode, eos, run.progress.advance)
+        n_eval = corpus_mod.write_tokens(folder, "eval", [docs[i] for i in eval_i], encode, eos, run.progress.advance)
+        split: Meta = {"split": "by near-duplicate cluster of documents"}
+        if eval_i:
+            split.update(_split_report(docs, train_i, eval_i))
+        elif run.cfg.eval_fraction > 0:  # one document (or one cluster): hold out its tail instead
+            n_eval = _split_tail(folder, run.cfg.eval_fraction)
+            n_train -= n_eval
+            split = {"split": "tail of the training text (the corpus is one document or one near-duplicate cluster)"}
+            run.note(f"no document could be held out without a near-copy in training: held out the last {n_eval} "
+                     "tokens for evaluation; its perplexities are optimistic", warning=True)
+        return {"train_tokens": n_train, "eval_tokens": n_eval, "documents": len(docs),
+                "eval_documents": len(eval_i), **split}
+
+    return run.run("corpus", body, label="tokenize", total=total, unit="B")
+
+
+def _split_report(docs: list[corpus_mod.Document], train_i: list[int], eval_i: list[int]) -> Meta:
+    from memreg.train.neardup import split_report
+
+    return split_report(docs, train_i, eval_i)
+
+
+def _split_tail(folder: Path, fraction: float) -> int:
+    arr = corpus_mod.TokenArray(folder, "train")
+    n = len(arr)
+    n_eval = int(n * fraction)
+    if n_eval < 2:
+        return 0
+    all_tokens = arr.slice(0, n).astype(np.uint32)
+    del arr
+    for p in folder.glob("train-*.npy"):
+        p.unlink()
+    np.save(folder / "train-00000.npy", all_tokens[: n - n_eval])
+    for p in folder.glob("eval-*.npy"):
+        p.unlink()
+    np.save(folder / "eval-00000.npy", all_tokens[n - n_eval :])
+    return n_eval
+
+
+def teacher(run: StageRunner, block_size: int, vocab_size: int, teacher_ref: str) -> Meta:
+    """Optional: fine-tune a copy of the teacher with plain CE on the *training* split (never the
+    held-out text), so that its keys, and so the kNN targets, come from a domain-adapted model as in
+    the paper (GPT2-xl fine-tuned on the domain). Off (`adapt_teacher_steps` = 0): the teacher as given."""
+    from memreg.train.trainer import BlockBatches, TrainSchedule, mean_ce, train_loop
+
+    cfg = run.cfg
+    if not cfg.adapt_teacher_steps:
+        return {"model": teacher_ref, "adapted": False}
+    steps = cfg.adapt_teacher_steps
+    tokens = corpus_mod.TokenArray(run.stage_dir("corpus"), "train")
+    batches = BlockBatches(tokens, None, None, block_size=block_size, batch_size=cfg.batch_size, seed=cfg.seed)
+    sched = TrainSchedule(steps, batches.micro_per_epoch, max(1, int(cfg.warmup_fraction * steps)))
+    probe = list(range(min(4, batches.micro_per_epoch)))  # the first epoch's first micro-batches: training text
+
+    def body() -> Meta | None:
+        folder = run.stage_dir("teacher")
+        model = load_lm(teacher_ref, run.device)
+        before = mean_ce(model, batches, probe, vocab_size=vocab_size, device=run.device)
+        last_step = [0]
+
+        def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
+            run.progress.advance(step - last_step[0], **{k: v for k, v in metrics.items() if k in ("ce", "lr")})
+            last_step[0] = step
+
+        train_loop(model, batches, folder / "checkpoints", sched=sched, lr=cfg.adapt_teacher_lr,
+                   weight_decay=cfg.weight_decay, beta=0.0, grad_accum=1, vocab_size=vocab_size, seed=cfg.seed,
+                   checkpoint_every=cfg.checkpoint_every, device=run.device, on_step=on_step, dist=run.dist)
+        if not run.dist.is_main:
+            return None
+        after = mean_ce(model, batches, probe, vocab_size=vocab_size, device=run.device)
+        model.save_pretrained(folder / "final", safe_serialization=True)
+        run.note(f"teacher adapted on the training split: {steps} steps, training CE {before:.3f} -> {after:.3f}")
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # final/ is the result
+        return {"model": str(folder / "final"), "adapted": True, "steps": steps, "lr": cfg.adapt_teacher_lr,
+                "train_ce_before": before, "train_ce_after": after}
+
+    return run.run("teacher", body, label="adapt teacher", total=steps, unit="step", all_processes=True)
+
+
+def datastore(run: StageRunner, block_size: int, teacher_ref: str) -> Meta:
+    from memreg.train.datastore import build_datastore
+
+    tokens = corpus_mod.TokenArray(run.stage_dir("corpus"), "train")
+
+    def body() -> Meta | None:
+        folder = run.stage_dir("datastore")
+        model = load_lm(teacher_ref, run.device)
+        rows = build_datastore(model, tokens, folder, block_size=block_size, batch_size=run.cfg.teacher_batch_size,
+                               device=run.device, progress=run.progress.advance, rank=run.dist.rank,
+                               world_size=run.dist.world_size)
+        dim = int(np.load(folder / "keys.npy", mmap_mode="r").shape[1])
+        return {"rows": rows, "dim": dim, "processes": run.dist.world_size}
+
+    return run.run("datastore", body, label="datastore", total=len(tokens) - 1, unit="tok", all_processes=True)
+
+
+def index(run: StageRunner, dmeta: Meta) -> Meta:
+    from memreg.train.datastore import open_datastore
+    from memreg.train.index import build_index, choose_factory
+
+    def body() -> Meta:
+        keys, _ = open_datastore(run.stage_dir("datastore"))
+        cfg = run.cfg
+        factory = cfg.index if cfg.index != "auto" else choose_factory(
+            dmeta["rows"], dmeta["dim"], memory_budget_mb=cfg.memory_budget_mb, flat_max_keys=cfg.flat_max_keys)
+        try:
+            build_index(keys, factory, run.stage_dir("index") / "index.faiss", seed=cfg.seed,
+                        progress=run.progress.advance)
+        except RuntimeError as exc:
+            raise InvalidTrainSettingError(f"faiss cannot build index {factory!r}: {str(exc).strip().splitlines()[-1]}") from None
+        return {"factory": factory}
+
+    return run.run("index", body, label="index", total=dmeta["rows"], unit="key")
+
+
+def knn(run: StageRunner, k: int, vocab_size: int) -> Meta:
+    from memreg.train.datastore import open_datastore
+    from memreg.train.index import load_index, set_nprobe
+    from memreg.train.knn import build_targets, choose_temperature
+
+    keys, values = open_datastore(run.stage_dir("datastore"))
+
+    def body() -> Meta:
+        folder = run.stage_dir("knn")
+        index = load_index(run.stage_dir("index") / "index.faiss")
+        nprobe = set_nprobe(index, run.cfg.nprobe, k=k)
+        temp_file = folder / "temperature.json"
+        if run.cfg.temperature != "auto":
+            temperature = float(run.cfg.temperature)
+        elif temp_file.exists():
+            temperature = json.loads(temp_file.read_text())["temperature"]
+        else:
+            temperature = choose_temperature(index, keys, values, k=k, vocab_size=vocab_size, seed=run.cfg.seed)
+            temp_file.write_text(json.dumps({"temperature": temperature}))
+            run.note(f"kNN temperature {temperature:g} chosen on a sample of the datastore (squared L2 distances)")
+        effective = build_targets(index, keys, values, folder, k=k, temperature=temperature, vocab_size=vocab_size,
+                                  support=run.cfg.knn_support, batch_size=run.cfg.search_batch_size,
+                                  progress=run.progress.advance)
+        return {"k": k, "temperature": temperature, "nprobe": nprobe, **effective}
+
+    return run.run("knn", body, label="knn targets", total=len(keys), unit="tok")

@@ -1,0 +1,46 @@
+"""When to stop training the memory decoder, and which checkpoint to package.
+
+Every `eval_every` optimizer steps the trainer scores the validation documents (the held-out
+documents of the training corpus) and hands the memory's validation loss to `EarlyStopping`.
+The best point so far is the one to package; after `patience` evaluations without an improvement
+of at least `min_delta` nats the run stops. The state is plain JSON, saved with every checkpoint, so
+a resumed run takes exactly the decisions an uninterrupted one would have taken.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class EarlyStopping:
+    patience: int | None  # None: never stop early (a fixed --steps/--epochs run still keeps the best)
+    min_delta: float = 1e-3  # nats of validation loss that count as an improvement (0.1 % perplexity)
+    best_loss: float = math.inf
+    best_step: int = -1
+    bad_evaluations: int = 0
+    curve: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, step: int, point: dict[str, Any]) -> bool:
+        """Add an evaluation point (it must hold `val_loss`); True when it is the new best."""
+        loss = float(point["val_loss"])
+        improved = loss < self.best_loss - self.min_delta  # the first finite point always improves on inf
+        self.curve.append({"step": step, **point})
+        if improved:
+            self.best_loss, self.best_step, self.bad_evaluations = loss, step, 0
+        else:
+            self.bad_evaluations += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_evaluations >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "EarlyStopping":
+        return cls(**state)

@@ -1,0 +1,146 @@
+"""Early stopping: the loop stops on a validation plateau, keeps the best checkpoint, resumes to the
+same decisions; warm-up is never 0 steps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torch  # noqa: F401  (a missing dependency must fail, not skip)
+
+from test_train_trainer import _batches, _init, prepared  # noqa: F401  (the fixture is reused)
+from train_helpers import single_thread_fixture
+
+from memreg.train.stopping import EarlyStopping
+from memreg.train.trainer import latest_checkpoint, schedule, train_loop
+
+_one_thread = single_thread_fixture()
+
+
+@given(n_blocks=st.integers(1, 5000), batch=st.integers(1, 64), accum=st.integers(1, 8),
+       steps=st.one_of(st.none(), st.integers(1, 10_000)), epochs=st.one_of(st.none(), st.floats(0.01, 50)),
+       warmup=st.floats(0, 0.99), max_epochs=st.floats(0.01, 100))
+def test_warmup_is_never_zero_steps(n_blocks, batch, accum, steps, epochs, warmup, max_epochs):
+    sched = schedule(n_blocks, batch_size=batch, grad_accum=accum, steps=steps, epochs=epochs,
+                     warmup_fraction=warmup, max_epochs=max_epochs)
+    assert sched.total_steps >= 1 and 1 <= sched.warmup_steps <= max(1, sched.total_steps)
+    assert sched.early_stopping == (steps is None and epochs is None)
+    if steps is not None:
+        assert sched.total_steps == steps
+
+
+def test_a_short_run_still_warms_up():
+    """The first release's 10-step run had int(0.05 * 10) = 0 warm-up steps: the full rate at once."""
+    sched = schedule(80, batch_size=8, grad_accum=1, steps=10, epochs=None, warmup_fraction=0.05)
+    assert sched.warmup_steps == 1
+
+
+def test_early_stopping_state_machine():
+    es = EarlyStopping(patience=2, min_delta=0.01)
+    assert es.record(0, {"val_loss": 5.0}) and es.best_step == 0
+    assert es.record(10, {"val_loss": 4.0}) and es.best_step == 10
+    assert not es.record(20, {"val_loss": 3.995})  # within min_delta: no improvement
+    assert not es.should_stop
+    assert not es.record(30, {"val_loss": 4.5})
+    assert es.should_stop and es.best_step == 10 and es.best_loss == 4.0
+    again = EarlyStopping.from_state(es.state_dict())
+    assert again == es and [p["step"] for p in again.curve] == [0, 10, 20, 30]
+    assert EarlyStopping(patience=None, bad_evaluations=99).should_stop is False
+
+
+class _Plateau:
+    """A validation 'loss' that falls until `best_at` evaluations, then rises: a synthetic plateau.
+    Records a copy of the weights it saw at each call, to check which ones were packaged."""
+
+    def __init__(self, best_at: int) -> None:
+        self.best_at, self.calls, self.seen = best_at, 0, []
+
+    def __call__(self, model) -> dict[str, float]:
+        assert not model.training  # evaluated in eval mode
+        self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        i, self.calls = self.calls, self.calls + 1
+        return {"val_loss": 10.0 - i if i <= self.best_at else 10.0 - self.best_at + 0.5 * (i - self.best_at)}
+
+
+def test_stops_on_a_plateau_and_keeps_the_best_checkpoint(prepared, tmp_path):
+    from safetensors.torch import load_file
+
+    batches, vocab = _batches(prepared), prepared[2]
+    sched = schedule(len(batches.spans), batch_size=4, grad_accum=1, steps=None, epochs=None,
+                     warmup_fraction=0.05, max_epochs=50)
+    assert sched.early_stopping and sched.total_steps > 100
+    plateau = _Plateau(best_at=3)
+    model = _init(prepared)
+    out = train_loop(model, batches, tmp_path / "ck", sched=sched, lr=1e-3, weight_decay=0.0, beta=0.5,
+                     grad_accum=1, vocab_size=vocab, seed=0, checkpoint_every=1000, validate=plateau,
+                     eval_every=5, patience=2)
+    # evaluations at steps 0, 5, 10, 15 (best), 20, 25 -> two without improvement: stop at 25
+    assert out.stop_reason == "patience" and out.steps == 25
+    assert [p["step"] for p in out.stopping.curve] == [0, 5, 10, 15, 20, 25]
+    assert out.stopping.best_step == 15 and out.best is not None and out.best.name == "best-step-0000015"
+    assert set(out.stopping.curve[1]) >= {"val_loss", "train_kl", "train_ce", "train_loss"}
+    assert "train_kl" not in out.stopping.curve[0]  # the init's point comes before any training
+    best = load_file(out.best / "model.safetensors")
+    for name, tensor in best.items():
+        torch.testing.assert_close(tensor, plateau.seen[3][name], rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(best[n], model.state_dict()[n]) for n in best)  # the last weights differ
+    assert latest_checkpoint(tmp_path / "ck").name == "step-0000025"  # the stop is checkpointed
+    assert [p.name for p in (tmp_path / "ck").glob("best-step-*")] == ["best-step-0000015"]
+
+    # a re-run finds the stop in the checkpoint: no more steps, same best
+    again = train_loop(_init(prepared), batches, tmp_path / "ck", sched=sched, lr=1e-3, weight_decay=0.0, beta=0.5,
+                       grad_accum=1, vocab_size=vocab, seed=0, checkpoint_every=1000, validate=_Plateau(3),
+                       eval_every=5, patience=2)
+    assert again.steps == 25 and again.stop_reason == "resumed finished" and again.stopping.best_step == 15
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_mid_run_takes_the_same_decisions(prepared, tmp_path):
+    """Killed between evaluations, the resumed run replays to the same curve, best step and weights."""
+    batches, vocab = _batches(prepared), prepared[2]
+    sched = schedule(len(batches.spans), batch_size=4, grad_accum=1, steps=None, epochs=None,
+                     warmup_fraction=0.05, max_epochs=50)
+
+    def val_loss(model) -> dict[str, float]:  # a real validation loss: CE on the first micro-batch
+        from memreg.train.trainer import mean_ce
+
+        return {"val_loss": mean_ce(model, batches, [0], vocab_size=vocab)}
+
+    kw = dict(sched=sched, lr=3e-3, weight_decay=0.0, beta=0.5, grad_accum=1, vocab_size=vocab, seed=0,
+              checkpoint_every=4, validate=val_loss, eval_every=3, patience=2)
+    straight = train_loop(_init(prepared), batches, tmp_path / "a", **{**kw, "sched": sched})
+
+    def crash_at_7(step, total, metrics):
+        if step == 7:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train_loop(_init(prepared), batches, tmp_path / "b", on_step=crash_at_7, **kw)
+    resumed = train_loop(_init(prepared), batches, tmp_path / "b", **kw)
+    assert resumed.steps == straight.steps and resumed.stop_reason == straight.stop_reason
+    assert resumed.stopping.curve == straight.stopping.curve
+    assert resumed.stopping.best_step == straight.stopping.best_step
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight.best / "model.safetensors"), load_file(resumed.best / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert all(math.isfinite(p["val_loss"]) for p in straight.stopping.curve)
+
+
+@settings(max_examples=30, deadline=None)
+@given(losses=st.lists(st.floats(0.1, 10), min_size=1, max_size=30), patience=st.integers(1, 5))
+def test_best_is_the_first_minimum_beyond_min_delta(losses, patience):
+    es = EarlyStopping(patience=patience, min_delta=0.0)
+    for i, loss in enumerate(losses):
+        if es.should_stop:
+            break
+        es.record(i, {"val_loss": loss})
+    seen = [p["val_loss"] for p in es.curve]
+    assert es.best_loss == min(seen) and es.best_step == seen.index(min(seen))
