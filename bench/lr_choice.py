@@ -1,13 +1,15 @@
 """Which peak learning rate should `memreg train` default to? Measured, not guessed.
 
-For each domain: one `memreg train` run with default settings builds the datastore and the kNN
-targets (and trains the default memory); then, on the same batches and targets, the memory is
-trained from the same pretrained init at each learning rate of a grid for a fixed number of epochs,
-scoring the held-out documents twice an epoch. Printed per rate: the init's held-out perplexity,
-the perplexity at the first evaluation after warm-up (a rate that makes a pretrained init *worse*
-before it makes it better fails the brief), the best perplexity and when it came.
+It reuses the finished stages of `python examples/quickstart.py --domain D` (datastore and kNN
+targets built with the adapted small base as teacher); on the same batches and targets it trains the
+memory from the same pretrained init (memreg-base-small) at each learning rate of a grid for a fixed
+number of epochs, scoring the held-out documents of memreg train's split twice an epoch. Printed
+per rate: the init's held-out perplexity, the perplexity at the first evaluation after warm-up (a
+rate that makes a pretrained init *worse* before it makes it better fails the brief), the best
+perplexity and when it came.
 
-    python bench/lr_choice.py                         # law and code, tiny shipped bases (~15 min, 2 cores)
+    python examples/quickstart.py && python examples/quickstart.py --domain code   # the stages
+    python bench/lr_choice.py                         # law and code (~20 min on 2 cores)
     python bench/lr_choice.py --domains law --lrs 3e-4 1e-3
 
 Writes bench/results/lr_choice.json.
@@ -18,24 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-
-from domains import build_domain  # noqa: E402
-
 SMALL = REPO / "models" / "memreg-base-small"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--domains", nargs="+", default=["law", "code"])
-    ap.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3, 3e-3])
-    ap.add_argument("--epochs", type=float, default=6.0)
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "lr_choice")
+    ap.add_argument("--lrs", nargs="+", type=float, default=[3e-4, 1e-3, 3e-3])
+    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--runs", type=Path, default=REPO / "runs", help="where the quickstart runs are")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "lr_choice.json")
     args = ap.parse_args()
     import torch
@@ -43,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(2)
     results = {}
     for domain in args.domains:
-        results[domain] = sweep(domain, args.lrs, args.epochs, args.work / domain)
+        results[domain] = sweep(domain, args.lrs, args.epochs, args.runs / f"quickstart-{domain}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     for domain, rows in results.items():
@@ -57,34 +54,35 @@ def main() -> None:
 def sweep(domain: str, lrs: list[float], epochs: float, work: Path) -> dict:
     from memreg.evaluate import target_log_probs
     from memreg.models import load_causal_lm
-    from memreg.train import TrainConfig, train
+    from memreg.train import TrainConfig
     from memreg.train.corpus import TokenArray
     from memreg.train.knn import open_targets
     from memreg.train.trainer import BlockBatches, schedule, train_loop
 
-    train_dir, _ = build_domain(domain, work)
-    result = train(TrainConfig(corpus=[str(train_dir)], teacher=str(SMALL), init=str(SMALL),
-                               out=work / "memory", work_dir=work / "stages"))
-    (corpus_dir,) = result.work_dir.glob("corpus-*")
-    (knn_dir,) = result.work_dir.glob("knn-*")
+    stages = work / "stages"
+    if not (stages / "run.json").is_file():
+        raise SystemExit(f"no finished memreg train run in {stages}: run `python examples/quickstart.py --domain {domain}`")
+    (corpus_dir,) = stages.glob("corpus-*")
+    (knn_dir,) = stages.glob("knn-*")
+    block = json.loads((stages / "run.json").read_text())["settings"]["block_size"]
+    card = json.loads(next(work.glob("*/memreg.json")).read_text())
     cfg = TrainConfig(corpus=["-"], teacher="-", init="-", out=work / "unused")  # the defaults
     tokens = TokenArray(corpus_dir, "train")
     val = TokenArray(corpus_dir, "eval").slice(0, cfg.val_tokens)
-    batches = BlockBatches(tokens, *open_targets(knn_dir), block_size=result.block_size, batch_size=cfg.batch_size,
-                           seed=0)
+    batches = BlockBatches(tokens, *open_targets(knn_dir), block_size=block, batch_size=cfg.batch_size, seed=0)
     sched = schedule(len(batches.spans), batch_size=cfg.batch_size, grad_accum=1, steps=None, epochs=epochs,
                      warmup_fraction=cfg.warmup_fraction)
     vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(SMALL))
 
     def validate(model) -> dict[str, float]:
-        lp = target_log_probs(model, val, context=result.block_size, stride=result.block_size, vocab_size=vocab)
+        lp = target_log_probs(model, val, context=block, stride=block, vocab_size=vocab)
         return {"val_loss": float(-lp.mean())}
 
     runs = []
     every = max(1, sched.steps_per_epoch // 2)
     for lr in lrs:
         t0 = time.monotonic()
-        out = train_loop(load_causal_lm(SMALL), batches, work / f"lr-{lr:g}", sched=sched, lr=lr, weight_decay=0.0,
+        out = train_loop(load_causal_lm(SMALL), batches, work / "lr_choice" / f"lr-{lr:g}", sched=sched, lr=lr, weight_decay=0.0,
                          beta=cfg.beta, grad_accum=1, vocab_size=vocab, seed=0, checkpoint_every=10**9,
                          validate=validate, eval_every=every)
         ppl = [math.exp(p["val_loss"]) for p in out.stopping.curve]
@@ -96,8 +94,9 @@ def sweep(domain: str, lrs: list[float], epochs: float, work: Path) -> dict:
     init_ppl = runs[0]["curve"][0]  # step 0: the untrained init, the same for every rate
     return {"init_perplexity": init_ppl, "steps_per_epoch": sched.steps_per_epoch, "warmup_steps": sched.warmup_steps,
             "eval_every": every, "val_tokens": int(len(val)), "epochs": epochs, "runs": runs,
-            "default_run": {"steps": result.steps, "card_validation": result.card.training.extra["validation"],
-                            "curve": result.card.training.extra["learning_curve"]}}
+            "default_run": {"lr": card["training"]["learning_rate"], "steps": card["training"]["steps"],
+                            "validation": card["training"]["extra"]["validation"],
+                            "curve": card["training"]["extra"]["learning_curve"]}}
 
 
 if __name__ == "__main__":

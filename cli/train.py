@@ -118,8 +118,11 @@ def _summary(result: Any) -> None:
         console.print(f"stopped: {sched['stop_reason']}; packaged the best checkpoint (step {sched['best_step']})")
     ppl = (extra.get("validation") or {}).get("perplexity") or {}
     if "memory" in ppl:
+        adapted = f", adapted teacher {ppl['adapted_teacher']:.2f}" if "adapted_teacher" in ppl else ""
         console.print(f"held-out perplexity alone: memory {ppl['memory']:.2f}, its untrained init {ppl['init']:.2f}, "
-                      f"teacher {ppl['teacher']:.2f}")
+                      f"teacher {ppl['teacher']:.2f}{adapted}")
+    for warning in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     if result.card.metrics.evaluations:
         table = Table(title="held-out perplexity")
         for col in ("base", "alone", "+ memory", "weight"):

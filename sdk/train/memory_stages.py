@@ -70,9 +70,12 @@ def train(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, init_
         folder = run.stage_dir("train")
         validate = None
         if val is not None:
-            base_lp = _cached_scores(folder / "base-val-logprobs.npy", lambda: score(
-                base_ref, val, run=run, context=block_size, stride=block_size, vocab_size=vocab_size, progress=False))
-            validate = _validator(run, val, base_lp, block_size, vocab_size)
+            path = folder / "base-val-logprobs.npy"
+            if run.dist.is_main:  # the base's held-out scores, once; the other processes read them
+                _cached_scores(path, lambda: score(base_ref, val, run=run, context=block_size, stride=block_size,
+                                                   vocab_size=vocab_size, progress=False))
+            run.dist.barrier()
+            validate = _validator(run, val, np.load(path), block_size, vocab_size)
         elif sched.early_stopping:
             run.note(f"no held-out text to stop on: training runs the full {cfg.max_epochs:g} epochs", warning=True)
         model = load_lm(init_ref, run.device)

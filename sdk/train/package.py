@@ -20,14 +20,27 @@ def write_package(out: Path, *, model: Any, tokenizer: Any, card: dict[str, Any]
     from memreg.registry.fingerprinting import fingerprint
 
     out = Path(out)
+    tmp = save_model_folder(out, model, tokenizer)
+    card = {**card, "tokenizer": fingerprint(tmp).model_dump(mode="json")}
+    validated = PackageCard.model_validate(card)
+    (tmp / CARD_FILE).write_text(validated.model_dump_json(indent=2, exclude_none=True) + "\n")
+    replace_folder(tmp, out)
+    return validated
+
+
+def save_model_folder(out: Path, model: Any, tokenizer: Any) -> Path:
+    """model (safetensors) + tokenizer into a fresh temporary sibling of `out`; returns it."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    card = {**card, "tokenizer": fingerprint(tmp).model_dump(mode="json")}
-    validated = PackageCard.model_validate(card)
-    (tmp / CARD_FILE).write_text(validated.model_dump_json(indent=2, exclude_none=True) + "\n")
+    return tmp
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move a fully written `tmp` folder to `out`, replacing what is there: readers see the old
+    folder or the new one, and a crash before the first rename leaves the old one intact."""
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -37,4 +50,3 @@ def write_package(out: Path, *, model: Any, tokenizer: Any, card: dict[str, Any]
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
-    return validated

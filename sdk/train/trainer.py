@@ -1,9 +1,11 @@
 """Stage 5: train the memory decoder on the datastore's blocks against the kNN targets.
 
-AdamW, linear schedule with warm-up, gradient accumulation, periodic checkpoints (weights as
-safetensors, optimizer/scheduler/RNG state as tensors-only torch files) and resume. The order of
-blocks is a seeded permutation per epoch, a function of the step alone, so a resumed run replays
-exactly the batches an uninterrupted one would have seen.
+AdamW, linear schedule with warm-up (never 0 steps), gradient accumulation, periodic checkpoints
+(weights as safetensors, optimizer/scheduler/RNG state as tensors-only torch files, the early-stopping
+state as JSON) and resume. The order of blocks is a seeded permutation per epoch, a function of the
+step alone, so a resumed run replays exactly the batches an uninterrupted one would have seen.
+With a validation function the loop evaluates every `eval_every` steps, keeps the best weights in
+`best-step-N/` and stops after `patience` evaluations without improvement (`stopping.py`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ Blocks keep their weights and their `layer_idx`; the config's layer count and it
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +114,7 @@ def write_truncated_init(ref: str, n: int, out: Path) -> dict[str, Any]:
     from transformers import AutoConfig
 
     from memreg.models import load_causal_lm, load_tokenizer, resolve_model_ref
+    from memreg.train.package import replace_folder, save_model_folder
 
     ref = resolve_model_ref(ref)  # a .gguf file: its converted folder
     config = AutoConfig.from_pretrained(os.fspath(ref), trust_remote_code=False)
@@ -127,18 +127,6 @@ def write_truncated_init(ref: str, n: int, out: Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(ref)
 
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    replace_folder(save_model_folder(out, model, tokenizer), out)
     return {"source": str(ref), "layers": n, "source_layers": source_layers,
             "parameters": count_parameters(model)}

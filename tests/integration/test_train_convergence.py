@@ -14,7 +14,7 @@ import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
+from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture  # noqa: E402
 
 from memreg.train import TrainConfig, train  # noqa: E402
 from memreg.train.pipeline import _warn_about_quality  # noqa: E402
@@ -25,11 +25,7 @@ CORPUS = ["BSD", "Artistic", "Apache-2.0", "MPL-2.0", "CC0-1.0", "GPL-2"]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("conv")
-    make_tokenizer(root / "tok")
-    make_model(root / "teacher", "gpt2", tokenizer_from=root / "tok", hidden=48, seed=1)
-    make_model(root / "init", "gpt2", tokenizer_from=root / "tok", seed=2)
-    return root
+    return make_teacher_and_init(tmp_path_factory.mktemp("conv"))
 
 
 def test_default_run_stops_on_the_held_out_loss_and_packages_the_best_checkpoint(models, tmp_path):

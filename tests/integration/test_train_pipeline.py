@@ -15,7 +15,7 @@ import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 import typer  # noqa: F401  (a missing dependency must fail, not skip)
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
+from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture  # noqa: E402
 
 from memreg.schemas import PackageCard  # noqa: E402
 from memreg.train import TrainConfig, TrainProgress, train  # noqa: E402
@@ -26,10 +26,7 @@ CORPUS = ["BSD", "Artistic", "Apache-2.0", "MPL-2.0", "CC0-1.0"]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    make_tokenizer(root / "tok")
-    make_model(root / "teacher", "gpt2", tokenizer_from=root / "tok", hidden=48, seed=1)
-    make_model(root / "init", "gpt2", tokenizer_from=root / "tok", seed=2)
+    root = make_teacher_and_init(tmp_path_factory.mktemp("e2e"))
     corpus = root / "corpus"
     corpus.mkdir()
     for p in licence_texts(CORPUS):

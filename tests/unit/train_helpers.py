@@ -51,6 +51,14 @@ def make_model(folder: Path, family: str = "gpt2", *, tokenizer_from: Path, seed
     return model
 
 
+def make_teacher_and_init(root: Path) -> Path:
+    """root/tok, root/teacher (GPT-2, width 48) and root/init (GPT-2, width 32): one tokenizer."""
+    make_tokenizer(root / "tok")
+    make_model(root / "teacher", "gpt2", tokenizer_from=root / "tok", hidden=48, seed=1)
+    make_model(root / "init", "gpt2", tokenizer_from=root / "tok", seed=2)
+    return root
+
+
 def _single_thread():
     """Tiny models run fastest on one thread, and the test machine's cores are shared."""
     import torch
