@@ -136,7 +136,8 @@ def corpus_digest(documents: list[Document]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def split_documents(documents: list[Document], *, eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_documents(documents: list[Document], *, eval_fraction: float, seed: int,
+                    labels: list[int] | None = None) -> tuple[list[int], list[int]]:
     """Indices of (train, eval) documents, holding out whole near-duplicate clusters
     (`neardup.near_duplicate_clusters`: chains of 8-gram Jaccard >= 0.5, fixed hash seed), so that no
     held-out document has a near-copy in training. Deterministic for given (documents, seed).
@@ -152,7 +153,8 @@ def split_documents(documents: list[Document], *, eval_fraction: float, seed: in
         return list(range(len(documents))), []
     from memreg.train.neardup import near_duplicate_clusters
 
-    labels = near_duplicate_clusters([d.text for d in documents])
+    if labels is None:  # the caller may pass near_duplicate_clusters' labels it needs for split_report too
+        labels = near_duplicate_clusters([d.text for d in documents])
     members: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
         members.setdefault(label, []).append(i)

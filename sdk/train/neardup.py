@@ -262,15 +262,18 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------ report
-def split_report(documents: Sequence[Document], train_idx: Sequence[int], eval_idx: Sequence[int]) -> dict[str, Any]:
+def split_report(documents: Sequence[Document], train_idx: Sequence[int], eval_idx: Sequence[int], *,
+                 labels: Sequence[int] | None = None) -> dict[str, Any]:
     """What a train/eval split leaves: `eval_8gram_overlap` (share of the held-out 8-gram positions
     that occur in the training documents), the near-duplicate `clusters` of the whole corpus, the
     `largest_cluster`'s size and how many documents have a near-copy (`near_duplicate_documents`).
-    The clusters are `split_documents`'s (default threshold, n and seed), computed again."""
+    The clusters are `split_documents`'s (default threshold, n and seed): pass its `labels` to
+    reuse them, or they are computed again."""
     texts = [d.text for d in documents]
     vocab: dict[str, int] = {}
     positions = [_positions(t, NGRAM, vocab) for t in texts]
-    labels = _clusters([_sorted_unique(p) for p in positions], texts, threshold=THRESHOLD, seed=0)
+    if labels is None:
+        labels = _clusters([_sorted_unique(p) for p in positions], texts, threshold=THRESHOLD, seed=0)
     counts = np.bincount(np.asarray(labels, dtype=np.int64)) if labels else np.zeros(0, dtype=np.int64)
     return {
         "eval_8gram_overlap": round(_overlap([positions[i] for i in train_idx], [positions[i] for i in eval_idx]), 6),

@@ -32,7 +32,9 @@ def corpus(run: StageRunner, docs: list[corpus_mod.Document], tok: Any) -> Meta:
         folder = run.stage_dir("corpus")
         for old in folder.glob("*.npy"):  # a killed tokenization starts over: it is the cheap stage
             old.unlink()
-        train_i, eval_i = corpus_mod.split_documents(docs, eval_fraction=run.cfg.eval_fraction, seed=run.cfg.seed)
+        labels = _clusters(docs) if run.cfg.eval_fraction > 0 and len(docs) >= 2 else None
+        train_i, eval_i = corpus_mod.split_documents(docs, eval_fraction=run.cfg.eval_fraction, seed=run.cfg.seed,
+                                                     labels=labels)
 
         def encode(text: str) -> list[int]:
             return tok(text, add_special_tokens=False)["input_ids"]
@@ -42,7 +44,7 @@ def corpus(run: StageRunner, docs: list[corpus_mod.Document], tok: Any) -> Meta:
         n_eval = corpus_mod.write_tokens(folder, "eval", [docs[i] for i in eval_i], encode, eos, run.progress.advance)
         split: Meta = {"split": "by near-duplicate cluster of documents"}
         if eval_i:
-            split.update(_split_report(docs, train_i, eval_i))
+            split.update(_split_report(docs, train_i, eval_i, labels))
         elif run.cfg.eval_fraction > 0:  # one document (or one cluster): hold out its tail instead
             n_eval = _split_tail(folder, run.cfg.eval_fraction)
             n_train -= n_eval
@@ -55,10 +57,17 @@ def corpus(run: StageRunner, docs: list[corpus_mod.Document], tok: Any) -> Meta:
     return run.run("corpus", body, label="tokenize", total=total, unit="B")
 
 
-def _split_report(docs: list[corpus_mod.Document], train_i: list[int], eval_i: list[int]) -> Meta:
+def _clusters(docs: list[corpus_mod.Document]) -> list[int]:
+    from memreg.train.neardup import near_duplicate_clusters
+
+    return near_duplicate_clusters([d.text for d in docs])
+
+
+def _split_report(docs: list[corpus_mod.Document], train_i: list[int], eval_i: list[int],
+                  labels: list[int] | None) -> Meta:
     from memreg.train.neardup import split_report
 
-    return split_report(docs, train_i, eval_i)
+    return split_report(docs, train_i, eval_i, labels=labels)
 
 
 def _split_tail(folder: Path, fraction: float) -> int:

@@ -272,3 +272,18 @@ def test_same_result_in_processes_with_other_hash_seeds():
         out = subprocess.run([sys.executable, "-c", _PROBE], input=json.dumps(texts), capture_output=True, text=True,
                              env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=True)
         assert json.loads(out.stdout) == here
+
+
+def test_labels_computed_once_give_the_same_split_and_report():
+    """The pipeline clusters once and hands the labels to both functions: nothing may change."""
+    from memreg.train.corpus import Document, split_documents
+    from memreg.train.neardup import near_duplicate_clusters, split_report
+
+    base = [p.read_text() for p in sorted(Path("/usr/share/common-licenses").iterdir()) if p.is_file()]
+    docs = [Document(str(i), t) for i, t in enumerate(base + [t.replace("the", "a", 3) for t in base[:4]])]
+    labels = near_duplicate_clusters([d.text for d in docs])
+    for seed in (0, 1, 2):
+        plain = split_documents(docs, eval_fraction=0.2, seed=seed)
+        given = split_documents(docs, eval_fraction=0.2, seed=seed, labels=labels)
+        assert plain == given
+        assert split_report(docs, *plain) == split_report(docs, *given, labels=labels)
