@@ -19,7 +19,6 @@ torch and transformers are imported inside the functions: `import memreg.gguf` s
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -161,11 +160,10 @@ def _is_complete(folder: Path) -> bool:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * 2**20):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a file (the registry's streaming hash, without its "sha256:" prefix)."""
+    from memreg.registry.package import sha256_file
+
+    return sha256_file(path).removeprefix("sha256:")
 
 
 # ------------------------------------------------------------------------------------ metadata

@@ -126,7 +126,7 @@ def _validator(run: StageRunner, val: np.ndarray, base_lp: np.ndarray, block_siz
     def validate(model) -> dict[str, float]:
         lp = score(model, val, run=run, context=block_size, stride=block_size, vocab_size=vocab_size, progress=False)
         sweep = weight_sweep(base_lp, lp, run.cfg.weight_grid)
-        best = min(sweep, key=lambda w: sweep[w])
+        best = _best_weight(sweep)
         return {"val_loss": float(-lp.mean()), "val_perplexity": perplexity(lp),
                 "val_perplexity_with_base": sweep[best], "val_weight": best}
 
@@ -153,7 +153,7 @@ def evaluate(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, mo
         evaluations = []
         for role, label in bases.items():
             sweep = weight_sweep(lps[role], lps["memory"], cfg.weight_grid)
-            best = min(sweep, key=lambda w: sweep[w])
+            best = _best_weight(sweep)
             evaluations.append({
                 "base": label, "dataset": f"held-out {cmeta['split']} ({n_eval} tokens)", "tokens": n_eval - 1,
                 "perplexity_base": perplexity(lps[role]), "perplexity_with_memory": sweep[best], "weight": best,
@@ -163,6 +163,11 @@ def evaluate(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, mo
                 "recommended_weight": _recommend(evaluations)}
 
     return run.run("eval", body, label="evaluate", total=len(models) * max(0, n_eval - 1), unit="tok")
+
+
+def _best_weight(sweep: dict[float, float]) -> float:
+    """The grid weight with the lowest perplexity (the first such in grid order on a tie)."""
+    return min(sweep, key=lambda w: sweep[w])
 
 
 def _recommend(evaluations: list[dict[str, Any]]) -> float | None:

@@ -132,7 +132,6 @@ def train_loop(
     from memreg.train.distributed import Dist
 
     dist = dist or Dist()
-    world, rank = dist.world_size, dist.rank
     torch.manual_seed(seed)
     model.to(device).train()
     opt, lr_sched = make_optimizer(model, lr=lr, weight_decay=weight_decay, sched=sched)
@@ -254,13 +253,14 @@ def save_checkpoint(model, opt, lr_sched, ckpt_dir: Path, step: int, *, stopping
 def _save_weights(model, folder: Path, *, atomic: bool = True) -> None:
     from safetensors.torch import save_model
 
+    from memreg.train.package import replace_folder
+
     target = folder.with_name(f".tmp-{folder.name}") if atomic else folder
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     save_model(model, str(target / "model.safetensors"))
     if atomic:
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(target, folder)
+        replace_folder(target, folder)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -269,12 +269,10 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def _resume(model, opt, lr_sched, ckpt_dir: Path, fresh: EarlyStopping) -> tuple[int, EarlyStopping, dict[str, float]]:
-    from safetensors.torch import load_model
-
     last = latest_checkpoint(ckpt_dir)
     if last is None:
         return 0, fresh, {}
-    load_model(model, str(last / "model.safetensors"))
+    load_best(model, last)  # a checkpoint folder holds model.safetensors as a best-step folder does
     state = torch.load(last / "state.pt", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     lr_sched.load_state_dict(state["scheduler"])
