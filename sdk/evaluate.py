@@ -17,8 +17,7 @@ import torch
 def sliding_windows(n: int, *, context: int, stride: int) -> list[tuple[int, int, int]]:
     """(start, end, first_target) per window over n tokens: the window sees ids[start:end] and scores
     targets first_target .. end-1, so every target 1 .. n-1 is scored exactly once."""
-    if stride < 1 or stride > context:
-        raise ValueError(f"stride {stride} must be between 1 and the context {context}")
+    _check_windows(n, context, stride)
     windows: list[tuple[int, int, int]] = []
     start, scored_to = 0, 0
     while True:
@@ -29,6 +28,18 @@ def sliding_windows(n: int, *, context: int, stride: int) -> list[tuple[int, int
             return windows
         # overlap by at least one token, so the first target of the next window has a predecessor
         start = min(start + stride, end - 1)
+
+
+def _check_windows(n: int, context: int, stride: int) -> None:
+    """A window needs one token to condition on and one to score (context >= 2); then end - 1 >
+    start, so every window advances and the loop ends. Context 1 used to loop forever."""
+    if context < 2:
+        raise ValueError(f"context {context} is too short: a window needs at least 2 tokens "
+                         "(one to condition on, one to score); use --context 2 or more")
+    if not 1 <= stride <= context:
+        raise ValueError(f"stride {stride} must be between 1 and the context ({context} tokens)")
+    if n < 2:
+        raise ValueError(f"{n} tokens: need at least 2 tokens to score")
 
 
 @torch.no_grad()

@@ -44,3 +44,29 @@ def test_mixture_is_a_weighted_sum_of_probabilities():
     mixed = mixture_log_probs(base, [mem], [0.25])
     np.testing.assert_allclose(np.exp(mixed), 0.75 * np.exp(base) + 0.25 * np.exp(mem))
     assert math.isclose(float(mixture_log_probs(base, [mem], [1.0])[0]), float(mem[0]))
+
+
+# --- issue 11, finding 1: context 1 looped forever; context 0 gave a confusing message -----------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from memreg.evaluate import sliding_windows  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(2, 400), context=st.integers(2, 64), data=st.data())
+def test_sliding_windows_terminate_and_score_each_target_once(n, context, data):
+    stride = data.draw(st.integers(1, context))
+    windows = sliding_windows(n, context=context, stride=stride)
+    assert len(windows) <= n  # every window advances: the loop is bounded by the token count
+    scored = [t for s, e, first in windows for t in range(first, e)]
+    assert scored == list(range(1, n))  # every target 1 .. n-1 exactly once, in order
+    for s, e, first in windows:
+        assert e - s <= context and s < first  # a target always has a predecessor in its window
+
+
+@pytest.mark.parametrize("context, stride, rule", [
+    (1, 1, "context 1"), (0, 1, "context 0"), (-3, 1, "context -3"), (8, 0, "stride 0"), (8, 9, "stride 9"),
+])
+def test_invalid_windows_are_named_errors(context, stride, rule):
+    with pytest.raises(ValueError, match=rule):
+        sliding_windows(100, context=context, stride=stride)
