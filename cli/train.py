@@ -40,6 +40,7 @@ def train(
     adapt_teacher_steps: Annotated[int, typer.Option(help="first fine-tune a copy of the teacher with CE on the training split for N steps (the paper's domain-adapted teacher); 0 = off")] = 0,
     adapt_teacher_lr: Annotated[float, typer.Option(help="peak AdamW learning rate of --adapt-teacher-steps")] = 3e-4,
     eval_fraction: Annotated[float, typer.Option(help="share of the corpus held out for validation and evaluation (whole near-duplicate clusters of documents)")] = 0.05,
+    eval_corpus: Annotated[Optional[list[str]], typer.Option(help="your own held-out documents (files, folders, globs, JSONL; repeat for several) instead of --eval-fraction; checked for near-copies of the corpus", show_default=False)] = None,
     index: Annotated[str, typer.Option(help="'auto' or a faiss factory string: Flat, IVF1024,Flat, IVF4096,PQ64")] = "auto",
     seed: Annotated[int, typer.Option(help="seed of the split, the sampling and the training")] = 0,
     work_dir: Annotated[Optional[Path], typer.Option(help="stage cache [default: <out>.work]", show_default=False)] = None,
@@ -73,7 +74,7 @@ def train(
             beta=beta, block_size=block_size, steps=steps, epochs=epochs, max_epochs=max_epochs, patience=patience,
             eval_every=eval_every, val_tokens=val_tokens, max_minutes=max_minutes, lr=lr, batch_size=batch_size,
             grad_accum=grad_accum, adapt_teacher_steps=adapt_teacher_steps, adapt_teacher_lr=adapt_teacher_lr,
-            eval_fraction=eval_fraction, index=index, seed=seed, device=device, name=name,
+            eval_fraction=eval_fraction, eval_corpus=eval_corpus, index=index, seed=seed, device=device, name=name,
             version=version, description=description, language=language, license=license,
         )
         progress = _RichProgress(enabled=not (quiet or json_out))

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Settings that decide the artifacts of each stage (a stage's key also covers the stages before it).
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "corpus": ("eval_fraction", "seed"),
+    "corpus": ("eval_corpus", "eval_fraction", "seed"),
     "teacher": ("teacher", "adapt_teacher_steps", "adapt_teacher_lr", "block_size", "batch_size", "seed"),
     "datastore": ("teacher", "block_size"),
     "index": ("index", "nprobe", "memory_budget_mb", "flat_max_keys"),
@@ -32,6 +32,9 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "eval": ("weight_grid", "eval_stride"),
 }
 STAGES = tuple(STAGE_SETTINGS)
+# Stages whose artifacts runs may share: a work folder holds one corpus and datastore, and any number
+# of trainings on it (each in its own train-<key>/ folder), so a sweep over --lr or --beta reuses it.
+DATA_STAGES = ("corpus", "teacher", "datastore", "index", "knn")
 PAPER_K = 1024
 DEFAULT_LR = 3e-4  # bench/lr_choice.py: never worse first on law or code; 3e-3 was (code)
 DEFAULT_MAX_EPOCHS = 20.0
@@ -57,6 +60,7 @@ class TrainConfig(BaseModel):
     corpus_description: str | None = None
     license: str | None = None
     # 1. corpus
+    eval_corpus: list[str] | None = Field(default=None, description="held-out documents for early stopping and the card's metrics; default: --eval-fraction of the corpus")
     eval_fraction: float = Field(default=0.05, ge=0, lt=1)
     # 1b. domain-adapted teacher (the paper's datastore comes from a teacher fine-tuned on the domain)
     adapt_teacher_steps: int = Field(default=0, ge=0, description="fine-tune a copy of the teacher with CE on the training split for this many steps before the datastore; 0 = off")
@@ -96,10 +100,10 @@ class TrainConfig(BaseModel):
     # runtime only
     device: str = "cpu"
 
-    @field_validator("corpus")
+    @field_validator("corpus", "eval_corpus")
     @classmethod
-    def _strings(cls, v: Sequence[Any]) -> list[str]:
-        return [str(x) for x in v]
+    def _strings(cls, v: Sequence[Any] | None) -> list[str] | None:
+        return None if v is None else [str(x) for x in v]
 
     @field_validator("temperature")
     @classmethod
@@ -118,9 +122,9 @@ class TrainConfig(BaseModel):
     def resolved_work_dir(self) -> Path:
         return Path(self.work_dir) if self.work_dir is not None else Path(str(self.out) + ".work")
 
-    def settings(self) -> dict[str, Any]:
-        """Every setting that changes an artifact (what a reused work folder must match)."""
-        keys = [s for stage in STAGE_SETTINGS.values() for s in stage]
+    def settings(self, stages: Sequence[str] = STAGES) -> dict[str, Any]:
+        """Every setting that changes an artifact of `stages` (by default all of them)."""
+        keys = [s for stage in stages for s in STAGE_SETTINGS[stage]]
         return {k: _jsonable(getattr(self, k)) for k in dict.fromkeys(keys)}
 
 
@@ -142,6 +146,8 @@ def stage_keys(config: TrainConfig, *, corpus_digest: str, tokenizer_digest: str
         own = {n: _jsonable(getattr(config, n)) for n in names}
         if stage in ("teacher", "datastore"):
             own["block_size"] = block_size
+        if stage == "corpus" and config.eval_corpus is not None:  # a given split: no fraction, no seed
+            own = {"eval_corpus": "given"}  # the documents themselves are in the corpus digest
         if stage == "teacher" and not config.adapt_teacher_steps:  # off: the key does not depend on how it would run
             own = {"teacher": own["teacher"], "adapt_teacher_steps": 0}
         elif stage in ("teacher", "train") and world_size > 1:

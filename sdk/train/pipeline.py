@@ -16,7 +16,7 @@ from typing import Any
 from memreg.schemas import PackageCard
 from memreg.train import corpus as corpus_mod
 from memreg.train import memory_stages, stages
-from memreg.train.config import PAPER_K, TrainConfig, digest, stage_keys
+from memreg.train.config import DATA_STAGES, PAPER_K, TrainConfig, digest, stage_keys
 from memreg.train.errors import (
     CorpusTooSmallError,
     EmptyCorpusError,
@@ -89,7 +89,10 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
             f"the corpus {config.corpus} holds no text ({report.files} files read, {len(report.skipped)} skipped): "
             "give UTF-8 text files, folders, globs, JSONL with a 'text' field, or a save_to_disk dataset"
         )
-    cdigest = corpus_mod.corpus_digest(docs)
+    eval_docs = _eval_documents(config, report)
+    cdigest = corpus_mod.corpus_digest(docs if eval_docs is None else [*docs, *eval_docs])
+    if eval_docs is not None:  # the same texts split another way are another corpus
+        cdigest = digest([cdigest, len(docs)])
     from memreg.registry.fingerprinting import fingerprint
 
     tok_digest = fingerprint(tok).digest
@@ -97,10 +100,10 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
     run.keys = stage_keys(config, corpus_digest=cdigest, tokenizer_digest=digest([tok_digest, models]),
                           block_size=block_size, world_size=dist.world_size)
     claim = {"corpus_digest": cdigest, "tokenizer": tok_digest, "models": models,
-             "settings": {**config.settings(), "block_size": block_size}}
+             "settings": {**config.settings(DATA_STAGES), "block_size": block_size}}
     run.main_first(lambda: claim_work_dir(run, claim))
 
-    metas: dict[str, Meta] = {"corpus": run.main_first(lambda: stages.corpus(run, docs, tok))}
+    metas: dict[str, Meta] = {"corpus": run.main_first(lambda: stages.corpus(run, docs, tok, eval_docs))}
     rows = metas["corpus"]["train_tokens"] - 1
     if rows < block_size:
         raise CorpusTooSmallError(
@@ -132,6 +135,16 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
         datastore_size=metas["datastore"]["rows"], recommended_weight=card.metrics.recommended_weight,
         skipped_files=list(report.skipped), notes=run.notes, warnings=run.warnings, wall_seconds=time.monotonic() - t0,
     )
+
+
+def _eval_documents(config: TrainConfig, report: corpus_mod.CorpusReport) -> list[corpus_mod.Document] | None:
+    if config.eval_corpus is None:
+        return None
+    docs = list(corpus_mod.iter_documents(config.eval_corpus, report))
+    if not docs:
+        raise EmptyCorpusError(f"the evaluation corpus {config.eval_corpus} holds no text: give UTF-8 text files, "
+                               "folders, globs or JSONL, or leave --eval-corpus out to hold out --eval-fraction of the corpus")
+    return docs
 
 
 # ---------------------------------------------------------------------------------------- checks

@@ -24,24 +24,23 @@ def load_lm(ref: str, device: str):
     return load_causal_lm(ref, device=device)
 
 
-def corpus(run: StageRunner, docs: list[corpus_mod.Document], tok: Any) -> Meta:
-    """Tokenize into uint32 shards; hold out whole near-duplicate clusters of documents for evaluation."""
-    total = sum(len(d.text.encode("utf-8")) for d in docs)
+def corpus(run: StageRunner, docs: list[corpus_mod.Document], tok: Any,
+           eval_docs: list[corpus_mod.Document] | None = None) -> Meta:
+    """Tokenize into uint32 shards; hold out whole near-duplicate clusters of documents for evaluation,
+    or the given `eval_docs` (--eval-corpus) as they are."""
+    total = sum(len(d.text.encode("utf-8")) for d in [*docs, *(eval_docs or [])])
 
     def body() -> Meta:
         folder = run.stage_dir("corpus")
         for old in folder.glob("*.npy"):  # a killed tokenization starts over: it is the cheap stage
             old.unlink()
+        if eval_docs is not None:
+            return _given_split(run, folder, docs, eval_docs, tok)
         labels = _clusters(docs) if run.cfg.eval_fraction > 0 and len(docs) >= 2 else None
         train_i, eval_i = corpus_mod.split_documents(docs, eval_fraction=run.cfg.eval_fraction, seed=run.cfg.seed,
                                                      labels=labels)
-
-        def encode(text: str) -> list[int]:
-            return tok(text, add_special_tokens=False)["input_ids"]
-
-        eos = tok.eos_token_id
-        n_train = corpus_mod.write_tokens(folder, "train", [docs[i] for i in train_i], encode, eos, run.progress.advance)
-        n_eval = corpus_mod.write_tokens(folder, "eval", [docs[i] for i in eval_i], encode, eos, run.progress.advance)
+        n_train = _write(run, folder, "train", [docs[i] for i in train_i], tok)
+        n_eval = _write(run, folder, "eval", [docs[i] for i in eval_i], tok)
         split: Meta = {"split": "by near-duplicate cluster of documents"}
         if eval_i:
             split.update(_split_report(docs, train_i, eval_i, labels))
@@ -55,6 +54,31 @@ def corpus(run: StageRunner, docs: list[corpus_mod.Document], tok: Any) -> Meta:
                 "eval_documents": len(eval_i), **split}
 
     return run.run("corpus", body, label="tokenize", total=total, unit="B")
+
+
+def _write(run: StageRunner, folder: Path, name: str, docs: list[corpus_mod.Document], tok: Any) -> int:
+    def encode(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    return corpus_mod.write_tokens(folder, name, docs, encode, tok.eos_token_id, run.progress.advance)
+
+
+def _given_split(run: StageRunner, folder: Path, docs: list[corpus_mod.Document],
+                 eval_docs: list[corpus_mod.Document], tok: Any) -> Meta:
+    """--eval-corpus: trust the user's split, but measure it as ours is measured, and say so when a
+    held-out document has a near-copy in the training documents (its perplexity would flatter)."""
+    both = [*docs, *eval_docs]
+    labels = _clusters(both)
+    train_i, eval_i = list(range(len(docs))), list(range(len(docs), len(both)))
+    report = _split_report(both, train_i, eval_i, labels)
+    train_clusters = {labels[i] for i in train_i}
+    copies = sum(labels[i] in train_clusters for i in eval_i)
+    if copies:
+        run.note(f"{copies} of {len(eval_docs)} --eval-corpus documents have a near-copy in the training corpus: "
+                 "their perplexities flatter the memory", warning=True)
+    return {"train_tokens": _write(run, folder, "train", docs, tok), "eval_tokens": _write(run, folder, "eval", eval_docs, tok),
+            "documents": len(both), "eval_documents": len(eval_docs), "split": "given (--eval-corpus)",
+            "eval_near_copies": copies, **report}
 
 
 def _clusters(docs: list[corpus_mod.Document]) -> list[int]:

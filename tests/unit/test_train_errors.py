@@ -97,17 +97,64 @@ def test_skipped_files_are_noted(models, tmp_path):
     assert any("skipped 1 of 2 corpus files" in n and "latin1.txt" in n for n in progress.notes)
 
 
-def test_reused_work_dir_with_other_settings(models, tmp_path):
+class _Stages(_StopAt):
+    """Records (stage, cached) and stops at `at`."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.seen: list[tuple[str, bool]] = []
+
+    def stage(self, name, *, total, unit, cached=False):
+        self.seen.append((name, cached))
+        super().stage(name, total=total, unit=unit, cached=cached)
+
+
+def test_reused_work_dir_with_other_data_settings(models, tmp_path):
     corpus = licence_texts(["BSD"])
     with pytest.raises(KeyboardInterrupt):
-        train(_config(models, tmp_path, corpus, beta=0.5), progress=_StopAt("datastore"))
-    with pytest.raises(WorkDirMismatchError, match=r"other settings: beta=0.5 \(now 0.9\)") as e:
-        train(_config(models, tmp_path, corpus, beta=0.9), progress=_StopAt("datastore"))
+        train(_config(models, tmp_path, corpus, k=4), progress=_StopAt("train"))
+    with pytest.raises(WorkDirMismatchError, match=r"other settings: k=4 \(now 5\)") as e:
+        train(_config(models, tmp_path, corpus, k=5), progress=_StopAt("train"))
     _one_line(e.value)
     with pytest.raises(WorkDirMismatchError, match="another corpus"):
-        train(_config(models, tmp_path, licence_texts(["Artistic"]), beta=0.5), progress=_StopAt("datastore"))
-    with pytest.raises(KeyboardInterrupt):  # the same settings resume
-        train(_config(models, tmp_path, corpus, beta=0.5), progress=_StopAt("datastore"))
+        train(_config(models, tmp_path, licence_texts(["Artistic"]), k=4), progress=_StopAt("train"))
+    # training settings may differ: the datastore and kNN targets are reused, the training is its own
+    progress = _Stages("train")
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(models, tmp_path, corpus, k=4, beta=0.9, lr=1e-3), progress=progress)
+    cached = dict(progress.seen)
+    assert cached["datastore"] and cached["knn targets"] and cached["train"] is False
+
+
+def test_eval_corpus_is_the_held_out_split(models, tmp_path):
+    """--eval-corpus: every corpus document trains, every given one is held out, and a near-copy of a
+    training document among them is reported."""
+    from memreg.train.corpus import TokenArray
+    from transformers import AutoTokenizer
+
+    texts = licence_texts(["BSD", "Artistic", "Apache-2.0"])
+    (tmp_path / "held").mkdir()
+    shutil.copy(texts[0], tmp_path / "held" / "copy-of-bsd.txt")  # a near-copy of a training document
+    shutil.copy(licence_texts(["MPL-2.0"])[0], tmp_path / "held" / "mpl.txt")
+    progress = _Stages("datastore")
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(models, tmp_path, texts, eval_corpus=[str(tmp_path / "held")]), progress=progress)
+    folder = next((tmp_path / "pkg.work").glob("corpus-*"))
+    import json
+
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["split"] == "given (--eval-corpus)" and meta["eval_documents"] == 2 and meta["eval_near_copies"] == 1
+    tok = AutoTokenizer.from_pretrained(str(models / "tok"))
+    n_train = sum(len(tok(p.read_text(), add_special_tokens=False)["input_ids"]) + 1 for p in texts)
+    assert len(TokenArray(folder, "train")) == n_train == meta["train_tokens"]
+    assert any("1 of 2 --eval-corpus documents have a near-copy" in n for n in progress.notes)
+
+
+def test_empty_eval_corpus(models, tmp_path):
+    (tmp_path / "none").mkdir()
+    with pytest.raises(EmptyCorpusError, match="evaluation corpus") as e:
+        train(_config(models, tmp_path, licence_texts(["BSD"]), eval_corpus=[str(tmp_path / "none")]))
+    _one_line(e.value)
 
 
 def test_tokenizer_mismatch_is_refused_before_any_work(models, tmp_path):
