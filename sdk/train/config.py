@@ -128,6 +128,19 @@ class TrainConfig(BaseModel):
         return {k: _jsonable(getattr(self, k)) for k in dict.fromkeys(keys)}
 
 
+def data_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings a shared work folder must match: those of DATA_STAGES that change their artifacts
+    (the split's fraction does not when --eval-corpus gives the split; the teacher's training settings
+    do not when it is not adapted). The seed always does: the index and the kNN temperature sample."""
+    out = config.settings(DATA_STAGES)
+    if config.eval_corpus is not None:
+        out.pop("eval_fraction")
+    if not config.adapt_teacher_steps:
+        out.pop("adapt_teacher_lr")
+        out.pop("batch_size")
+    return out
+
+
 def _jsonable(v: Any) -> Any:
     return str(v) if isinstance(v, Path) else v
 
@@ -146,8 +159,8 @@ def stage_keys(config: TrainConfig, *, corpus_digest: str, tokenizer_digest: str
         own = {n: _jsonable(getattr(config, n)) for n in names}
         if stage in ("teacher", "datastore"):
             own["block_size"] = block_size
-        if stage == "corpus" and config.eval_corpus is not None:  # a given split: no fraction, no seed
-            own = {"eval_corpus": "given"}  # the documents themselves are in the corpus digest
+        if stage == "corpus" and config.eval_corpus is not None:  # a given split: the fraction does nothing
+            own = {"eval_corpus": "given", "seed": config.seed}  # the documents are in the corpus digest
         if stage == "teacher" and not config.adapt_teacher_steps:  # off: the key does not depend on how it would run
             own = {"teacher": own["teacher"], "adapt_teacher_steps": 0}
         elif stage in ("teacher", "train") and world_size > 1:

@@ -16,7 +16,7 @@ from typing import Any
 from memreg.schemas import PackageCard
 from memreg.train import corpus as corpus_mod
 from memreg.train import memory_stages, stages
-from memreg.train.config import DATA_STAGES, PAPER_K, TrainConfig, digest, stage_keys
+from memreg.train.config import PAPER_K, TrainConfig, data_settings, digest, stage_keys
 from memreg.train.errors import (
     CorpusTooSmallError,
     EmptyCorpusError,
@@ -100,7 +100,7 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
     run.keys = stage_keys(config, corpus_digest=cdigest, tokenizer_digest=digest([tok_digest, models]),
                           block_size=block_size, world_size=dist.world_size)
     claim = {"corpus_digest": cdigest, "tokenizer": tok_digest, "models": models,
-             "settings": {**config.settings(DATA_STAGES), "block_size": block_size}}
+             "settings": {**data_settings(config), "block_size": block_size}}
     run.main_first(lambda: claim_work_dir(run, claim))
 
     metas: dict[str, Meta] = {"corpus": run.main_first(lambda: stages.corpus(run, docs, tok, eval_docs))}

@@ -139,6 +139,10 @@ def test_eval_corpus_is_the_held_out_split(models, tmp_path):
     progress = _Stages("datastore")
     with pytest.raises(KeyboardInterrupt):
         train(_config(models, tmp_path, texts, eval_corpus=[str(tmp_path / "held")]), progress=progress)
+    again = _Stages("datastore")  # with a given split, the fraction changes nothing
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(models, tmp_path, texts, eval_corpus=[str(tmp_path / "held")], eval_fraction=0.3), progress=again)
+    assert dict(again.seen)["tokenize"] is True
     folder = next((tmp_path / "pkg.work").glob("corpus-*"))
     import json
 
