@@ -15,6 +15,19 @@ class PackageError(MemregError, ValueError):
     """A package folder that cannot be published as it is."""
 
 
+class SafetensorsError(PackageError):
+    """A .safetensors file whose header does not parse or does not describe its tensors."""
+
+
+class TokenizerFileError(PackageError):
+    """A tokenizer file (tokenizer.json, vocab.json, …) that is not what Hugging Face writes."""
+
+
+class WeightsMismatchError(PackageError):
+    """Weights that do not match the model's config: missing or unexpected tensors, wrong shapes.
+    Never filled with a random init."""
+
+
 class ManifestError(MemregError, ValueError):
     """A stored or local manifest that does not parse or validate."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from memreg.registry.errors import PackageError
+from memreg.registry.errors import PackageError, TokenizerFileError
 from memreg.schemas import TokenizerFingerprint
 
 __all__ = ["Compatibility", "check_compatible", "fingerprint", "load_vocab"]
@@ -191,7 +191,16 @@ def _fingerprint_of(can: _Canonical) -> TokenizerFingerprint:
 
 def _canonical(obj: Any) -> _Canonical:
     if isinstance(obj, (str, Path)):
-        return _from_path(Path(obj))
+        try:
+            return _from_path(Path(obj))
+        except PackageError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
+            # a file of the right name but the wrong shape: name it, in one line, never a KeyError
+            what = " ".join(str(exc).split())[:80]
+            raise TokenizerFileError(f"{_tokenizer_file_of(Path(obj))} is not a tokenizer file as Hugging Face "
+                                     f"writes it ({type(exc).__name__}: {what}); re-save it with "
+                                     "tokenizer.save_pretrained(folder)") from exc
     backend = getattr(obj, "backend_tokenizer", None)
     if backend is not None:  # a transformers fast tokenizer (duck-typed: never import transformers)
         data = json.loads(backend.to_str())
@@ -204,11 +213,17 @@ def _canonical(obj: Any) -> _Canonical:
     )
 
 
+def _tokenizer_file_of(path: Path) -> Path:
+    if path.is_file():
+        return path
+    return path / "tokenizer.json" if (path / "tokenizer.json").is_file() else path / "vocab.json"
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{path} is not readable JSON ({exc}); fix or remove it") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise TokenizerFileError(f"{path} is not readable JSON ({exc}); fix or remove it") from exc
 
 
 def _from_path(path: Path) -> _Canonical:
@@ -217,27 +232,27 @@ def _from_path(path: Path) -> _Canonical:
     else:
         tokenizer_json, folder = path / "tokenizer.json", path
     if not folder.is_dir():
-        raise PackageError(f"no tokenizer at {path}: it is not a folder (looked for {_LOOKED_FOR})")
+        raise TokenizerFileError(f"no tokenizer at {path}: it is not a folder (looked for {_LOOKED_FOR})")
     config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
     special_map = (
         _read_json(folder / "special_tokens_map.json") if (folder / "special_tokens_map.json").is_file() else {}
     )
     if not isinstance(config, dict) or not isinstance(special_map, dict):
-        raise PackageError(f"tokenizer_config.json / special_tokens_map.json in {folder} must hold JSON objects")
+        raise TokenizerFileError(f"tokenizer_config.json / special_tokens_map.json in {folder} must hold JSON objects")
     config = {**config, **special_map}  # transformers lets special_tokens_map.json win
     roles, additional = _roles_of_config(config)
 
     if tokenizer_json.is_file():
         data = _read_json(tokenizer_json)
         if not isinstance(data, dict) or "model" not in data:
-            raise PackageError(f"{tokenizer_json} is not a Hugging Face tokenizer.json (no 'model')")
+            raise TokenizerFileError(f"{tokenizer_json} is not a Hugging Face tokenizer.json (no 'model')")
         pre = data.get("pre_tokenizer")
         if "add_prefix_space" in config and isinstance(pre, dict) and pre.get("type") == "ByteLevel":
             data = {**data, "pre_tokenizer": {**pre, "add_prefix_space": bool(config["add_prefix_space"])}}
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         data = _tokenizer_json_of_slow_files(folder, config)
     else:
-        raise PackageError(f"no tokenizer in {folder}: looked for {_LOOKED_FOR}")
+        raise TokenizerFileError(f"no tokenizer in {folder}: looked for {_LOOKED_FOR}")
 
     # Added tokens a slow folder (or an old config) declares outside tokenizer.json.
     extra_added: list[dict[str, Any]] = []
@@ -259,7 +274,7 @@ def _tokenizer_json_of_slow_files(folder: Path, config: dict[str, Any]) -> dict[
     """What transformers' GPT-2 converter writes for vocab.json + merges.txt (the parts we hash)."""
     vocab = _read_json(folder / "vocab.json")
     if not isinstance(vocab, dict):
-        raise PackageError(f"{folder / 'vocab.json'} must map tokens to ids")
+        raise TokenizerFileError(f"{folder / 'vocab.json'} must map tokens to ids")
     lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
     if lines and lines[0].startswith("#version"):
         lines = lines[1:]
@@ -380,7 +395,7 @@ def _merge_pair(merge: Any) -> list[str]:
     if isinstance(merge, str):
         left, sep, right = merge.partition(" ")
         if not sep:
-            raise PackageError(f"merge {merge!r} is not two tokens separated by a space")
+            raise TokenizerFileError(f"merge {merge!r} is not two tokens separated by a space")
         return [left, right]
     left, right = merge
     return [str(left), str(right)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
-from memreg.registry.errors import PackageError, first_validation_error
+from memreg.registry.errors import PackageError, SafetensorsError, first_validation_error
 from memreg.schemas import FileEntry, ModelInfo, PackageCard
 
 CARD = "memreg.json"
@@ -93,20 +93,47 @@ def read_card(folder: Path) -> PackageCard:
 
 
 def safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file (8-byte little-endian length, then JSON); no torch."""
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON); no torch.
+
+    Every tensor entry is checked (dtype a string, shape non-negative integers, offsets inside the
+    file), so that whoever counts parameters from it meets a `SafetensorsError` naming the file, not
+    a TypeError/KeyError/RecursionError from deep inside.
+    """
+    path = Path(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise PackageError(f"{path.name} is not a safetensors file (too short)")
+            raise SafetensorsError(f"{path.name} is not a safetensors file (too short)")
         (n,) = struct.unpack("<Q", raw)
-        if n > 100 * 2**20 or n > path.stat().st_size - 8:
-            raise PackageError(f"{path.name} is not a safetensors file (bad header length)")
+        if n > 100 * 2**20 or n > size - 8:
+            raise SafetensorsError(f"{path.name} is not a safetensors file (bad header length)")
         try:
             header = json.loads(f.read(n))
-        except ValueError as e:
-            raise PackageError(f"{path.name} is not a safetensors file (unreadable header)") from e
+        except (ValueError, RecursionError) as e:  # RecursionError: "[[[[…" nested past the stack
+            raise SafetensorsError(f"{path.name} is not a safetensors file (unreadable header)") from e
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path.name} is not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
+    data_size = size - 8 - n
+    for name, tensor in header.items():
+        if problem := _tensor_problem(tensor, data_size):
+            raise SafetensorsError(f"{path.name}: tensor {name!r} {problem}; re-save the model with save_pretrained")
     return header
+
+
+def _tensor_problem(tensor: object, data_size: int) -> str | None:
+    if not isinstance(tensor, dict):
+        return "is not a {dtype, shape, data_offsets} object"
+    dtype, shape, offsets = tensor.get("dtype"), tensor.get("shape"), tensor.get("data_offsets")
+    if not isinstance(dtype, str):
+        return "has no dtype string"
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        return "has no shape of non-negative integers"
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size):
+        return f"has data_offsets {offsets!r} outside the file's {data_size} data bytes"
+    return None
 
 
 def model_info(folder: Path, entries: list[FileEntry]) -> ModelInfo:

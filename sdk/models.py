@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,15 +74,13 @@ def summarize_model(folder: str | os.PathLike) -> ModelSummary:
 
 
 def _safetensors_numel(path: Path) -> int:
-    """Elements in one safetensors file, from its JSON header (8-byte length, then the header)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+    """Elements in one safetensors file, from its checked header (a bad one is a SafetensorsError)."""
+    from memreg.registry.package import safetensors_header
+
     total = 0
-    for name, info in header.items():
-        if name != "__metadata__":
-            count = 1
-            for dim in info["shape"]:
-                count *= int(dim)
-            total += count
+    for info in safetensors_header(path).values():
+        count = 1
+        for dim in info["shape"]:
+            count *= dim
+        total += count
     return total
