@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
-from memreg.registry.errors import PackageError, SafetensorsError, first_validation_error
+from memreg.registry.errors import PackageError, SafetensorsError, WeightsMismatchError, first_validation_error
 from memreg.schemas import FileEntry, ModelInfo, PackageCard
 
 CARD = "memreg.json"
@@ -140,17 +141,21 @@ def model_info(folder: Path, entries: list[FileEntry]) -> ModelInfo:
     folder = Path(folder)
     try:
         config = json.loads((folder / "config.json").read_text())
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise PackageError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
-    params, dtypes = 0, Counter()
+    if not isinstance(config, dict):
+        raise PackageError(f"{folder / 'config.json'} is not a JSON object: save the model with save_pretrained(folder)")
+    params, dtypes, names = 0, Counter(), {}
     for entry in entries:
         if entry.path.endswith(".safetensors"):
-            for tensor in safetensors_header(folder / entry.path).values():
+            for name, tensor in safetensors_header(folder / entry.path).items():
                 count = 1
                 for dim in tensor["shape"]:
                     count *= dim
                 params += count
                 dtypes[_DTYPES.get(tensor["dtype"], tensor["dtype"].lower())] += count
+                names[name] = entry.path
+    check_weights_fill_config(config, names, [e.path for e in entries if e.path.endswith(".safetensors")])
     rows = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or 0
     return ModelInfo(
         architecture=(config.get("architectures") or ["unknown"])[0],
@@ -160,3 +165,33 @@ def model_info(folder: Path, entries: list[FileEntry]) -> ModelInfo:
         embedding_rows=int(rows),
         files=entries,
     )
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block)\.(\d+)\.")
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+def check_weights_fill_config(config: dict, names: dict[str, str], files: list[str]) -> None:
+    """The cheap check at publish, from headers and config.json only (no torch): weights with no
+    tensor, or without every block config.json declares, would load as a random init. Loading a
+    memory (memreg.models.load_causal_lm(strict=True)) checks every tensor by name."""
+    if not names:
+        raise WeightsMismatchError(f"{', '.join(files)} hold(s) no tensors: the model would load as a random "
+                                   "init; save it with save_pretrained(folder)")
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    declared = next((text[k] for k in _LAYER_KEYS if type(text.get(k)) is int), None)
+    found: dict[int, str] = {}
+    for name, file in names.items():
+        if m := _LAYER.search(name):
+            found.setdefault(int(m.group(1)), file)
+    if declared is None or not found:  # a naming scheme we do not know: left to the load-time check
+        return
+    missing = sorted(set(range(declared)) - set(found))
+    extra = sorted(set(found) - set(range(declared)))
+    if missing:
+        raise WeightsMismatchError(f"config.json declares {declared} layers but the *.safetensors files have no "
+                                   f"tensor of layer {missing[0]}" + (f" (nor of {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                   + ": it would load as a random init; re-save the model with save_pretrained")
+    if extra:
+        raise WeightsMismatchError(f"{found[extra[0]]} holds layer {extra[0]} but config.json declares only {declared} "
+                                   "layers; re-save the model with save_pretrained")

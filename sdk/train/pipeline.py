@@ -92,7 +92,7 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
     eval_docs = _eval_documents(config, report)
     cdigest = corpus_mod.corpus_digest(docs if eval_docs is None else [*docs, *eval_docs])
     if eval_docs is not None:  # the same texts split another way are another corpus
-        cdigest = digest([cdigest, len(docs)])
+        cdigest = "sha256:" + digest([cdigest, len(docs)])
     from memreg.registry.fingerprinting import fingerprint
 
     tok_digest = fingerprint(tok).digest

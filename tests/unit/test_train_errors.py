@@ -152,6 +152,10 @@ def test_eval_corpus_is_the_held_out_split(models, tmp_path):
     n_train = sum(len(tok(p.read_text(), add_special_tokens=False)["input_ids"]) + 1 for p in texts)
     assert len(TokenArray(folder, "train")) == n_train == meta["train_tokens"]
     assert any("1 of 2 --eval-corpus documents have a near-copy" in n for n in progress.notes)
+    result = train(_config(models, tmp_path, texts, eval_corpus=[str(tmp_path / "held")]))  # resumes, packages
+    validation = result.card.training.extra["validation"]
+    assert validation["documents"] == 2 and validation["tokens"] == meta["eval_tokens"] == result.eval_tokens
+    assert result.card.training.corpus_digest.startswith("sha256:")
 
 
 def test_empty_eval_corpus(models, tmp_path):
