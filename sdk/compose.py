@@ -101,7 +101,8 @@ def _has_tokenizer_files(folder: Path) -> bool:
 def _load_folder(folder: Path, dtype: Any = None) -> torch.nn.Module:
     from memreg.models import load_causal_lm
 
-    return load_causal_lm(folder, dtype=dtype)  # safetensors (memory-mapped), never remote code
+    # safetensors (memory-mapped), never remote code; a missing or unexpected tensor is an error
+    return load_causal_lm(folder, dtype=dtype, strict=True)
 
 
 def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memory:

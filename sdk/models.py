@@ -17,22 +17,42 @@ from memreg.gguf import resolve_model_ref
 __all__ = ["ModelSummary", "load_causal_lm", "load_tokenizer", "resolve_model_ref", "summarize_model"]
 
 
-def load_causal_lm(ref: str | os.PathLike, *, dtype: Any = None, device: Any = None):
+def load_causal_lm(ref: str | os.PathLike, *, dtype: Any = None, device: Any = None, strict: bool = False):
     """`AutoModelForCausalLM.from_pretrained(ref)`: safetensors only, never remote code, float32
     unless `dtype` says otherwise. `ref` may be a `.gguf` file.
 
     transformers 5 loads a checkpoint in the dtype it was saved in; the shipped bases are stored
     in float16 to stay small, and float16 matmuls on a CPU are both slow and lossy.
+
+    strict: a missing, unexpected or mismatched tensor is a `WeightsMismatchError` (memories are
+    loaded so). transformers would fill missing ones with a random init and only log it, which the
+    CLI hides (TRANSFORMERS_VERBOSITY=error).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_ref(ref), use_safetensors=True, trust_remote_code=False, dtype=dtype or torch.float32
+    model, info = AutoModelForCausalLM.from_pretrained(
+        resolve_model_ref(ref), use_safetensors=True, trust_remote_code=False, dtype=dtype or torch.float32,
+        output_loading_info=True,
     )
+    if strict:
+        _check_loading_info(ref, info)
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def _check_loading_info(ref: Any, info: dict[str, Any]) -> None:
+    from memreg.registry.errors import WeightsMismatchError
+
+    report = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "wrong shape")):
+        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ())
+        if keys:
+            report.append(f"{len(keys)} {what} ({', '.join(keys[:3])}{', …' if len(keys) > 3 else ''})")
+    if report:
+        raise WeightsMismatchError(f"{ref}: the weights do not match config.json: {'; '.join(report)}; refused "
+                                   "rather than filled with a random init: re-save the model with save_pretrained")
 
 
 def load_tokenizer(ref: str | os.PathLike):
