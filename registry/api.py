@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
+import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -24,6 +28,7 @@ from memreg.registry.cache import Cache
 from memreg.registry.errors import (
     ConcurrentUpdateError,
     DigestMismatchError,
+    InvalidArgumentError,
     InvalidReferenceError,
     ManifestError,
     ManifestNotFoundError,
@@ -31,7 +36,7 @@ from memreg.registry.errors import (
     VersionExistsError,
     first_validation_error,
 )
-from memreg.registry.package import model_info, read_card, scan_folder, sha256_file
+from memreg.registry.package import files_problem, model_info, read_card, scan_folder, sha256_file
 from memreg.registry.refs import Ref, check_name, check_version, parse_ref, version_key
 from memreg.registry.settings import default_registry_url, memreg_home
 from memreg.registry.store import Store, open_store
@@ -46,6 +51,8 @@ from memreg.schemas import (
 )
 
 MARKER = "memreg-registry.json"
+LEASES = "leases"  # leases/<uuid>.json: blobs a publish in flight relies on (see Registry.gc)
+LEASE_TTL = timedelta(hours=1)  # longer than a publish's check -> manifest -> re-check, and than a gc run
 VIRTUAL_LATEST = "latest"  # `name:latest` is the highest non-yanked version, never a stored tag
 
 
@@ -68,6 +75,7 @@ class PublishResult:
     uploaded: int  # blobs uploaded
     skipped: int  # blobs already present
     tags: dict[str, str | None] = field(default_factory=dict)  # tag -> previous version
+    healed: int = 0  # blobs found missing or corrupt in the store and uploaded again
 
 
 @dataclass(frozen=True)
@@ -190,29 +198,73 @@ class Registry:
             metrics=card.metrics,
         )
         existing = self._existing_manifest(manifest)
-        if existing is not None:
-            return PublishResult(existing, created=False, uploaded=0, skipped=len(entries),
-                                 tags=self._move_tags(existing, tags))
-        uploaded = skipped = 0
+        if existing is not None:  # same content again: still heal blobs lost or corrupted since
+            healed = self._protect_and_heal(files, existing.model.files, reused=existing.model.files, callback=callback)
+            return PublishResult(existing, created=False, uploaded=healed, skipped=len(entries) - healed,
+                                 tags=self._move_tags(existing, tags), healed=healed)
+        uploaded, reused = 0, []
         for f, entry in zip(files, entries):
-            key = blob_key(entry)
-            if self.store.exists(key) and self.store.size(key) == entry.size:
-                skipped += 1
+            if self.store.exists(blob_key(entry)):
+                reused.append(entry)  # re-checked below, after the lease that protects it from gc
                 callback.relative_update(entry.size)
                 continue
-            self.store.put_file(key, f.local, callback=callback.branched(str(f.local), key) or DEFAULT_CALLBACK)
+            self.store.put_file(blob_key(entry), f.local, callback=callback.branched(str(f.local), blob_key(entry)) or DEFAULT_CALLBACK)
             callback.relative_update(entry.size)
             uploaded += 1
+        healed = self._protect_and_heal(files, entries, reused=reused, callback=callback)
         try:
             self.store.create(manifest_key(name, version), manifest.model_dump_json(indent=2).encode())
         except FileExistsError:
             existing = self._existing_manifest(manifest)  # lost a race: same content is still fine
             if existing is None:  # pragma: no cover - _existing_manifest raises on different content
                 raise
-            return PublishResult(existing, created=False, uploaded=uploaded, skipped=skipped,
-                                 tags=self._move_tags(existing, tags))
-        return PublishResult(manifest, created=True, uploaded=uploaded, skipped=skipped,
-                             tags=self._move_tags(manifest, tags))
+            return PublishResult(existing, created=False, uploaded=uploaded + healed, skipped=len(entries) - uploaded - healed,
+                                 tags=self._move_tags(existing, tags), healed=healed)
+        # A gc that listed the leases just before ours was written may still have deleted a blob
+        # between our check and the manifest: look again now that the manifest protects them.
+        healed += self._heal_missing(files, entries)
+        return PublishResult(manifest, created=True, uploaded=uploaded + healed, skipped=len(entries) - uploaded - healed,
+                             tags=self._move_tags(manifest, tags), healed=healed)
+
+    def _protect_and_heal(self, files: list, entries: list[FileEntry], *, reused: list[FileEntry],
+                          callback: Callback = DEFAULT_CALLBACK) -> int:
+        """Write a lease naming every blob this publish relies on (gc keeps leased blobs), then
+        check them: a reused blob must hold our exact bytes (size and digest, see
+        Store.same_content), any other must exist with our size. Re-upload what fails."""
+        self._write_lease(entries)
+        local = {f.path: f.local for f in files}
+        reused_keys = {blob_key(e) for e in reused}
+        healed = 0
+        for entry in entries:
+            key = blob_key(entry)
+            if key in reused_keys:
+                ok = self.store.same_content(key, local[entry.path], entry.hex, entry.size)
+            else:
+                ok = self._has_size(key, entry.size)
+            if not ok:
+                self.store.put_file(key, local[entry.path])
+                healed += 1
+        return healed
+
+    def _heal_missing(self, files: list, entries: list[FileEntry]) -> int:
+        local = {f.path: f.local for f in files}
+        missing = [e for e in entries if not self._has_size(blob_key(e), e.size)]
+        for entry in missing:
+            self.store.put_file(blob_key(entry), local[entry.path])
+        return len(missing)
+
+    def _has_size(self, key: str, size: int) -> bool:
+        try:
+            return self.store.size(key) == size
+        except FileNotFoundError:
+            return False
+
+    def _write_lease(self, entries: list[FileEntry]) -> None:
+        """A lease is a small document under leases/ naming blobs a publish is about to reference.
+        It is left in place and expires after LEASE_TTL (gc removes it): a gc whose snapshot of the
+        manifests predates this publish's manifest still sees the lease."""
+        doc = {"created_at": _now().isoformat(), "blobs": sorted({blob_key(e) for e in entries})}
+        self.store.put_bytes(f"{LEASES}/{uuid.uuid4().hex}.json", json.dumps(doc).encode())
 
     def _existing_manifest(self, new: Manifest) -> Manifest | None:
         try:
@@ -231,20 +283,39 @@ class Registry:
 
     # reading -----------------------------------------------------------------------------
     def manifest(self, name: str, version: str) -> Manifest:
+        """The manifest at packages/<name>/<version>.json, refused unless it names that very
+        package and version and lists files memreg could have published (see files_problem)."""
         key = manifest_key(check_name(name), check_version(version, name=name))
         try:
             raw = self.store.read(key)
         except FileNotFoundError:
             raise ManifestNotFoundError(f"{name}@{version} is not in {self.url}: `memreg list` shows what is") from None
-        return _parse(Manifest, raw, f"{self.url}/{key}")
+        where = f"{self.url}/{key}"
+        m = _parse(Manifest, raw, where)
+        if (m.name, m.version) != (name, version):
+            raise ManifestError(f"{where} holds {m.name}@{m.version}, not {name}@{version}: a manifest must sit at "
+                                f"packages/<name>/<version>.json; it is ignored")
+        if problem := files_problem([e.path for e in m.model.files]):
+            raise ManifestError(f"{where} lists {problem}; the manifest was not written by memreg publish and is ignored")
+        return m
 
     def names(self) -> list[str]:
-        return sorted({k.split("/")[1] for k in self.store.list("packages") if k.count("/") == 2})
+        """Package names; a folder under packages/ that is not a valid name is skipped with a warning."""
+        seen = {key.split("/")[1] for key in self.store.list("packages") if key.count("/") >= 2}
+        return sorted(n for n in seen if _valid(check_name, n, f"{self.url}/packages/{n}/", "not a valid package name"))
 
     def versions(self, name: str, *, include_yanked: bool = True) -> list[str]:
         check_name(name)
-        keys = self.store.list(f"packages/{name}")
-        versions = [k.rsplit("/", 1)[1][: -len(".json")] for k in keys if k.count("/") == 2 and k.endswith(".json")]
+        versions = []
+        for key in self.store.list(f"packages/{name}"):
+            if key.count("/") != 2:
+                continue  # tags/, yanked/
+            stem = key.rsplit("/", 1)[1]
+            version = stem[: -len(".json")] if stem.endswith(".json") else stem
+            if stem.endswith(".json") and _valid(check_version, version, f"{self.url}/{key}", "not <version>.json"):
+                versions.append(version)
+            elif not stem.endswith(".json"):
+                _warn(f"{self.url}/{key}: not <version>.json; ignored")
         versions = sorted(versions, key=version_key)
         if not include_yanked:
             yanked = self.yanked(name)
@@ -252,13 +323,36 @@ class Registry:
         return versions
 
     def yanked(self, name: str) -> set[str]:
-        return {k.rsplit("/", 1)[1][: -len(".json")] for k in self.store.list(f"packages/{name}/yanked")}
+        out = set()
+        for key in self.store.list(f"packages/{name}/yanked"):
+            stem = key.rsplit("/", 1)[1]
+            if stem.endswith(".json") and _valid(check_version, stem[:-5], f"{self.url}/{key}", "not <version>.json"):
+                out.add(stem[:-5])
+        return out
 
     def tags(self, name: str) -> dict[str, str]:
         out = {}
         for key in self.store.list(f"packages/{name}/tags"):
-            ptr = _parse(TagPointer, self.store.read(key), f"{self.url}/{key}")
+            try:
+                ptr = _parse(TagPointer, self.store.read(key), f"{self.url}/{key}")
+            except (ManifestError, FileNotFoundError) as e:
+                _warn(f"{e}; ignored")
+                continue
+            if ptr.name != name or key != f"packages/{name}/tags/{ptr.tag}.json":
+                _warn(f"{self.url}/{key} points {ptr.name}:{ptr.tag}, not the tag its path names; ignored")
+                continue
             out[ptr.tag] = ptr.version
+        return out
+
+    def manifests(self) -> list[Manifest]:
+        """Every valid manifest of the registry; each bad one is skipped with a warning naming it."""
+        out = []
+        for name in self.names():
+            for version in self.versions(name):
+                try:
+                    out.append(self.manifest(name, version))
+                except (ManifestError, FileNotFoundError) as e:
+                    _warn(str(e))
         return out
 
     def resolve(self, ref: str | Ref) -> Manifest:
@@ -274,12 +368,30 @@ class Registry:
                 raise ManifestNotFoundError(f"{r} does not exist: `memreg show {r.name}` lists its tags") from None
             return self.manifest(r.name, _parse(TagPointer, raw, str(r)).version)
         versions = self.versions(r.name, include_yanked=False)
-        if not versions:
+        m = self._highest_valid(r.name, versions)
+        if m is None:
             raise ManifestNotFoundError(
                 f"no version of {r.name!r} to use in {self.url}"
                 + (" (all are yanked; name one as name@VERSION)" if self.versions(r.name) else ": `memreg list` shows what is")
             )
-        return self.manifest(r.name, versions[-1])
+        return m
+
+    def _highest_valid(self, name: str, versions: list[str]) -> Manifest | None:
+        """The manifest of the highest version that is valid; bad ones above it are skipped with a
+        warning. None if there are no versions; the highest one's error if none is valid."""
+        errors: list[Exception] = []
+        for v in reversed(versions):
+            try:
+                m = self.manifest(name, v)
+            except (ManifestError, FileNotFoundError) as e:
+                errors.append(e)
+                continue
+            for e in errors:
+                _warn(str(e))
+            return m
+        if errors:
+            raise errors[0]
+        return None
 
     def list(self, *, domain: str | None = None, fingerprint: str | None = None,
              all_versions: bool = False) -> list[PackageSummary]:
@@ -288,11 +400,15 @@ class Registry:
             yanked = self.yanked(name)
             tags = self.tags(name)
             versions = self.versions(name)
-            if not all_versions:
-                live = [v for v in versions if v not in yanked]
-                versions = live[-1:]
-            for v in versions:
-                m = self.manifest(name, v)
+            candidates = [[v] for v in versions] if all_versions else [[v for v in versions if v not in yanked]]
+            found = []
+            for vs in candidates:
+                try:
+                    found.append(self._highest_valid(name, vs))
+                except (ManifestError, FileNotFoundError) as e:
+                    _warn(str(e))
+            for m in filter(None, found):
+                v = m.version
                 if domain and domain not in m.domain.labels:
                     continue
                 if fingerprint and m.tokenizer.digest != fingerprint:
@@ -301,16 +417,20 @@ class Registry:
         return out
 
     # pull --------------------------------------------------------------------------------
-    def pull(self, ref: str | Ref, *, callback: Callback = DEFAULT_CALLBACK) -> Path:
-        """Local folder of the verified package; blobs already cached are not downloaded again."""
+    def pull(self, ref: str | Ref, *, callback: Callback = DEFAULT_CALLBACK, verify: bool = False) -> Path:
+        """Local folder of the verified package; blobs already cached are not downloaded again.
+
+        The cached folder is re-checked on every pull (size and mtime of each file against the
+        record written when it was verified; every byte re-hashed with `verify`): anything
+        changed since is fetched again, so a tampered cache heals instead of being served."""
         m = self.resolve(ref)
-        folder = self.cache.package_dir(m)
-        if folder.is_dir():
-            return folder
-        callback.set_size(sum(e.size for e in m.model.files if not self.cache.has_blob(e)))
+        self.cache.clean_abandoned()  # temp files of killed pulls
+        if self.cache.package_ok(m, verify=verify):
+            return self.cache.package_dir(m)
+        callback.set_size(sum(e.size for e in m.model.files if not self.cache.has_blob(e, verify=verify)))
         for entry in m.model.files:
             try:
-                self.cache.fetch_blob(self.store, blob_key(entry), entry, callback)
+                self.cache.fetch_blob(self.store, blob_key(entry), entry, callback, verify=verify)
             except FileNotFoundError:
                 raise DigestMismatchError(
                     f"blob {entry.digest} ({entry.path}) of {m.ref} is missing from {self.url}; republish the package",
@@ -320,38 +440,41 @@ class Registry:
 
     # verify ------------------------------------------------------------------------------
     def verify(self, ref: str | Ref | None = None, *, callback: Callback = DEFAULT_CALLBACK) -> VerifyReport:
-        """Re-hash every blob of one version, or of every version in the registry."""
+        """Re-hash every blob of one version, or of every version in the registry. Each blob is
+        read once; every reference to it is checked against what was read (digest and its own
+        declared size). A malformed manifest is a problem of its own, never the end of the check."""
+        problems: list[str] = []
         if ref is not None:
             manifests = [self.resolve(ref)]
         else:
-            manifests = [self.manifest(n, v) for n in self.names() for v in self.versions(n)]
-        problems: list[str] = []
-        seen: dict[str, str | None] = {}
+            manifests = []
+            for name in self.names():
+                for version in self.versions(name):
+                    try:
+                        manifests.append(self.manifest(name, version))
+                    except (ManifestError, FileNotFoundError) as e:
+                        problems.append(str(e))
+        seen: dict[str, tuple[int, str] | None] = {}  # digest -> (size, sha256 hex) read, None if missing
         callback.set_size(sum(e.size for m in manifests for e in m.model.files))
         for m in manifests:
             for entry in m.model.files:
                 if entry.digest not in seen:
-                    seen[entry.digest] = self._check_blob(entry, callback)
-                if seen[entry.digest]:
-                    problems.append(f"{m.ref}: {entry.path}: {seen[entry.digest]}")
+                    seen[entry.digest] = self._read_blob(entry, callback)
+                if problem := _blob_problem(entry, seen[entry.digest]):
+                    problems.append(f"{m.ref}: {entry.path}: {problem}")
         return VerifyReport([m.ref for m in manifests], len(seen), problems)
 
-    def _check_blob(self, entry: FileEntry, callback: Callback) -> str | None:
-        key = blob_key(entry)
+    def _read_blob(self, entry: FileEntry, callback: Callback) -> tuple[int, str] | None:
         h, size = hashlib.sha256(), 0
         try:
-            with self.store.open_read(key) as f:
+            with self.store.open_read(blob_key(entry)) as f:
                 while block := f.read(8 * 2**20):
                     h.update(block)
                     size += len(block)
                     callback.relative_update(len(block))
         except FileNotFoundError:
-            return f"blob {entry.digest} is missing"
-        if size != entry.size:
-            return f"blob {entry.digest} has {size} bytes, expected {entry.size}"
-        if h.hexdigest() != entry.hex:
-            return f"blob {entry.digest} is corrupt (its bytes hash to sha256:{h.hexdigest()})"
-        return None
+            return None
+        return size, h.hexdigest()
 
     # tags and yanks ----------------------------------------------------------------------
     def tag(self, ref: str | Ref, tag: str, *, retries: int = 50) -> TagMove:
@@ -394,26 +517,110 @@ class Registry:
     # gc ----------------------------------------------------------------------------------
     def gc(self, *, grace: timedelta = timedelta(hours=24), dry_run: bool = False) -> GcReport:
         """Delete blobs that no manifest references and leftovers of interrupted uploads, older
-        than `grace` (a publisher may be uploading blobs whose manifest does not exist yet)."""
-        referenced = {blob_key(e) for n in self.names() for v in self.versions(n)
-                      for e in self.manifest(n, v).model.files}
+        than `grace` (a publisher may be uploading blobs whose manifest does not exist yet).
+
+        Never removed, whatever the grace: a blob any manifest mentions (read as raw text, so a
+        malformed manifest still protects its blobs), a blob named by a lease younger than
+        LEASE_TTL (a publish in flight relies on it; the leases are re-read right before each
+        delete), an upload temp file or multipart upload younger than UPLOAD_FLOOR."""
+        grace = check_grace(grace)
+        referenced = self._mentioned_blobs()
         cutoff = _now() - grace
         removed, removed_bytes, kept = [], 0, 0
         for key in self.store.list("blobs"):
             if key in referenced:
                 continue
-            if self.store.modified(key) > cutoff:
+            try:
+                young, size = self.store.modified(key) > cutoff, self.store.size(key)
+            except FileNotFoundError:
+                continue  # another gc got there first
+            if young or key in self._leased_blobs(expire=not dry_run):
                 kept += 1
                 continue
-            removed_bytes += self.store.size(key)
+            removed_bytes += size
             removed.append(key)
             if not dry_run:
                 self.store.delete(key)
-        uploads = [k for k, t in self.store.stale_uploads() if t <= cutoff]
+        upload_cutoff = _now() - max(grace, UPLOAD_FLOOR)
+        uploads = [k for k, t in self.store.stale_uploads() if t <= upload_cutoff]
         if not dry_run:
             for k in uploads:
-                self.store.remove_stale_upload(k)
+                try:
+                    self.store.remove_stale_upload(k)
+                except FileNotFoundError:
+                    pass  # finished or removed meanwhile
         return GcReport(removed, removed_bytes, kept, uploads)
+
+    def _mentioned_blobs(self) -> set[str]:
+        out = set()
+        for key in self.store.list("packages"):
+            if not key.endswith(".json") or "/tags/" in key or "/yanked/" in key:
+                continue
+            try:
+                raw = self.store.read(key)
+            except FileNotFoundError:
+                continue
+            out |= {f"blobs/sha256/{h[:2]}/{h}" for h in _DIGEST.findall(raw.decode(errors="replace"))}
+        return out
+
+    def _leased_blobs(self, *, expire: bool) -> set[str]:
+        out, cutoff = set(), _now() - LEASE_TTL
+        for key in self.store.list(LEASES):
+            try:
+                if self.store.modified(key) <= cutoff:
+                    if expire:
+                        self.store.delete(key)
+                    continue
+                out |= set(json.loads(self.store.read(key)).get("blobs", []))
+            except FileNotFoundError:
+                continue
+            except (ValueError, AttributeError):
+                _warn(f"{self.url}/{key} is not a valid lease; ignored")
+        return out
+
+
+def check_grace(grace: timedelta) -> timedelta:
+    seconds = grace.total_seconds() if isinstance(grace, timedelta) else float("nan")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidArgumentError(f"grace {grace!r} must be a finite, non-negative duration, e.g. 24 hours")
+    return grace
+
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+UPLOAD_FLOOR = timedelta(hours=1)  # an upload temp file this young may belong to a live publisher
+
+
+def _blob_problem(entry: FileEntry, found: tuple[int, str] | None) -> str | None:
+    if found is None:
+        return f"blob {entry.digest} is missing"
+    size, hexdigest = found
+    if size != entry.size:
+        return f"blob {entry.digest} has {size} bytes, the manifest declares {entry.size}"
+    if hexdigest != entry.hex:
+        return f"blob {entry.digest} is corrupt (its bytes hash to sha256:{hexdigest})"
+    return None
+
+
+log = logging.getLogger("memreg.registry")
+_warned: set[str] = set()
+
+
+def _warn(message: str) -> None:
+    """A stray or malformed entry: said once on stderr (logging's last-resort handler prints
+    warnings when nothing is configured), never fatal for the rest of the registry. Once per
+    process: one command reads the same entry several times."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("warning: %s", message)
+
+
+def _valid(check: Any, value: str, where: str, what: str) -> bool:
+    try:
+        check(value)
+        return True
+    except InvalidReferenceError:
+        _warn(f"{where}: {what}; ignored")
+        return False
 
 
 def _refuse_latest(tag: str) -> None:

@@ -1,25 +1,43 @@
 """The local cache under $MEMREG_HOME/cache: content-addressed blobs and assembled packages.
 
 A blob enters the cache only after its size and sha256 match the manifest: it is downloaded to a
-temp file beside its final place, hashed while it streams, and renamed into place. A package folder
-is assembled from cached blobs (hard links where the filesystem allows) into a temp folder and
-renamed, so a folder that exists is complete.
+temp file beside its final place, hashed, and renamed into place. A package folder is assembled
+from cached blobs (hard links where the filesystem allows) into a temp folder and renamed, so a
+folder that exists is complete.
+
+Nothing cached is trusted forever. When a blob or a folder is written, a record of each file's
+size and mtime (nanoseconds) is kept beside it (`<hex>.stat`, `<folder>.files.json`); every pull
+compares them (a stat per file, no read), and `pull --verify` / `memreg cache verify` re-hash.
+Anything that differs is thrown away and fetched again from the registry.
+
+Temp files and folders are held under flock(2) by the process writing them: a lock that can be
+taken means its writer is dead (the kernel drops locks of killed processes), so leftovers of a
+killed pull are removed by the next pull or `memreg cache clean`, and a live pull's never are.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
-from memreg.registry.errors import DigestMismatchError
+from memreg.registry.errors import DigestMismatchError, ManifestError
 from memreg.registry.settings import cache_dir
 from memreg.registry.store import Store
 from memreg.schemas import FileEntry, Manifest
+
+CARD = "memreg.json"
+TMP = ".tmp-"
+_HEX = set("0123456789abcdef")
 
 
 class _Advance(Callback):
@@ -37,73 +55,263 @@ class _Advance(Callback):
         self.value = value
 
 
+@dataclass(frozen=True)
+class CachedPackage:
+    name: str
+    version: str
+    folder: Path
+    size: int
+
+
+def _stat_record(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 * 2**20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, doc: object) -> None:
+    tmp = path.parent / f"{TMP}{path.name}.{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> object | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def _locked_temp(path: Path, *, folder: bool) -> Iterator[Path]:
+    """Create `path` (a file or folder) held under an exclusive flock until the block ends."""
+    while True:
+        if folder:
+            path.mkdir()
+            fd = os.open(path, os.O_RDONLY)
+        else:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # a cleaner may have taken it between creation and lock: then start again
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        path = path.with_name(f"{path.name.rsplit('.', 1)[0]}.{uuid.uuid4().hex}")
+    try:
+        yield path
+    finally:
+        os.close(fd)
+
+
+def _remove_if_abandoned(path: Path) -> bool:
+    """Remove a temp file/folder whose writer is gone (its lock can be taken)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False  # a live writer holds it
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return True
+
+
 class Cache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root else cache_dir()
 
+    # blobs -------------------------------------------------------------------------------
     def blob_path(self, entry: FileEntry) -> Path:
         return self.root / "blobs" / "sha256" / entry.hex[:2] / entry.hex
 
-    def has_blob(self, entry: FileEntry) -> bool:
+    def _record_path(self, blob: Path) -> Path:
+        return blob.with_name(blob.name + ".stat")
+
+    def has_blob(self, entry: FileEntry, *, verify: bool = False) -> bool:
+        """The blob is cached and unchanged since it was verified: same size and mtime as
+        recorded then (a stat), and with `verify` the same sha256 (a full read)."""
         p = self.blob_path(entry)
-        return p.is_file() and p.stat().st_size == entry.size
+        try:
+            if _stat_record(p) != _read_json(self._record_path(p)) or p.stat().st_size != entry.size:
+                return False
+        except FileNotFoundError:
+            return False
+        return not verify or _sha256(p) == entry.hex
 
     def package_dir(self, manifest: Manifest) -> Path:
         # keyed by the manifest's own digest too: two registries may hold law@1.0.0 with other bytes
         digest = hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()[:16]
         return self.root / "packages" / manifest.name / f"{manifest.version}-{digest}"
 
-    def fetch_blob(self, store: Store, key: str, entry: FileEntry, callback: Callback = DEFAULT_CALLBACK) -> bool:
-        """Download, verify and keep one blob; False if it was already cached."""
-        if self.has_blob(entry):
+    def fetch_blob(self, store: Store, key: str, entry: FileEntry, callback: Callback = DEFAULT_CALLBACK,
+                   *, verify: bool = False) -> bool:
+        """Download, verify and keep one blob; False if it was already cached (and unchanged)."""
+        if self.has_blob(entry, verify=verify):
             return False
         dest = self.blob_path(entry)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".tmp-{entry.hex}.{uuid.uuid4().hex}"
+        with _locked_temp(dest.parent / f"{TMP}{entry.hex}.{uuid.uuid4().hex}", folder=False) as tmp:
+            try:
+                # The backend's own get_file (one streaming GET on S3) then a local hash: measured
+                # faster than hashing while reading through a file object (ranged GETs on S3).
+                store.get_file(key, tmp, callback=_Advance(callback))
+                size = tmp.stat().st_size
+                got = _sha256(tmp) if size == entry.size else "(not hashed: wrong size)"
+                if size != entry.size or got != entry.hex:
+                    raise DigestMismatchError(
+                        f"blob {entry.digest} ({entry.path}) is corrupt in the registry: expected {entry.size} bytes "
+                        f"with that sha256, got {size} bytes (sha256 {got}); republish the package or restore the blob",
+                        digest=entry.digest,
+                        path=entry.path,
+                    )
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)  # a new inode: folders linked to a tampered old one keep theirs
+                _write_json(self._record_path(dest), _stat_record(dest))
+            finally:
+                tmp.unlink(missing_ok=True)
+        return True
+
+    # packages ----------------------------------------------------------------------------
+    def _files_record(self, folder: Path) -> Path:
+        return folder.with_name(folder.name + ".files.json")
+
+    def package_ok(self, manifest: Manifest, *, verify: bool = False) -> bool:
+        """The assembled folder holds exactly the manifest's files, unchanged since assembly
+        (size and mtime; with `verify`, every file re-hashed and the card compared)."""
+        folder = self.package_dir(manifest)
+        record = _read_json(self._files_record(folder))
+        if not folder.is_dir() or not isinstance(record, dict):
+            return False
+        found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+        if found != {e.path for e in manifest.model.files} | {CARD} or set(record) != found:
+            return False  # a file added (a .py dropped in), removed or renamed
         try:
-            # The backend's own get_file (one streaming GET on S3) then a local hash: measured faster
-            # than hashing while reading through a file object, which on S3 means ranged GETs.
-            store.get_file(key, tmp, callback=_Advance(callback))
-            size = tmp.stat().st_size
-            h = hashlib.sha256()
-            if size == entry.size:
-                with open(tmp, "rb") as f:
-                    while block := f.read(8 * 2**20):
-                        h.update(block)
-            if size != entry.size or h.hexdigest() != entry.hex:
-                raise DigestMismatchError(
-                    f"blob {entry.digest} ({entry.path}) is corrupt in the registry: expected {entry.size} bytes "
-                    f"with that sha256, got {size} bytes hashing to sha256:{h.hexdigest()}; "
-                    "republish the package or restore the blob",
-                    digest=entry.digest,
-                    path=entry.path,
-                )
-            os.replace(tmp, dest)
-            os.chmod(dest, 0o444)
-        finally:
-            tmp.unlink(missing_ok=True)
+            if any(_stat_record(folder / path) != rec for path, rec in record.items()):
+                return False
+        except FileNotFoundError:
+            return False
+        if verify:
+            if (folder / CARD).read_text() != manifest.model_dump_json(indent=2):
+                return False
+            return all(_sha256(folder / e.path) == e.hex for e in manifest.model.files)
         return True
 
     def assemble(self, manifest: Manifest) -> Path:
-        """The package folder for a manifest whose blobs are all cached."""
+        """The package folder for a manifest whose blobs are all cached (replacing a folder
+        that `package_ok` refused)."""
         final = self.package_dir(manifest)
-        if final.is_dir():
-            return final
-        tmp = final.parent / f".tmp-{final.name}.{uuid.uuid4().hex}"
-        try:
-            for entry in manifest.model.files:
-                target = tmp / entry.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(self.blob_path(entry), target)
-                except OSError:
-                    shutil.copyfile(self.blob_path(entry), target)
-            (tmp / "memreg.json").write_text(manifest.model_dump_json(indent=2))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with _locked_temp(final.parent / f"{TMP}{final.name}.{uuid.uuid4().hex}", folder=True) as tmp:
             try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():  # somebody else assembled it first: theirs is as good
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                for entry in manifest.model.files:
+                    _place(self.blob_path(entry), tmp / entry.path)
+                with open(tmp / CARD, "x") as f:  # "x": never through a link that is already there
+                    f.write(manifest.model_dump_json(indent=2))
+                record = {p.relative_to(tmp).as_posix(): _stat_record(p) for p in tmp.rglob("*") if not p.is_dir()}
+                if final.exists():
+                    self._discard(final)
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    if not final.is_dir():  # somebody else assembled it first: theirs is as good
+                        raise
+                    return final
+                _write_json(self._files_record(final), record)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+    def _discard(self, folder: Path) -> None:
+        """Move a bad folder aside, then remove it (a reader sees the old folder or none)."""
+        aside = folder.with_name(f"{TMP}{folder.name}.{uuid.uuid4().hex}")
+        try:
+            os.rename(folder, aside)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+        self._files_record(folder).unlink(missing_ok=True)
+
+    # housekeeping (memreg cache ls / clean / verify) -------------------------------------
+    def clean_abandoned(self) -> int:
+        """Remove temp files and folders of killed pulls; a live pull's are locked and kept."""
+        removed = 0
+        for sub in ("blobs", "packages"):
+            base = self.root / sub
+            if base.is_dir():
+                for p in list(base.glob(f"*/*/{TMP}*")) + list(base.glob(f"*/{TMP}*")):
+                    removed += _remove_if_abandoned(p)
+        return removed
+
+    def packages(self) -> list[CachedPackage]:
+        out = []
+        for record in sorted((self.root / "packages").glob("*/*.files.json")):
+            folder = record.with_name(record.name[: -len(".files.json")])
+            doc = _read_json(folder / CARD)
+            if not folder.is_dir() or not isinstance(doc, dict):
+                continue
+            size = sum(v[0] for v in (_read_json(record) or {}).values())
+            out.append(CachedPackage(str(doc.get("name")), str(doc.get("version")), folder, size))
+        return out
+
+    def blobs(self) -> list[Path]:
+        base = self.root / "blobs" / "sha256"
+        return sorted(p for p in base.glob("*/*") if len(p.name) == 64 and set(p.name) <= _HEX)
+
+    def verify(self) -> list[str]:
+        """Re-hash every cached blob and package; remove what is wrong (the next pull fetches it
+        again) and say what it was."""
+        problems = []
+        for blob in self.blobs():
+            if _sha256(blob) != blob.name:
+                problems.append(f"cached blob sha256:{blob.name} is corrupt; removed")
+                blob.unlink(missing_ok=True)
+                self._record_path(blob).unlink(missing_ok=True)
+        for pkg in self.packages():
+            try:
+                manifest = Manifest.model_validate_json((pkg.folder / CARD).read_bytes())
+                ok = self.package_dir(manifest) == pkg.folder and self.package_ok(manifest, verify=True)
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                problems.append(f"cached package {pkg.name}@{pkg.version} ({pkg.folder}) was changed; removed")
+                self._discard(pkg.folder)
+        return problems
+
+    def clean(self) -> int:
+        """Remove the whole cache (packages first, so no folder outlives its blobs); bytes freed."""
+        freed = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else 0
+        for sub in ("packages", "blobs"):
+            shutil.rmtree(self.root / sub, ignore_errors=True)
+        return freed
+
+
+def _place(blob: Path, target: Path) -> None:
+    """Hard link (or copy where links do not work) a blob to a new file; never writes into an
+    existing file, which could be a link to another cached blob."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(blob, target)
+        return
+    except FileExistsError:
+        raise ManifestError(f"{target.name} appears twice in the package; the manifest is malformed") from None
+    except OSError:
+        pass  # another filesystem, or links not allowed: copy
+    with open(blob, "rb") as src, open(target, "xb") as dst:
+        shutil.copyfileobj(src, dst, 8 * 2**20)

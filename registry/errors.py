@@ -11,6 +11,10 @@ class InvalidReferenceError(MemregError, ValueError):
     """A name, version, tag or reference that breaks the naming rules (refused before any I/O)."""
 
 
+class InvalidArgumentError(MemregError, ValueError):
+    """An option value out of its range (e.g. a negative or NaN gc grace), refused before any I/O."""
+
+
 class PackageError(MemregError, ValueError):
     """A package folder that cannot be published as it is."""
 

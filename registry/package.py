@@ -13,7 +13,7 @@ import re
 import struct
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
@@ -25,6 +25,10 @@ CARD = "memreg.json"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
 CODE_SUFFIXES = {".py", ".pyc", ".so"}  # remote code is never run (trust_remote_code stays off)
 TOKENIZER_FILES = ("tokenizer.json", ("vocab.json", "merges.txt"))
+# Paths become file names in the cache, under $MEMREG_HOME/cache/packages/<name>/<version>-<digest>/:
+# bounded so that the whole path stays far below PATH_MAX and each part below NAME_MAX (255 bytes).
+MAX_PATH_LENGTH = 512
+MAX_PART_LENGTH = 128
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
            "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
@@ -72,7 +76,11 @@ def scan_folder(folder: Path) -> list[LocalFile]:
                 raise PackageError(f"{rel}: packages may not carry code (remote code is never run); remove it")
             if not p.is_file():
                 raise PackageError(f"{p} is not a regular file")
+            if problem := path_problem(rel):
+                raise PackageError(f"{rel}: {problem}; rename it")
             files.append(LocalFile(rel, p, p.stat().st_size))
+    if problem := files_problem([f.path for f in files]):
+        raise PackageError(f"{folder}: {problem}; rename one")
     names = {f.path for f in files}
     if "config.json" not in names:
         raise PackageError(f"{folder} has no config.json: save the model with save_pretrained(folder)")
@@ -81,6 +89,44 @@ def scan_folder(folder: Path) -> list[LocalFile]:
     if "tokenizer.json" not in names and not {"vocab.json", "merges.txt"} <= names:
         raise PackageError(f"{folder} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt): save the tokenizer with tokenizer.save_pretrained(folder)")
     return files
+
+
+def path_problem(rel: str) -> str | None:
+    """Why a package-relative path may not be a file of a package (None: it may)."""
+    parts = rel.split("/")
+    if len(rel.encode()) > MAX_PATH_LENGTH:
+        return f"the path is {len(rel.encode())} bytes long, at most {MAX_PATH_LENGTH}"
+    if any(len(p.encode()) > MAX_PART_LENGTH for p in parts):
+        return f"a folder or file name is longer than {MAX_PART_LENGTH} bytes"
+    if any(p.startswith(".") for p in parts):
+        return "hidden files and folders are not package files"
+    if rel.lower() == CARD:
+        return f"{CARD} is the manifest memreg writes into every pulled package"
+    suffix = PurePosixPath(rel).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return f"{suffix} files may hold pickles, which memreg refuses"
+    if suffix in CODE_SUFFIXES:
+        return "packages may not carry code (remote code is never run)"
+    return None
+
+
+def files_problem(paths: list[str]) -> str | None:
+    """Why these paths cannot be one package's files (None: they can): a file named like the card
+    memreg writes (assembly would write through a hard link into a cached blob), code or pickles,
+    two entries for one path (also by case, for case-insensitive disks), a file that is also a folder."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        if problem := path_problem(path):
+            return f"{path!r}: {problem}"
+        if path.lower() in seen:
+            return f"{path!r} is listed twice (also as {seen[path.lower()]!r})"
+        seen[path.lower()] = path
+    for key, path in seen.items():
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            if (parent := "/".join(parts[:i])) in seen:
+                return f"{seen[parent]!r} is both a file and the folder of {path!r}"
+    return None
 
 
 def read_card(folder: Path) -> PackageCard:

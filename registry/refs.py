@@ -11,6 +11,9 @@ from memreg.schemas.v1 import NAME_PATTERN, SEMVER_PATTERN
 _NAME = re.compile(NAME_PATTERN)
 _SEMVER = re.compile(SEMVER_PATTERN)
 NAME_RULE = "names are 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+# A version becomes a file name (<version>.json in the registry, <version>-<digest> in the cache):
+# bounded well below the 255 bytes a file name may have on every filesystem memreg writes to.
+MAX_VERSION_LENGTH = 64
 
 
 def check_name(name: str, *, what: str = "name") -> str:
@@ -20,6 +23,11 @@ def check_name(name: str, *, what: str = "name") -> str:
 
 
 def check_version(version: str, *, name: str | None = None) -> str:
+    if isinstance(version, str) and len(version) > MAX_VERSION_LENGTH:
+        raise InvalidReferenceError(
+            f"version {version[:20]}… is {len(version)} characters long: at most {MAX_VERSION_LENGTH}, "
+            f"e.g. {name or 'law'}@1.2.0-rc.1"
+        )
     if not isinstance(version, str) or not _SEMVER.fullmatch(version):
         shown = f"{name}@{version}" if name else repr(version)
         raise InvalidReferenceError(

@@ -129,6 +129,21 @@ class Store:
         except FileNotFoundError:
             pass
 
+    def same_content(self, key: str, local: Path, hexdigest: str, size: int) -> bool:
+        """Whether the stored object at `key` holds exactly these bytes (`local`, whose sha256 and
+        size are known). The default re-hashes the stored bytes: cheap on a local disk and memory://."""
+        h, n = hashlib.sha256(), 0
+        try:
+            if self.size(key) != size:
+                return False
+            with self.open_read(key) as f:
+                while block := f.read(8 * 2**20):
+                    h.update(block)
+                    n += len(block)
+        except FileNotFoundError:
+            return False
+        return n == size and h.hexdigest() == hexdigest
+
     def stale_uploads(self) -> Iterator[tuple[str, datetime]]:
         """Leftovers of interrupted uploads (temp files, open multipart uploads), with their age."""
         return iter(())
@@ -212,7 +227,10 @@ class LocalStore(Store):
     def stale_uploads(self) -> Iterator[tuple[str, datetime]]:
         root = Path(self.root)
         for p in root.rglob(f"{self.TMP}*"):
-            mtime = datetime.fromtimestamp(p.stat().st_mtime, tz=timezone.utc)
+            try:  # a publisher may rename or remove its temp file while we look
+                mtime = datetime.fromtimestamp(p.stat().st_mtime, tz=timezone.utc)
+            except FileNotFoundError:
+                continue
             yield p.relative_to(root).as_posix(), mtime
 
 
@@ -274,6 +292,62 @@ class S3Store(Store):
         finally:
             self.fs.invalidate_cache(self._path(key))
 
+    def exists(self, key: str) -> bool:
+        try:
+            return super().exists(key)
+        except FileNotFoundError:
+            return False
+        except Exception as e:  # noqa: BLE001 - translated into one actionable line
+            raise self._unreachable(e) from e
+
+    def list(self, prefix: str) -> list[str]:
+        try:
+            return super().list(prefix)
+        except FileNotFoundError:
+            return []
+        except Exception as e:  # noqa: BLE001
+            raise self._unreachable(e) from e
+
+    def _unreachable(self, e: Exception) -> Exception:
+        """Forbidden and timeouts as a StoreError naming the endpoint and what to check."""
+        endpoint = (self.fs.client_kwargs or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        text = f"{type(e).__name__}: {e}"
+        if isinstance(e, PermissionError) or "Forbidden" in text or "AccessDenied" in text or "InvalidAccessKeyId" in text:
+            return StoreError(
+                f"{endpoint} refused access to {self.url} ({e}): check the credentials (AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY or AWS_PROFILE), the bucket name and its policy"
+            )
+        if "imeout" in text or "Connect" in text:
+            return StoreError(
+                f"{endpoint} did not answer for {self.url} ({text}): check the endpoint URL "
+                "(--storage-option endpoint_url=… or AWS_ENDPOINT_URL) and the network; timeouts are "
+                "set by -o config_kwargs='{\"connect_timeout\": 5, \"read_timeout\": 15}'"
+            )
+        if isinstance(e, OSError):
+            return StoreError(f"{endpoint}: cannot reach {self.url}: {e}")
+        return e
+
+    def same_content(self, key: str, local: Path, hexdigest: str, size: int) -> bool:
+        """Size and ETag instead of downloading the object again: S3's ETag of an unencrypted
+        object is the MD5 of its bytes (single PUT) or of its parts' MD5s (multipart, "-N"), which
+        we recompute from the local file, learning the part size from a HEAD of part 1. An ETag we
+        cannot reproduce (SSE-KMS, other part layouts) answers False: the blob is uploaded again,
+        which costs bandwidth, never correctness."""
+        bucket, path = self._bucket_key(key)
+        try:
+            head = self.fs.call_s3("head_object", Bucket=bucket, Key=path)
+        except FileNotFoundError:
+            return False
+        if int(head["ContentLength"]) != size:
+            return False
+        etag = head["ETag"].strip('"')
+        parts = int(etag.split("-", 1)[1]) if "-" in etag else 0
+        part_size = size
+        if parts:
+            first = self.fs.call_s3("head_object", Bucket=bucket, Key=path, PartNumber=1)
+            part_size = int(first["ContentLength"])
+        return _s3_etag(local, part_size, multipart=bool(parts)) == etag
+
     def stale_uploads(self) -> Iterator[tuple[str, datetime]]:
         bucket, prefix = self._bucket_key("")
         resp = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
@@ -284,6 +358,25 @@ class S3Store(Store):
         path, _, upload_id = key.partition("?uploadId=")
         bucket, _, k = path.partition("/")
         self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=k, UploadId=upload_id)
+
+
+def _s3_etag(local: Path, part_size: int, *, multipart: bool) -> str:
+    """The ETag S3 gives these bytes: MD5 of the body, or MD5 of the parts' MD5s then "-N"."""
+    digests = []
+    with open(local, "rb") as f:
+        while True:
+            h, n = hashlib.md5(usedforsecurity=False), 0
+            while n < part_size and (block := f.read(min(part_size - n, 8 * 2**20))):
+                h.update(block)
+                n += len(block)
+            if n == 0 and digests:
+                break
+            digests.append(h)
+            if n < part_size:
+                break
+    if not multipart:
+        return digests[0].hexdigest()
+    return hashlib.md5(b"".join(d.digest() for d in digests), usedforsecurity=False).hexdigest() + f"-{len(digests)}"
 
 
 def _sync_read(fs: Any, body: Any) -> bytes:
@@ -302,10 +395,35 @@ def _is_precondition_failure(e: BaseException) -> bool:
     return "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text
 
 
+# A silent endpoint must fail in bounded time: at most S3_RETRIES x S3_ATTEMPTS x read timeout
+# (2 x 2 x 15 s = 60 s) plus s3fs's short back-off, instead of s3fs's and botocore's defaults
+# (5 x 5 x 15 s, measured 415 s). Any of them can be overridden with --storage-option.
+S3_CONNECT_TIMEOUT = 5
+S3_READ_TIMEOUT = 15
+S3_RETRIES = 2  # s3fs's own retry loop
+S3_ATTEMPTS = 2  # botocore's attempts per s3fs try
+
+
+def s3_defaults(opts: dict[str, Any]) -> dict[str, Any]:
+    opts = dict(opts)
+    config = dict(opts.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", S3_CONNECT_TIMEOUT)
+    config.setdefault("read_timeout", S3_READ_TIMEOUT)
+    config.setdefault("retries", {"total_max_attempts": S3_ATTEMPTS, "mode": "standard"})
+    opts["config_kwargs"] = config
+    return opts
+
+
 def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store:
     """A Store for any fsspec URL: a plain path, file://, memory://, s3://, gs://, …"""
     opts = dict(storage_options or {})
+    retries = None
+    if url.startswith(("s3://", "s3a://")):
+        opts = s3_defaults(opts)
+        retries = int(opts.pop("retries", S3_RETRIES))  # s3fs's retry loop is an attribute, not an option
     fs, root = fsspec.core.url_to_fs(url, **opts)
+    if retries is not None:
+        fs.retries = retries
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
         return LocalStore(fs, root, url)
