@@ -3,7 +3,9 @@
 Phases, each finished before the next starts (so a refusal costs no weight reads):
 1. describe every memory from what is cheap to read — a registry manifest, or a package folder's
    tokenizer files, config.json and memreg.json;
-2. check each memory's tokenizer against the base's (`memreg.registry.check_compatible`);
+2. check each memory's tokenizer against the base's (`memreg.registry.check_compatible`): a registry
+   memory first by its manifest's fingerprint (a refusal that downloads nothing), then by the
+   fingerprint of the tokenizer files it pulled (a manifest's copy is never trusted);
 3. settle the weights (given, from manifests/cards, or "auto");
 4. load the weights (safetensors, memory-mapped; the same memory twice is loaded once);
 5. for "auto", fit the weights by EM on held-out text (`fit_weights`).
@@ -61,6 +63,8 @@ class _Memory:
     rows: int | None
     recommended: float | None
     load: Callable[[], torch.nn.Module]
+    # registry memories: pull, then what the pulled files say (tokenizer folder, embedding rows)
+    pulled: Callable[[], tuple[Path, int | None]] | None = None
 
 
 def parse_memory_spec(spec: str) -> tuple[str, float | None]:
@@ -137,13 +141,19 @@ def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memo
     reg = registry_box[0]
     manifest = reg.resolve(text)  # refuses bad references before any I/O
     ref = manifest.ref
+
+    def pulled() -> tuple[Path, int | None]:
+        folder = reg.pull(ref)
+        return folder, _config_rows(folder)
+
     return _Memory(
         f"memory {ref}",
         f"ref:{ref}",
-        manifest.tokenizer,
+        manifest.tokenizer,  # only for a refusal that costs no download; the pulled files decide
         manifest.model.embedding_rows,
         manifest.metrics.recommended_weight,
         lambda: _load_folder(reg.pull(ref), dtype),
+        pulled,
     )
 
 
@@ -262,6 +272,10 @@ def compose(
     mems = [_describe(m, registry, registry_box, dtype) for m in memories]  # 1. describe
     for m in mems:  # 2. check, before any memory weight is read
         _check(base_tok, base_rows, m, force)
+    for m in mems:  # ... and again from the pulled files: a manifest's fingerprint is never trusted
+        if m.pulled is not None:
+            m.tokenizer, m.rows = m.pulled()
+            _check(base_tok, base_rows, m, force)
     settled = _settle_weights(weights, mems)  # 3. weights (errors before loading too)
 
     loaded: dict[str, torch.nn.Module] = {}  # 4. load, once per distinct memory
