@@ -142,9 +142,11 @@ def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memo
     manifest = reg.resolve(text)  # refuses bad references before any I/O
     ref = manifest.ref
 
+    box: list[Path] = []  # pulled once: checked, then loaded from the same folder
+
     def pulled() -> tuple[Path, int | None]:
-        folder = reg.pull(ref)
-        return folder, _config_rows(folder)
+        box.append(reg.pull(ref))
+        return box[0], _config_rows(box[0])
 
     return _Memory(
         f"memory {ref}",
@@ -152,7 +154,7 @@ def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memo
         manifest.tokenizer,  # only for a refusal that costs no download; the pulled files decide
         manifest.model.embedding_rows,
         manifest.metrics.recommended_weight,
-        lambda: _load_folder(reg.pull(ref), dtype),
+        lambda: _load_folder(box[0] if box else reg.pull(ref), dtype),
         pulled,
     )
 
