@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from memreg.cli.options import JsonOpt, RegistryOpt, StorageOpt, storage_options
-from memreg.cli.output import console, print_json, err_console
+from memreg.cli.output import console, err_console, print_json, warn
 
 BaseArg = Annotated[str, typer.Argument(help="Base model: a Hugging Face model folder or id (with its tokenizer), or a .gguf file (converted once, see `memreg convert-gguf`).")]
 MemoriesArg = Annotated[
@@ -57,9 +57,22 @@ def _read_texts(paths: list[Path]) -> list[str]:
             files.append(p)
         else:
             raise FileNotFoundError(f"{p} is not a file or folder: --data/--eval take text files or folders of them")
-    if not files:
-        raise FileNotFoundError(f"no text files in {', '.join(map(str, paths))}")
-    return [f.read_text(errors="replace") for f in files]
+    from memreg.train.corpus import read_text_file  # the same check `memreg train` skips files by
+
+    texts, skipped = [], []
+    for f in files:
+        text, why = read_text_file(f)
+        if text is None:
+            skipped.append(f"{f} ({why})")
+        else:
+            texts.append(text)
+    if skipped:
+        warn(f"skipped {len(skipped)} file(s) that are not UTF-8 text: {', '.join(skipped[:5])}"
+             + (", …" if len(skipped) > 5 else ""))
+    if not texts:
+        raise FileNotFoundError(f"no text files in {', '.join(map(str, paths))}"
+                                + (f" ({len(skipped)} skipped as binary or not UTF-8)" if skipped else ""))
+    return texts
 
 
 def _ppl(lp) -> float:

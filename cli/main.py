@@ -15,8 +15,27 @@ app = typer.Typer(
     "registry (a folder or an S3 bucket), and attach them to any base model that shares their tokenizer.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold credentials
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from memreg import __version__
+
+        typer.echo(f"memreg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version, help="Print memreg's version and exit."),
+) -> None:
+    """memreg — the package manager for LLM memories."""
+    from memreg.cli import output
+
+    output.start(ctx.invoked_subcommand)  # the "command" of the --json envelope
 
 app.command()(reg.init)
 app.command()(reg.publish)
@@ -56,34 +75,65 @@ def _register_ml_commands() -> None:
 _register_ml_commands()
 
 
-def run() -> None:
-    """Console entry point: one-line errors (full traceback with MEMREG_DEBUG=1)."""
+def _click_exception_types() -> tuple[type, ...]:
+    """ClickException as the app raises it. typer >= 0.16 vendors its own click (typer._click), so
+    `click.ClickException` from the installed click never matches what typer raises: accept both."""
+    import click
+
+    types: list[type] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as vendored
+    except ImportError:  # a typer that uses the installed click
+        pass
+    else:
+        types.append(vendored)
+    return tuple(types)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point. Exit codes: 0 ok, 1 error, 2 usage error (click's, with its usage
+    hint), 130 interrupted. One-line errors (full traceback with MEMREG_DEBUG=1); under --json the
+    error is the JSON envelope on stderr."""
+    from memreg.cli import output
     from memreg.registry.errors import MemregError
 
+    argv = sys.argv[1:] if argv is None else argv
+    json_mode = "--json" in argv
+    output.start(None, json_mode=json_mode)
     # memreg draws its own bars and prints its own one-line notes: keep transformers' loading bars
     # and advisory warnings (e.g. "sequence longer than the model's maximum" while tokenizing a
-    # whole corpus) off the terminal unless the user asked for them.
+    # whole corpus) off the terminal unless the user asked for them. Missing weights are never
+    # hidden by this: memories load strictly (memreg.models.load_causal_lm(strict=True)).
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    def fail(type_: str, message: str, code: int, show=None) -> None:
+        if json_mode:
+            output.print_json_error(type_, message, code)
+        elif show is not None:
+            show()
+        else:
+            print(f"error: {message}", file=sys.stderr)
+        sys.exit(code)
+
     try:
-        rc = app(standalone_mode=False)  # click returns typer.Exit's code instead of raising it
+        rc = app(args=argv, prog_name="memreg", standalone_mode=False)  # typer.Exit's code is returned
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+        fail("Aborted", "aborted", 130)
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+        if isinstance(e, _click_exception_types()):  # usage errors: click's exit code (2) and hint
+            fail(type(e).__name__, e.format_message(), e.exit_code, show=e.show)
         if os.environ.get("MEMREG_DEBUG") == "1":
             raise
         known = isinstance(e, (MemregError, ValueError, FileNotFoundError, FileExistsError, PermissionError))
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}" if known else f"error: {type(e).__name__}: {msg}", file=sys.stderr)
-        sys.exit(1)
+        fail(type(e).__name__, _one_line(e) if known else f"{type(e).__name__}: {_one_line(e)}", 1)

@@ -1,4 +1,7 @@
-"""Printing: rich tables and bars for people, JSON for scripts, one-line errors for everybody."""
+"""Printing: rich tables and bars for people, JSON for scripts, one-line errors for everybody.
+
+Under `--json` every command prints one envelope (see `envelope`), errors included (on stderr).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,46 @@ console = Console(stderr=False, highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+class _Run:
+    """What the envelope needs to know about this invocation (set by the app's callback and `run`)."""
+
+    command: str | None = None
+    json_mode: bool = False
+    warnings: list[str] = []
+
+
+def start(command: str | None, *, json_mode: bool | None = None) -> None:
+    _Run.command = command
+    _Run.warnings = []
+    if json_mode is not None:
+        _Run.json_mode = json_mode
+
+
+def envelope(data: Any = None, *, ok: bool = True, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one shape every `--json` output has (schemas/json/cli-output.schema.json):
+    {"ok", "command", "data", "warnings"} and, when ok is false, "error": {"type", "message", "exit_code"}."""
+    out: dict[str, Any] = {"ok": ok, "command": _Run.command, "data": data, "warnings": list(_Run.warnings)}
+    if error is not None:
+        out["error"] = error
+    return out
+
+
+def print_json(data: Any, *, ok: bool = True, error: dict[str, Any] | None = None) -> None:
+    """The command's result, inside the envelope, on stdout."""
+    sys.stdout.write(json.dumps(envelope(data, ok=ok, error=error), indent=2, default=str) + "\n")
+
+
+def print_json_error(type_: str, message: str, exit_code: int) -> None:
+    """A failure under --json: the envelope on stderr, stdout left empty."""
+    err = {"type": type_, "message": message, "exit_code": exit_code}
+    sys.stderr.write(json.dumps(envelope(None, ok=False, error=err), indent=2, default=str) + "\n")
+
+
+def warn(message: str) -> None:
+    """A warning: one line on stderr for people; inside the envelope's "warnings" under --json."""
+    _Run.warnings.append(message)
+    if not _Run.json_mode:
+        err_console.print(f"warning: {message}", markup=False)
 
 
 class RichCallback(Callback):

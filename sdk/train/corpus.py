@@ -59,18 +59,24 @@ def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
+def read_text_file(path: Path) -> tuple[str | None, str | None]:
+    """(text, None), or (None, why the file is skipped): binary (a NUL byte in its first 8 KiB) or
+    not UTF-8. `memreg train` and `memreg eval` both read files through this, so both skip the same."""
+    raw = Path(path).read_bytes()
+    if b"\x00" in raw[:_BINARY_SNIFF]:
+        return None, "binary"
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff"), None
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8: byte {exc.start}"
+
+
 def _file_documents(path: Path, report: CorpusReport) -> Iterator[Document]:
     report.files += 1
-    raw = path.read_bytes()
-    if b"\x00" in raw[:_BINARY_SNIFF]:
-        report.skipped.append(f"{path} (binary)")
+    text, why = read_text_file(path)
+    if text is None:
+        report.skipped.append(f"{path} ({why})")
         return
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        report.skipped.append(f"{path} (not UTF-8: byte {exc.start})")
-        return
-    text = text.removeprefix("\ufeff")
     if path.suffix.lower() in (".jsonl", ".ndjson") or (path.suffix.lower() == ".json" and _looks_jsonl(text)):
         yield from _jsonl_documents(path, text, report)
     elif text.strip():
