@@ -34,6 +34,7 @@ from memreg.registry.errors import (
     ManifestNotFoundError,
     RegistryNotFoundError,
     VersionExistsError,
+    YankedVersionError,
     first_validation_error,
 )
 from memreg.registry.package import files_problem, model_info, read_card, scan_folder, sha256_file
@@ -477,15 +478,20 @@ class Registry:
         return size, h.hexdigest()
 
     # tags and yanks ----------------------------------------------------------------------
-    def tag(self, ref: str | Ref, tag: str, *, retries: int = 50) -> TagMove:
+    def tag(self, ref: str | Ref, tag: str, *, retries: int = 50, force: bool = False) -> TagMove:
         """Point `name:tag` at the version `ref` resolves to, by compare-and-swap.
 
         A lost race re-reads and tries again, so every successful move reports the version it
         really replaced: concurrent movers form one chain and no update is lost silently.
+        A yanked version is refused unless `force`; a yank that lands during the move is seen by a
+        second look after the swap, which moves the tag back.
         """
         check_name(tag, what="tag")
         _refuse_latest(tag)
         m = self.resolve(ref)
+        if not force and m.version in self.yanked(m.name):
+            raise YankedVersionError(f"{m.ref} is yanked: tagging it {m.name}:{tag} would serve it again; "
+                                     "unyank it first, or pass --force (force=True)")
         key = f"packages/{m.name}/tags/{tag}.json"
         doc = TagPointer(name=m.name, tag=tag, version=m.version, updated_at=_now())
         body = doc.model_dump_json(indent=2).encode()
@@ -494,24 +500,48 @@ class Registry:
                 raw, etag = self.store.read_with_etag(key)
                 previous = _parse(TagPointer, raw, key).version
             except FileNotFoundError:
-                etag, previous = None, None
+                raw, etag, previous = None, None, None
             try:
                 self.store.swap(key, body, expected=etag)
-                return TagMove(m.name, tag, m.version, previous)
             except ConcurrentUpdateError:
                 continue
+            if not force and m.version in self.yanked(m.name):
+                self._move_back(key, body, raw)
+                raise YankedVersionError(f"{m.ref} was yanked while {m.name}:{tag} moved to it: the tag was moved "
+                                         "back; unyank it first, or pass --force (force=True)")
+            return TagMove(m.name, tag, m.version, previous)
         raise ConcurrentUpdateError(f"{m.name}:{tag} kept changing under {retries} attempts; try again")
 
+    def _move_back(self, key: str, ours: bytes, previous: bytes | None) -> None:
+        """Undo our own tag write, by compare-and-swap: a mover that came after us keeps its move."""
+        try:
+            raw, etag = self.store.read_with_etag(key)
+        except FileNotFoundError:
+            return
+        if raw != ours:
+            return
+        try:
+            if previous is None:
+                self.store.delete(key)  # there was no tag before: the yanked version must not keep one
+            else:
+                self.store.swap(key, previous, expected=etag)
+        except ConcurrentUpdateError:
+            pass  # somebody moved it meanwhile: their move stands
+
     def yank(self, ref: str | Ref, reason: str = "") -> Manifest:
-        r = parse_ref(ref) if isinstance(ref, str) else ref
-        if not r.version:
-            raise InvalidReferenceError(f"yank takes an exact version: name@VERSION, not {r}")
-        m = self.manifest(r.name, r.version)
+        m = self.manifest(*_exact(ref, "yank"))
         rec = YankRecord(name=m.name, version=m.version, reason=reason, yanked_at=_now())
         try:
             self.store.create(f"packages/{m.name}/yanked/{m.version}.json", rec.model_dump_json(indent=2).encode())
         except FileExistsError:
             pass  # yanking twice is a no-op
+        return m
+
+    def unyank(self, ref: str | Ref) -> Manifest:
+        """Undo a yank: `name` and `name:latest` may choose the version again. Unyanking a version
+        that is not yanked is a no-op, as yanking twice is."""
+        m = self.manifest(*_exact(ref, "unyank"))
+        self.store.delete(f"packages/{m.name}/yanked/{m.version}.json")  # idempotent: a missing record is fine
         return m
 
     # gc ----------------------------------------------------------------------------------
@@ -621,6 +651,13 @@ def _valid(check: Any, value: str, where: str, what: str) -> bool:
     except InvalidReferenceError:
         _warn(f"{where}: {what}; ignored")
         return False
+
+
+def _exact(ref: str | Ref, verb: str) -> tuple[str, str]:
+    r = parse_ref(ref) if isinstance(ref, str) else ref
+    if not r.version:
+        raise InvalidReferenceError(f"{verb} takes an exact version: name@VERSION, not {r}")
+    return r.name, r.version
 
 
 def _refuse_latest(tag: str) -> None:

@@ -53,6 +53,10 @@ class DigestMismatchError(MemregError, ValueError):
         self.path = path
 
 
+class YankedVersionError(MemregError, ValueError):
+    """A tag asked to point at a yanked version (refused unless forced)."""
+
+
 class ConcurrentUpdateError(MemregError, RuntimeError):
     """A compare-and-swap lost the race: somebody else changed the pointer first."""
 
