@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from memreg.cli import cache_cmds
 from memreg.cli import registry_cmds as reg
 
 app = typer.Typer(
@@ -45,7 +46,9 @@ app.command()(reg.show)
 app.command()(reg.verify)
 app.command()(reg.tag)
 app.command()(reg.yank)
+app.command()(reg.unyank)
 app.command()(reg.gc)
+app.add_typer(cache_cmds.app, name="cache")
 
 
 def _register_ml_commands() -> None:

@@ -1,10 +1,11 @@
-"""Registry commands: init, publish, pull, list, show, verify, tag, yank, gc.
+"""Registry commands: init, publish, pull, list, show, verify, tag, yank, unyank, gc.
 
 Thin: parse, call memreg.registry, print. None of them imports torch or transformers.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options
-from memreg.cli.output import byte_progress, console, print_json
+from memreg.cli.output import byte_progress, console, print_json, warn
 
 
 def _open(registry: str | None, options: list[str] | None):
@@ -91,6 +92,8 @@ def publish(
 
 def pull(
     ref: Annotated[str, typer.Argument(help="name, name@1.2.0 or name:tag.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Re-hash every cached file of the package (default: "
+                                         "size and mtime against the record kept since it was verified).")] = False,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
@@ -99,10 +102,13 @@ def pull(
     """Download and verify a package into the local cache; print its folder."""
     reg = _open(registry, storage_option)
     with byte_progress(f"pulling {ref}", enabled=not (json_ or quiet)) as cb:
-        path = reg.pull(ref, callback=cb)
+        path = reg.pull(ref, callback=cb, verify=verify)
+    m = reg.resolve(ref)
+    yanked = m.version in reg.yanked(m.name)
+    if yanked:  # still pullable by its exact version, but whoever pulls it should know
+        warn(f"{m.ref} is yanked (`memreg show {m.ref}` says why); `memreg unyank {m.ref}` restores it")
     if json_:
-        m = reg.resolve(ref)
-        print_json({"ref": m.ref, "path": str(path)})
+        print_json({"ref": m.ref, "path": str(path), "yanked": yanked})
     else:
         print(path)
 
@@ -185,8 +191,10 @@ def verify(
     with byte_progress("verifying", enabled=not (json_ or quiet)) as cb:
         report = reg.verify(ref, callback=cb)
     if json_:
-        print_json({"ok": report.ok, "versions": report.checked_versions, "blobs": report.checked_blobs,
-                    "problems": report.problems})
+        error = None if report.ok else {"type": "VerifyFailed", "exit_code": 1,
+                                        "message": f"{len(report.problems)} problems: {report.problems[0]}"}
+        print_json({"versions": report.checked_versions, "blobs": report.checked_blobs,
+                    "problems": report.problems}, ok=report.ok, error=error)
     else:
         for p in report.problems:
             console.print(f"[red]FAIL[/red] {p}")
@@ -199,12 +207,14 @@ def verify(
 def tag(
     ref: Annotated[str, typer.Argument(help="The version to point at: name@1.2.0, name or name:other-tag.")],
     tag_name: Annotated[str, typer.Argument(metavar="TAG", help="Tag to move, e.g. stable.")],
+    force: Annotated[bool, typer.Option("--force", help="Point the tag at the version even if it is yanked.")] = False,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Point name:TAG at a version (compare-and-swap: concurrent moves never lose an update)."""
-    move = _open(registry, storage_option).tag(ref, tag_name)
+    """Point name:TAG at a version (compare-and-swap: concurrent moves never lose an update).
+    A yanked version is refused unless --force."""
+    move = _open(registry, storage_option).tag(ref, tag_name, force=force)
     if json_:
         print_json({"name": move.name, "tag": move.tag, "version": move.version, "previous": move.previous})
     else:
@@ -220,7 +230,18 @@ def yank(
 ) -> None:
     """Yank a version: still pullable as name@VERSION, no longer chosen by `name` or `name:latest`."""
     m = _open(registry, storage_option).yank(ref, reason)
-    print_json({"yanked": m.ref}) if json_ else console.print(f"yanked {m.ref}")
+    print_json({"ref": m.ref, "yanked": True}) if json_ else console.print(f"yanked {m.ref}")
+
+
+def unyank(
+    ref: Annotated[str, typer.Argument(help="name@VERSION to make choosable by `name` and `name:latest` again.")],
+    registry: RegistryOpt = None,
+    storage_option: StorageOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Undo a yank (a no-op on a version that is not yanked)."""
+    m = _open(registry, storage_option).unyank(ref)
+    print_json({"ref": m.ref, "yanked": False}) if json_ else console.print(f"unyanked {m.ref}")
 
 
 def gc(
@@ -231,6 +252,8 @@ def gc(
     json_: JsonOpt = False,
 ) -> None:
     """Remove blobs no manifest references (and leftovers of interrupted uploads)."""
+    if not math.isfinite(grace) or not 0 <= grace <= 24 * 365 * 100:
+        raise typer.BadParameter(f"{grace:g} is not a number of hours from 0 to 876000 (e.g. --grace 24)", param_hint="--grace")
     report = _open(registry, storage_option).gc(grace=timedelta(hours=grace), dry_run=dry_run)
     if json_:
         print_json({"removed_blobs": report.removed_blobs, "removed_bytes": report.removed_bytes,
