@@ -100,7 +100,7 @@ def path_problem(rel: str) -> str | None:
         return f"a folder or file name is longer than {MAX_PART_LENGTH} bytes"
     if any(p.startswith(".") for p in parts):
         return "hidden files and folders are not package files"
-    if rel.lower() == CARD:
+    if parts[0].lower() == CARD:  # the file, or a folder of that name: both collide with the card
         return f"{CARD} is the manifest memreg writes into every pulled package"
     suffix = PurePosixPath(rel).suffix.lower()
     if suffix in PICKLE_SUFFIXES:

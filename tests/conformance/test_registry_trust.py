@@ -215,3 +215,55 @@ def test_manifest_listing_a_forbidden_file_is_refused_and_corrupts_nothing(reg, 
         reg.pull("law@2.0.0")
     assert {p.name: p.read_bytes() for p in first.iterdir()} == before
     assert reg.pull("law@1.0.0") == first
+
+
+# finding 2: gc and upload temp files ------------------------------------------------------------
+def test_gc_with_zero_grace_leaves_a_young_upload_temp_file_alone(tmp_path, tiny_package):
+    import os
+    import time
+
+    from memreg.registry.api import UPLOAD_FLOOR
+
+    reg = Registry.init(str(tmp_path / "registry"))
+    blobs = tmp_path / "registry" / "blobs" / "sha256" / "ab"
+    blobs.mkdir(parents=True)
+    live = blobs / (".tmp-" + "ab" * 32 + ".live")
+    live.write_bytes(b"a publisher is writing this")
+    dead = blobs / (".tmp-" + "ab" * 32 + ".dead")
+    dead.write_bytes(b"left by a publisher killed long ago")
+    old = time.time() - UPLOAD_FLOOR.total_seconds() - 60
+    os.utime(dead, (old, old))
+    report = reg.gc(grace=timedelta(0))
+    assert report.removed_uploads == [dead.relative_to(tmp_path / "registry").as_posix()]
+    assert live.exists() and not dead.exists()
+
+
+def test_gc_survives_a_temp_file_that_vanishes_while_it_looks(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    reg = Registry.init(str(tmp_path / "registry"))
+    gone = tmp_path / "registry" / "blobs" / ".tmp-gone.123"
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: iter([gone]))
+    assert reg.gc(grace=timedelta(0)).removed_uploads == []
+
+
+# finding 3 on S3: the ETag of a multipart upload is recomputed too ------------------------------
+def test_s3_same_content_recognises_multipart_etags(s3_url, tmp_path):
+    import os
+
+    from memreg.registry.store import open_store
+
+    store = open_store(s3_url)
+    body = os.urandom(11 * 2**20 + 7)
+    local = tmp_path / "big"
+    local.write_bytes(body)
+    hexdigest = hashlib.sha256(body).hexdigest()
+    store.fs.put_file(str(local), store._path("blobs/big"), chunksize=5 * 2**20)  # three parts
+    assert store.fs.info(store._path("blobs/big"))["ETag"].strip('"').endswith("-3")
+    assert store.same_content("blobs/big", local, hexdigest, len(body))
+    flipped = bytearray(body)
+    flipped[6 * 2**20] ^= 1
+    store.fs.pipe_file(store._path("blobs/small"), bytes(flipped))  # single part, same size, one bit off
+    assert not store.same_content("blobs/small", local, hexdigest, len(body))
+    store.fs.put_file(str(local), store._path("blobs/small"))
+    assert store.same_content("blobs/small", local, hexdigest, len(body))
