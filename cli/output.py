@@ -49,7 +49,7 @@ def print_json(data: Any, *, ok: bool = True, error: dict[str, Any] | None = Non
 def print_json_error(type_: str, message: str, exit_code: int) -> None:
     """A failure under --json: the envelope on stderr, stdout left empty."""
     err = {"type": type_, "message": message, "exit_code": exit_code}
-    sys.stderr.write(json.dumps(envelope(None, ok=False, error=err), indent=2, default=str) + "\n")
+    sys.stderr.write(json.dumps(envelope(None, ok=False, error=err), default=str) + "\n")  # one line, as errors are
 
 
 def warn(message: str) -> None:
@@ -98,3 +98,7 @@ def _force_bars() -> bool:
     import os
 
     return os.environ.get("MEMREG_PROGRESS") == "1"
+
+
+def json_mode() -> bool:
+    return _Run.json_mode

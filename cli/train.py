@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from memreg.cli import output
+from memreg.cli.output import print_json
 from memreg.train.config import DEFAULT_LR, DEFAULT_MAX_EPOCHS
 
 CorpusArg = Annotated[list[str], typer.Argument(help="text files, folders, globs, JSONL with a 'text' field, or a save_to_disk dataset", show_default=False)]
@@ -86,7 +87,7 @@ def train(
     except MemregError as exc:
         _fail(str(exc))
     if json_out:
-        typer.echo(json.dumps(result.to_json(), indent=2))
+        print_json(result.to_json())
         return
     _summary(result)
 
@@ -102,7 +103,10 @@ def _float(option: str, value: str) -> float:
 def _fail(message: str) -> None:
     if os.environ.get("MEMREG_DEBUG") == "1" and sys.exc_info()[0] is not None:
         raise
-    typer.echo(f"error: {message}", err=True)
+    if output.json_mode():
+        output.print_json_error("TrainError", message, 1)
+    else:
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
 
 

@@ -1,4 +1,4 @@
-"""Write the JSON Schema of every registry document into schemas/json/.
+"""Write the JSON Schema of every registry document (and of the CLI's --json envelope) into schemas/json/.
 
     python -m memreg.schemas.generate          # rewrite the files
     python -m memreg.schemas.generate --check  # exit 1 if they drifted from the models
@@ -10,9 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from memreg.schemas.cli import CliOutput
 from memreg.schemas.v1 import Manifest, PackageCard, TagPointer, YankRecord
 
-DOCUMENTS = {"manifest": Manifest, "package-card": PackageCard, "tag": TagPointer, "yank": YankRecord}
+DOCUMENTS = {"manifest": Manifest, "package-card": PackageCard, "tag": TagPointer, "yank": YankRecord,
+             "cli-output": CliOutput}
 OUT = Path(__file__).resolve().parent / "json"
 
 

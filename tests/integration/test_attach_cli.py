@@ -60,19 +60,19 @@ def test_attach_with_beams_and_sampling(world, monkeypatch, capsys):
     code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"] + "=0.5", "--prompt", "The licence",
                             "--max-new-tokens", "5", "--beams", "3", "--json")
     assert code == 0, err
-    assert json.loads(out)["weights"] == {"law@1.0.0 (" + world["mem"] + ")": 0.5}
+    assert json.loads(out)["data"]["weights"] == {"law@1.0.0 (" + world["mem"] + ")": 0.5}
     args = ["attach", world["base"], world["mem"], "--prompt", "The licence", "--max-new-tokens", "6",
             "--sample", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3", "--json"]
     first = memreg(monkeypatch, capsys, *args)
     again = memreg(monkeypatch, capsys, *args)
-    assert first[0] == 0 and json.loads(first[1])["completion"] == json.loads(again[1])["completion"]
+    assert first[0] == 0 and json.loads(first[1])["data"]["completion"] == json.loads(again[1])["data"]["completion"]
 
 
 def test_attach_eval_prints_base_and_composed_perplexity(world, monkeypatch, capsys):
     code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"], "--eval", world["data"],
                             "--context", "64", "--stride", "32", "--json")
     assert code == 0, err
-    row = json.loads(out)
+    row = json.loads(out)["data"]
     from memreg.compose import compose, member_target_log_probs
     from memreg.evaluate import mixture_perplexity, perplexity
 
@@ -90,7 +90,7 @@ def test_eval_sweep_plot_and_fit(world, monkeypatch, capsys):
     code, out, err = memreg(monkeypatch, capsys, "eval", world["base"], "--memory", world["mem"], "--data", world["data"],
                             "--context", "64", "--stride", "32", "--sweep", "--plot", str(plot), "--fit-weights", "--json")
     assert code == 0, err
-    res = json.loads(out)
+    res = json.loads(out)["data"]
     assert plot.stat().st_size > 0
     (curve,) = res["sweep"].values()
     assert len(curve) == 21
@@ -103,7 +103,7 @@ def test_tune_prints_fitted_weights(world, monkeypatch, capsys):
     code, out, err = memreg(monkeypatch, capsys, "tune", world["base"], "law", "--registry", world["registry"],
                             "--data", world["data"], "--context", "64", "--stride", "32", "--json")
     assert code == 0, err
-    res = json.loads(out)
+    res = json.loads(out)["data"]
     (w,) = res["weights"].values()
     assert 0 <= w <= 1 and res["converged"]
     assert res["perplexity_fitted"] <= res["perplexity_base"] * (1 + 1e-9)
@@ -119,7 +119,7 @@ def test_tune_write_publishes_a_new_version_recommending_the_fitted_weight(world
             "--context", "64", "--stride", "32"]
     code, out, err = memreg(monkeypatch, capsys, *args, "--write", "1.1.0", "--tag", "tuned", "--json")
     assert code == 0, err
-    res = json.loads(out)
+    res = json.loads(out)["data"]
     (w,) = res["weights"].values()
     assert res["written"]["ref"] == "law@1.1.0" and res["written"]["uploaded"] == 0 and res["written"]["created"]
     assert res["written"]["recommended_weight"] == pytest.approx(w)

@@ -38,16 +38,16 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
 def test_publish_list_show_pull_json(reg_url, tiny_package):
     out = memreg_cli("publish", str(tiny_package), "--name", "law", "--version", "1.0.0", "--domain", "law",
                      "--tag", "stable", "--registry", reg_url, "--json", check=True)
-    pub = json.loads(out.stdout)
+    pub = json.loads(out.stdout)["data"]
     assert pub["created"] and pub["tags_moved"] == {"stable": None} and pub["domain"] == ["law"]
-    listed = json.loads(memreg_cli("list", "--registry", reg_url, "--json", check=True).stdout)
+    listed = json.loads(memreg_cli("list", "--registry", reg_url, "--json", check=True).stdout)["data"]
     assert [(r["name"], r["version"], r["tags"]) for r in listed] == [("law", "1.0.0", ["stable"])]
-    shown = json.loads(memreg_cli("show", "law:stable", "--registry", reg_url, "--json", check=True).stdout)
+    shown = json.loads(memreg_cli("show", "law:stable", "--registry", reg_url, "--json", check=True).stdout)["data"]
     assert shown["manifest"]["model"]["parameter_count"] == pub["parameters"] > 0
     pulled = memreg_cli("pull", "law", "--registry", reg_url, check=True).stdout.strip()
     assert (tiny_package / "model.safetensors").read_bytes() == open(os.path.join(pulled, "model.safetensors"), "rb").read()
     compat = json.loads(memreg_cli("list", "--compatible-with", str(tiny_package), "--registry", reg_url,
-                                   "--json", check=True).stdout)
+                                   "--json", check=True).stdout)["data"]
     assert [r["name"] for r in compat] == ["law"]
 
 
@@ -137,7 +137,7 @@ def test_unknown_registry_url_says_how_to_create_one(tmp_path):
 
 def test_verify_exit_code_names_the_corrupt_blob(reg_url, tiny_package):
     out = json.loads(memreg_cli("publish", str(tiny_package), "--name", "law", "--version", "1.0.0",
-                                "--registry", reg_url, "--json", check=True).stdout)
+                                "--registry", reg_url, "--json", check=True).stdout)["data"]
     assert memreg_cli("verify", "--registry", reg_url).returncode == 0
     reg = Registry.open(reg_url)
     blob = next(k for k in reg.store.list("blobs") if reg.store.size(k) > 10000)
@@ -147,7 +147,7 @@ def test_verify_exit_code_names_the_corrupt_blob(reg_url, tiny_package):
     proc = memreg_cli("verify", "--registry", reg_url, "--json")
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
-    assert not report["ok"] and blob.rsplit("/", 1)[1] in report["problems"][0]
+    assert not report["ok"] and blob.rsplit("/", 1)[1] in report["data"]["problems"][0]
     assert out["name"] == "law"
 
 

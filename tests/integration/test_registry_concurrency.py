@@ -70,7 +70,7 @@ def test_concurrent_tag_moves_form_one_chain(shared_url, tiny_package):
     procs = [_spawn(["tag", f"law@1.0.{i}", "stable", "--registry", shared_url, "--json"]) for i in range(N)]
     results = _all(procs)
     assert all(p.returncode == 0 for p in procs), results
-    moves = [json.loads(out) for _, out, _ in results]
+    moves = [json.loads(out)["data"] for _, out, _ in results]
     # Every mover was told which version it replaced. With no lost update these reports chain:
     # one starts from nothing, each other starts where exactly one earlier move ended.
     previous = [m["previous"] for m in moves]

@@ -50,7 +50,7 @@ def test_cli_writes_a_package_transformers_opens(setup, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "skipped 1 of 6 corpus files" in result.output and "notes-latin1.txt" in result.output
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    summary = json.loads(result.stdout[result.stdout.index("{"):])["data"]
     assert summary["k"] == 48 and summary["steps"] == 20 and summary["index"] == "Flat"
 
     model = AutoModelForCausalLM.from_pretrained(out)

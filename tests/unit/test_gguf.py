@@ -377,7 +377,7 @@ def test_cli_converts_and_reports_folder_parameters_architecture_and_fingerprint
     monkeypatch.setattr(mg, "smollm2_gguf", lambda: path)  # the word `smollm2`, without the 98 MB file
     result = _cli("convert-gguf", "smollm2", "--out", str(tmp_path / "machine"), "--json")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
+    data = json.loads(result.stdout)["data"]
     assert data["folder"] == str(tmp_path / "machine") and data["source"] == str(path)
     assert data["parameters"] == expected_params and data["architecture"] == "LlamaForCausalLM"
     assert data["tokenizer"]["digest"] == fingerprint(folder).digest and data["tie_word_embeddings"] is False
