@@ -25,6 +25,7 @@ from typing import Any
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
 from memreg.registry.cache import Cache
+from memreg.registry.card import with_model_card
 from memreg.registry.errors import (
     ConcurrentUpdateError,
     DigestMismatchError,
@@ -198,6 +199,7 @@ class Registry:
             training=card.training,
             metrics=card.metrics,
         )
+        files, entries, manifest = with_model_card(folder, files, entries, manifest)  # README.md: the card
         existing = self._existing_manifest(manifest)
         if existing is not None:  # same content again: still heal blobs lost or corrupted since
             healed = self._protect_and_heal(files, existing.model.files, reused=existing.model.files, callback=callback)
