@@ -439,7 +439,7 @@ class Registry:
                     f"blob {entry.digest} ({entry.path}) of {m.ref} is missing from {self.url}; republish the package",
                     digest=entry.digest, path=entry.path,
                 ) from None
-        return self.cache.assemble(m)
+        return self.cache.assemble(m, verify=verify)
 
     # verify ------------------------------------------------------------------------------
     def verify(self, ref: str | Ref | None = None, *, callback: Callback = DEFAULT_CALLBACK) -> VerifyReport:
@@ -573,6 +573,8 @@ class Registry:
             removed.append(key)
             if not dry_run:
                 self.store.delete(key)
+        if not dry_run:
+            self._leased_blobs(expire=True)  # expired leases go even when no blob was a candidate
         upload_cutoff = _now() - max(grace, UPLOAD_FLOOR)
         uploads = [k for k, t in self.store.stale_uploads() if t <= upload_cutoff]
         if not dry_run:

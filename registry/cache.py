@@ -6,7 +6,7 @@ from cached blobs (hard links where the filesystem allows) into a temp folder an
 folder that exists is complete.
 
 Nothing cached is trusted forever. When a blob or a folder is written, a record of each file's
-size and mtime (nanoseconds) is kept beside it (`<hex>.stat`, `<folder>.files.json`); every pull
+size and mtime (nanoseconds) is kept with it (`<hex>.stat`, `<folder>/.memreg-files.json`); every pull
 compares them (a stat per file, no read), and `pull --verify` / `memreg cache verify` re-hash.
 Anything that differs is thrown away and fetched again from the registry.
 
@@ -36,6 +36,7 @@ from memreg.registry.store import Store
 from memreg.schemas import FileEntry, Manifest
 
 CARD = "memreg.json"
+RECORD = ".memreg-files.json"  # inside each package folder: written before the folder appears
 TMP = ".tmp-"
 _HEX = set("0123456789abcdef")
 
@@ -189,17 +190,14 @@ class Cache:
         return True
 
     # packages ----------------------------------------------------------------------------
-    def _files_record(self, folder: Path) -> Path:
-        return folder.with_name(folder.name + ".files.json")
-
     def package_ok(self, manifest: Manifest, *, verify: bool = False) -> bool:
         """The assembled folder holds exactly the manifest's files, unchanged since assembly
         (size and mtime; with `verify`, every file re-hashed and the card compared)."""
         folder = self.package_dir(manifest)
-        record = _read_json(self._files_record(folder))
+        record = _read_json(folder / RECORD)
         if not folder.is_dir() or not isinstance(record, dict):
             return False
-        found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+        found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()} - {RECORD}
         if found != {e.path for e in manifest.model.files} | {CARD} or set(record) != found:
             return False  # a file added (a .py dropped in), removed or renamed
         try:
@@ -213,7 +211,7 @@ class Cache:
             return all(_sha256(folder / e.path) == e.hex for e in manifest.model.files)
         return True
 
-    def assemble(self, manifest: Manifest) -> Path:
+    def assemble(self, manifest: Manifest, *, verify: bool = False) -> Path:
         """The package folder for a manifest whose blobs are all cached (replacing a folder
         that `package_ok` refused)."""
         final = self.package_dir(manifest)
@@ -225,15 +223,16 @@ class Cache:
                 with open(tmp / CARD, "x") as f:  # "x": never through a link that is already there
                     f.write(manifest.model_dump_json(indent=2))
                 record = {p.relative_to(tmp).as_posix(): _stat_record(p) for p in tmp.rglob("*") if not p.is_dir()}
+                (tmp / RECORD).write_text(json.dumps(record))  # a rename keeps every stat it records
                 if final.exists():
+                    if self.package_ok(manifest, verify=verify):  # a concurrent pull replaced it meanwhile
+                        return final
                     self._discard(final)
                 try:
                     os.rename(tmp, final)
                 except OSError:
                     if not final.is_dir():  # somebody else assembled it first: theirs is as good
                         raise
-                    return final
-                _write_json(self._files_record(final), record)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
@@ -246,7 +245,6 @@ class Cache:
         except FileNotFoundError:
             return
         shutil.rmtree(aside, ignore_errors=True)
-        self._files_record(folder).unlink(missing_ok=True)
 
     # housekeeping (memreg cache ls / clean / verify) -------------------------------------
     def clean_abandoned(self) -> int:
@@ -261,10 +259,10 @@ class Cache:
 
     def packages(self) -> list[CachedPackage]:
         out = []
-        for record in sorted((self.root / "packages").glob("*/*.files.json")):
-            folder = record.with_name(record.name[: -len(".files.json")])
+        for record in sorted((self.root / "packages").glob(f"*/*/{RECORD}")):
+            folder = record.parent
             doc = _read_json(folder / CARD)
-            if not folder.is_dir() or not isinstance(doc, dict):
+            if folder.name.startswith(TMP) or not isinstance(doc, dict):
                 continue
             size = sum(v[0] for v in (_read_json(record) or {}).values())
             out.append(CachedPackage(str(doc.get("name")), str(doc.get("version")), folder, size))

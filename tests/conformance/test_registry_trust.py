@@ -267,3 +267,21 @@ def test_s3_same_content_recognises_multipart_etags(s3_url, tmp_path):
     assert not store.same_content("blobs/small", local, hexdigest, len(body))
     store.fs.put_file(str(local), store._path("blobs/small"))
     assert store.same_content("blobs/small", local, hexdigest, len(body))
+
+
+def test_gc_expires_old_leases_and_then_removes_what_they_protected(tmp_path, tiny_package):
+    import os
+    import time
+
+    from memreg.registry.api import LEASE_TTL
+
+    reg = Registry.init(str(tmp_path / "registry"))
+    reg.publish(tiny_package, name="law", version="1.0.0")
+    reg.store.delete(manifest_key("law", "1.0.0"))  # blobs now orphans, still leased
+    assert reg.gc(grace=timedelta(0)).removed_blobs == []
+    old = time.time() - LEASE_TTL.total_seconds() - 60
+    for key in reg.store.list(LEASES):
+        os.utime(tmp_path / "registry" / key, (old, old))
+    blobs = reg.store.list("blobs")
+    assert sorted(reg.gc(grace=timedelta(0)).removed_blobs) == blobs
+    assert reg.store.list("blobs") == [] and reg.store.list(LEASES) == []

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -193,3 +194,20 @@ def test_temp_file_of_a_live_pull_is_never_removed(memreg_home):
         (blobs / f"{TMP}{'ab' * 32}.dead").write_bytes(b"left by a killed pull")  # nobody holds it
         assert cache.clean_abandoned() == 1
         assert live.exists() and not (blobs / f"{TMP}{'ab' * 32}.dead").exists()
+
+
+def test_concurrent_pulls_of_one_package_all_get_the_same_whole_folder(tmp_path, tiny_package):
+    url = str(tmp_path / "reg")
+    Registry.init(url).publish(tiny_package, name="law", version="1.0.0")
+    procs = [subprocess.Popen([sys.executable, "-m", "memreg", "pull", "law", "-q", "--registry", url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for _ in range(4)]
+    results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+    assert all(rc == 0 for rc, _, _ in results), results
+    folders = {out.strip() for _, out, _ in results}
+    assert len(folders) == 1
+    folder = folders.pop()
+    for f in tiny_package.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            assert open(os.path.join(folder, f.name), "rb").read() == f.read_bytes()
+    assert list(Path(folder).parent.glob(f"{TMP}*")) == []
