@@ -3,8 +3,9 @@
 The card opens with YAML metadata in the Hugging Face model-card layout (what
 `huggingface_hub.ModelCard` reads), so a package mirrored to the Hub reads well there; memreg does
 not depend on huggingface_hub, so the YAML is written here, every value as JSON (valid YAML, quoted
-safely). The card depends only on what makes two publications "the same" (never on created_at or
-the memreg version): publishing the same folder twice gives the same README.md bytes.
+safely). The card depends only on the package's content, never on its version, created_at or the
+memreg version: the same folder published again, or as a new version, gives the same README.md
+bytes, so a new version of unchanged weights still uploads nothing (the version is in memreg.json).
 
 A README.md the author put in the folder is kept, below the generated part; a card memreg generated
 earlier (a pulled package published again, e.g. by `memreg tune --write`) is replaced, not nested.
@@ -51,7 +52,7 @@ def _front_matter(m: Manifest) -> str:
     if m.training is not None:
         meta["base_model"] = m.training.init_model
     meta["memreg"] = {
-        "name": m.name, "version": m.version, "tokenizer_fingerprint": m.tokenizer.digest,
+        "name": m.name, "tokenizer_fingerprint": m.tokenizer.digest,
         "recommended_weight": m.metrics.recommended_weight,
     }
     lines = ["---", *(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in meta.items()), "---", ""]
@@ -59,7 +60,7 @@ def _front_matter(m: Manifest) -> str:
 
 
 def _body(m: Manifest) -> list[str]:
-    out = [f"# {m.name} {m.version}", ""]
+    out = [f"# {m.name}", ""]
     if m.description:
         out += [m.description, ""]
     out += [
@@ -85,18 +86,18 @@ def _body(m: Manifest) -> list[str]:
 
 def _how_to_attach(m: Manifest) -> list[str]:
     weight = m.metrics.recommended_weight
-    spec = m.ref if weight is not None else f"{m.ref}=0.3"
+    spec = m.name if weight is not None else f"{m.name}=0.3"
     return [
         "## How to attach", "",
         "```bash",
-        f"memreg pull {m.ref}",
+        f"memreg pull {m.name}  # or {m.name}@VERSION: `memreg show {m.name}` lists them",
         f"memreg attach BASE_MODEL {spec} --prompt \"...\"",
         f"memreg eval BASE_MODEL --memory {spec} --data held-out.txt",
         "```", "",
         "```python",
         "from memreg import compose",
         "",
-        f"model = compose(\"BASE_MODEL\", [\"{m.ref}\"]" + (")" if weight is not None else ", [0.3])")
+        f"model = compose(\"BASE_MODEL\", [\"{m.name}\"]" + (")" if weight is not None else ", [0.3])")
         + ("  # the recommended weight" if weight is not None else "  # no recommended weight: choose one, or weights=\"auto\""),
         "```", "",
         "BASE_MODEL is any causal LM whose tokenizer has the fingerprint below "

@@ -121,17 +121,22 @@ def test_tune_write_publishes_a_new_version_recommending_the_fitted_weight(world
     assert code == 0, err
     res = json.loads(out)["data"]
     (w,) = res["weights"].values()
-    assert res["written"]["ref"] == "law@1.1.0" and res["written"]["uploaded"] == 0 and res["written"]["created"]
+    # the weights are not uploaded again; only the model card, which now shows the fitted weight, is new
+    assert res["written"]["ref"] == "law@1.1.0" and res["written"]["uploaded"] == 1 and res["written"]["created"]
     assert res["written"]["recommended_weight"] == pytest.approx(w)
 
     old, new = reg.manifest("law", "1.0.0"), reg.manifest("law", "1.1.0")
     assert old.metrics.recommended_weight == 0.3  # the published version is untouched
     assert new.metrics.recommended_weight == pytest.approx(w) and w != pytest.approx(0.3)
-    assert new.model.files == old.model.files and new.tokenizer == old.tokenizer and new.training == old.training
+    weights = [f for f in new.model.files if f.path != "README.md"]
+    assert weights == [f for f in old.model.files if f.path != "README.md"] and new.tokenizer == old.tokenizer
+    assert new.training == old.training
     (fit,) = [e for e in new.metrics.evaluations if e.dataset.startswith("memreg tune")]
     assert fit.weight == pytest.approx(w) and fit.base == world["base"] and fit.tokens == res["tokens"]
     assert fit.perplexity_with_memory == pytest.approx(res["perplexity_fitted"])
-    assert sorted(p.name for p in (tmp_path / "reg").rglob("*") if p.is_file() and "blobs" in p.parts) == blobs
+    after = {p.name for p in (tmp_path / "reg").rglob("*") if p.is_file() and "blobs" in p.parts}
+    card = next(f for f in new.model.files if f.path == "README.md")
+    assert after == set(blobs) | {card.hex}  # one new blob: the card
     assert reg.tags("law")["tuned"] == "1.1.0"
 
     # the new version's weight is what compose takes when none is given
