@@ -47,10 +47,9 @@ def clean(json_: JsonOpt = False) -> None:
     """Remove every cached package and blob (the next pull downloads again); leftovers of killed
     pulls go too, but never the temp files of a pull still running."""
     cache = _cache()
-    abandoned = cache.clean_abandoned()
     freed = cache.clean()
     if json_:
-        print_json({"cache": str(cache.root), "freed_bytes": freed, "removed_temp": abandoned})
+        print_json({"cache": str(cache.root), "freed_bytes": freed})
     else:
         console.print(f"removed {_human(freed)} from {cache.root}")
 

@@ -293,10 +293,17 @@ class Cache:
         return problems
 
     def clean(self) -> int:
-        """Remove the whole cache (packages first, so no folder outlives its blobs); bytes freed."""
-        freed = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else 0
-        for sub in ("packages", "blobs"):
-            shutil.rmtree(self.root / sub, ignore_errors=True)
+        """Remove every cached package and blob, and temp files of killed pulls; a live pull's
+        temp files (locked) stay. Bytes freed."""
+        freed = 0
+        for sub, pattern in (("packages", "*/*"), ("blobs", "sha256/*/*")):  # packages first: no folder outlives its blobs
+            for p in sorted((self.root / sub).glob(pattern)):
+                size = sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+                if p.name.startswith(TMP):
+                    freed += size if _remove_if_abandoned(p) else 0
+                    continue
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                freed += size
         return freed
 
 

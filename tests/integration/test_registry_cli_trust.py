@@ -211,3 +211,17 @@ def test_concurrent_pulls_of_one_package_all_get_the_same_whole_folder(tmp_path,
         if f.is_file() and not f.name.startswith("."):
             assert open(os.path.join(folder, f.name), "rb").read() == f.read_bytes()
     assert list(Path(folder).parent.glob(f"{TMP}*")) == []
+
+
+def test_cache_clean_keeps_a_live_pulls_temp_file(tmp_path, tiny_package, memreg_home):
+    url = str(tmp_path / "reg")
+    Registry.init(url).publish(tiny_package, name="law", version="1.0.0")
+    Registry.open(url).pull("law")
+    cache = Cache()
+    blobs = cache.root / "blobs" / "sha256" / "cd"
+    blobs.mkdir(parents=True, exist_ok=True)
+    with _locked_temp(blobs / f"{TMP}{'cd' * 32}.live", folder=False) as live:
+        live.write_bytes(b"being downloaded")
+        memreg_cli("cache", "clean", check=True)
+        assert live.exists()
+    assert cache.packages() == [] and cache.blobs() == []
