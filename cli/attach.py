@@ -22,8 +22,9 @@ MemoriesArg = Annotated[
     typer.Argument(help="Memories: registry references (law, law@1.2.0, law:stable) or package folders, each REF[=WEIGHT]."),
 ]
 DataOpt = Annotated[list[Path], typer.Option("--data", help="Held-out text files or folders of them (repeatable); one document per file.")]
-ContextOpt = Annotated[Optional[int], typer.Option(help="Tokens each sliding window sees. Default: the shortest context among the models, at most 1024.")]
-StrideOpt = Annotated[Optional[int], typer.Option(help="Tokens each window advances (<= context). Default: context / 2.")]
+# refused before any model loads (usage error, exit 2): a window needs a token to condition on and one to score
+ContextOpt = Annotated[Optional[int], typer.Option(min=2, help="Tokens each sliding window sees (at least 2). Default: the shortest context among the models, at most 1024.")]
+StrideOpt = Annotated[Optional[int], typer.Option(min=1, help="Tokens each window advances (1 to context). Default: context / 2.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Compose even when a tokenizer check fails (experts only).")]
 
 

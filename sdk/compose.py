@@ -141,6 +141,8 @@ def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memo
     reg = registry_box[0]
     manifest = reg.resolve(text)  # refuses bad references before any I/O
     ref = manifest.ref
+    if manifest.version in reg.yanked(manifest.name):  # only an exact version or a tag reaches one
+        warnings.warn(f"{ref} is yanked (`memreg show {ref}` says why)", UserWarning, stacklevel=4)
 
     box: list[Path] = []  # pulled once: checked, then loaded from the same folder
 

@@ -68,3 +68,9 @@ def test_eval_skips_binary_files_as_train_does(tmp_path, capsys):
     (tmp_path / "a.txt").unlink()
     with pytest.raises(FileNotFoundError, match="2 skipped"):
         _read_texts([tmp_path])
+
+
+@pytest.mark.parametrize("args", [["--context", "1"], ["--context", "0"], ["--context", "8", "--stride", "0"]])
+def test_eval_refuses_windows_that_cannot_score_before_loading_anything(tmp_path, args):
+    proc = memreg_cli("eval", str(tmp_path / "no-such-model"), "--data", str(tmp_path), *args, timeout=60)
+    assert proc.returncode == 2 and "Invalid value for '--" in proc.stderr  # not a hang, not a load error

@@ -50,3 +50,14 @@ def test_an_honest_registry_memory_still_composes(tmp_path, tiny_tokenizer_dir):
     reg = Registry.init(str(tmp_path / "reg"))
     reg.publish(make_package(tmp_path / "law", tiny_tokenizer_dir, seed=2), name="law", version="1.0.0")
     assert compose(str(base), ["law@1.0.0"], [0.3], registry=reg).weights == [0.3]
+
+
+def test_attaching_a_yanked_version_warns(tmp_path, tiny_tokenizer_dir):
+    from memreg.compose import compose
+
+    base = make_package(tmp_path / "base", tiny_tokenizer_dir, seed=1)
+    reg = Registry.init(str(tmp_path / "reg"))
+    reg.publish(make_package(tmp_path / "law", tiny_tokenizer_dir, seed=2), name="law", version="1.0.0")
+    reg.yank("law@1.0.0", "bad eval")
+    with pytest.warns(UserWarning, match="law@1.0.0 is yanked"):
+        compose(str(base), ["law@1.0.0"], [0.3], registry=reg)
