@@ -202,7 +202,7 @@ class Registry:
         files, entries, manifest = with_model_card(folder, files, entries, manifest)  # README.md: the card
         existing = self._existing_manifest(manifest)
         if existing is not None:  # same content again: still heal blobs lost or corrupted since
-            healed = self._protect_and_heal(files, existing.model.files, reused=existing.model.files, callback=callback)
+            healed = self._protect_and_heal(files, existing.model.files, reused=existing.model.files)
             return PublishResult(existing, created=False, uploaded=healed, skipped=len(entries) - healed,
                                  tags=self._move_tags(existing, tags), healed=healed)
         uploaded, reused = 0, []
@@ -214,7 +214,7 @@ class Registry:
             self.store.put_file(blob_key(entry), f.local, callback=callback.branched(str(f.local), blob_key(entry)) or DEFAULT_CALLBACK)
             callback.relative_update(entry.size)
             uploaded += 1
-        healed = self._protect_and_heal(files, entries, reused=reused, callback=callback)
+        healed = self._protect_and_heal(files, entries, reused=reused)
         try:
             self.store.create(manifest_key(name, version), manifest.model_dump_json(indent=2).encode())
         except FileExistsError:
@@ -229,8 +229,7 @@ class Registry:
         return PublishResult(manifest, created=True, uploaded=uploaded + healed, skipped=len(entries) - uploaded - healed,
                              tags=self._move_tags(manifest, tags), healed=healed)
 
-    def _protect_and_heal(self, files: list, entries: list[FileEntry], *, reused: list[FileEntry],
-                          callback: Callback = DEFAULT_CALLBACK) -> int:
+    def _protect_and_heal(self, files: list, entries: list[FileEntry], *, reused: list[FileEntry]) -> int:
         """Write a lease naming every blob this publish relies on (gc keeps leased blobs), then
         check them: a reused blob must hold our exact bytes (size and digest, see
         Store.same_content), any other must exist with our size. Re-upload what fails."""
