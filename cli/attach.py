@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from memreg.cli import output
 from memreg.cli.options import JsonOpt, RegistryOpt, StorageOpt, storage_options
 from memreg.cli.output import console, err_console, print_json, warn
 
@@ -115,6 +116,7 @@ def attach(
     json_: JsonOpt = False,
 ) -> None:
     """Attach memories to a base model: generate from --prompt, or compare perplexity with --eval."""
+    output.start("attach", json_mode=json_)  # warnings into the envelope, also when called in-process
     if prompt is None and not eval_files:
         raise ValueError("nothing to do: give --prompt TEXT to generate or --eval FILES to score")
     model = _compose(base, memories, registry, storage_option, force)
@@ -175,6 +177,7 @@ def eval_cmd(
     json_: JsonOpt = False,
 ) -> None:
     """Held-out perplexity of a base, alone and with memories (sliding window)."""
+    output.start("eval", json_mode=json_)  # warnings into the envelope, also when called in-process
     from memreg.compose import fit_weights, member_target_log_probs
     from memreg.evaluate import mixture_log_probs, weight_sweep
 
@@ -268,6 +271,7 @@ def tune(
 ) -> None:
     """Fit the memory weights by EM on held-out text and print them; --write VERSION publishes a new
     version of the memory whose manifest recommends the fitted weight."""
+    output.start("tune", json_mode=json_)  # warnings into the envelope, also when called in-process
     from memreg.compose import fit_weights
 
     if write is not None:

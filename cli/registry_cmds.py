@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from memreg.cli import output
 from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options
 from memreg.cli.output import byte_progress, console, print_json, warn
 
@@ -100,6 +101,7 @@ def pull(
     quiet: QuietOpt = False,
 ) -> None:
     """Download and verify a package into the local cache; print its folder."""
+    output.start("pull", json_mode=json_)  # a yanked-version warning goes into the envelope under --json
     reg = _open(registry, storage_option)
     with byte_progress(f"pulling {ref}", enabled=not (json_ or quiet)) as cb:
         path = reg.pull(ref, callback=cb, verify=verify)

@@ -66,6 +66,7 @@ def train(
 
     from memreg.registry.errors import MemregError
 
+    output.start("train", json_mode=json_out)  # errors as JSON only under this call's --json
     try:
         from memreg.train import TrainConfig, train as run_train
 
