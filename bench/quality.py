@@ -1,51 +1,83 @@
-"""Does a memreg memory beat the alternatives on real text? One command, CPU, < 60 minutes.
+"""Is a memreg memory worth attaching? Converged rows, decontaminated splits, the paper's controls,
+paired bootstrap intervals, costs, and a real pretrained model. One command, CPU.
 
-    python bench/quality.py                 # writes bench/results/quality.{json,md} + PNG plots
-    python bench/quality.py --fresh         # redo every stage (default: reuse runs/quality/)
+    python bench/quality.py            # ~75 min on 2 idle cores; writes bench/results/quality.{json,md} + plots
+    python bench/quality.py --quick    # smoke check at a tiny size (< 10 min), writes quality_quick.*
+    python bench/quality.py --quick --real   # the smoke check with the SmolLM2 track too (+ ~8 min)
+    python bench/quality.py --no-real  # without the SmolLM2 track
 
-Two real domains that ship with the machine, split by document (sha256 of the content) into
-train / validation / held-out:
-  law  = Debian licence and copyright texts (/usr/share/common-licenses, /usr/share/doc/*/copyright),
-         deduplicated by content hash;
-  code = the running Python's standard library sources (Lib/*.py).
-Two shipped bases sharing one tokenizer (models/memreg-base-small, -large), one memory per domain
-trained once (`memreg.train`, teacher = large, init = small) and attached to both bases. Rows per
-domain x base (held-out perplexity): base alone; + memory (manifest weight, and weight fitted by EM
-on the validation split); + kNN-LM on the same datastore (weight and temperature chosen on the
-validation split); + LoRA (peft, about the memory's parameter count, same token budget); full
-fine-tuning (DAPT), same budget; LoRA and DAPT both alone and interpolated with the base like the
-memory (weight fitted on validation); both memories composed, on each domain and on general text.
-Every weight/temperature is chosen on validation; held-out text is only scored.
+Data (bench/quality_data.py): law (Debian licences and copyright files) and code (the Python standard
+library), documents cut to 256 tokens, split train / validation / held-out by near-duplicate cluster,
+each >= 20 documents; the 8-gram overlap of validation and held-out with training is reported.
 
-Each stage caches under --work (default runs/quality/); a rerun after a fix only redoes what changed.
+Every trained row goes through one trainer and one early stopping (memreg.train's: scored on the
+validation documents twice an epoch, patience 3, at most --max-epochs with the learning rate decaying
+to 0 there); the learning rate of every method is chosen on validation from a grid; every row sees
+the same training tokens. Rows per domain x base (memreg-base-small 5.4 M, -large 7.7 M params, one
+tokenizer):
+  base alone; base + untrained init (control);
+  memory (memreg train, init = base-small, teacher = base-large fine-tuned on the training split):
+    beta = 0.5 (paper), beta = 1 (KL only), beta = 0 (CE only = the paper's "DAPT-small" ablation:
+    the init fine-tuned with plain CE, interpolated the same way);
+  kNN-LM on the memory's datastore (temperature and weight chosen on validation);
+  LoRA r = 16 and a LoRA with the memory's parameter count (labelled), each alone and interpolated;
+  DAPT (full fine-tuning of the base) alone and interpolated (DAPT-large is also the memory's teacher);
+  both memories composed (EM weights on both validation splits) on each domain and on general text.
+Three seeds for the memory and DAPT-small rows. Every mixture weight is fitted by EM on validation;
+held-out text is only scored. Intervals: paired bootstrap over held-out documents (2,000 resamples).
+Costs: build FLOPs (kNN search included), build wall time, inference FLOPs and measured latency per
+token. Everything is cached under --work; a rerun recomputes only the tables (seconds).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
 import json
 import math
 import os
 import shutil
-import subprocess
 import sys
-import sysconfig
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_data as qd  # noqa: E402
+import quality_stats as qs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ROOT / "models" / "memreg-base-small"
-LARGE = ROOT / "models" / "memreg-base-large"
+SMALL, LARGE = ROOT / "models" / "memreg-base-small", ROOT / "models" / "memreg-base-large"
 TOKENIZER = ROOT / "models" / "memreg-tokenizer"
 BASES = {"small": SMALL, "large": LARGE}
 DOMAINS = ("law", "code")
-CONTEXT, STRIDE = 512, 256  # sliding-window evaluation, same for every row
-SEED = 0
-T_FACTORS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]  # kNN-LM temperatures tried on validation, x memreg's T0
+BLOCK, BATCH = 256, 4  # training blocks and micro-batch for every trained row
+CONTEXT, STRIDE = 256, 128  # sliding-window scoring, every row
+T_FACTORS = [0.25, 0.5, 1.0, 2.0, 4.0]  # kNN-LM temperatures tried on validation, x memreg's choice T0
+
+
+@dataclass
+class Scale:
+    doc_max_tokens: int = 256
+    train: int = 12_288
+    valid: int = 5_120
+    test: int = 7_680
+    general: int = 6_144
+    max_epochs: float = 8.0
+    patience: int = 3
+    mem_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
+    dapt_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
+    lora_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    real_train: int = 6_144  # SmolLM2 track: its own tokenizer's tokens of the law training documents
+    real_max_epochs: float = 8.0
+    real_lora_max_epochs: float = 2.0
+
+
+QUICK = Scale(doc_max_tokens=128, train=3_072, valid=2_600, test=2_600, general=1_024, max_epochs=2.0, patience=2,
+              mem_lrs=[1e-3], dapt_lrs=[1e-3], lora_lrs=[3e-3], seeds=[0, 1], real_train=1_024,
+              real_max_epochs=1.0, real_lora_max_epochs=0.5)
 
 
 def log(msg: str) -> None:
@@ -67,106 +99,15 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# ------------------------------------------------------------------------------------------ data
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def cached(path: Path, build):
+    """The JSON at `path`, built once."""
+    if path.exists():
+        return jload(path)
+    out = build()
+    jsave(path, out)
+    return out
 
 
-def domain_documents(domain: str) -> list[tuple[str, str]]:
-    """(source, text) of every distinct document of a domain, deduplicated by content hash."""
-    if domain == "law":
-        files = sorted(glob.glob("/usr/share/common-licenses/*")) + sorted(glob.glob("/usr/share/doc/*/copyright"))
-    else:
-        files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
-    seen, docs = set(), []
-    for f in files:
-        if not os.path.isfile(f):
-            continue
-        raw = open(f, "rb").read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        h = _hash(text)
-        if h in seen or not text.strip():
-            continue
-        seen.add(h)
-        docs.append((f, text))
-    return docs
-
-
-def build_splits(work: Path, args, tok) -> dict:
-    """Split each domain by document; cap tokens per split; write train.jsonl + token ids per split."""
-    meta_path = work / "data" / "meta.json"
-    if meta_path.exists():
-        return jload(meta_path)
-    t0 = time.monotonic()
-    eos = tok.eos_token_id
-    meta: dict = {"caps": {"train_tokens": args.train_tokens, "valid_tokens": args.valid_tokens,
-                           "test_tokens": args.test_tokens, "general_tokens": args.general_tokens,
-                           "doc_max_tokens": args.doc_max_tokens},
-                  "split_rule": "sha256(content) mod 100: <10 validation, 10-24 held-out, else train; documents "
-                                "taken in hash order until the split's token cap; each document truncated to "
-                                f"{args.doc_max_tokens} tokens"}
-    for domain in DOMAINS:
-        docs = domain_documents(domain)
-        buckets: dict[str, list] = {"train": [], "valid": [], "test": []}
-        for src, text in sorted(docs, key=lambda d: _hash(d[1])):
-            b = int(_hash(text)[:8], 16) % 100
-            buckets["valid" if b < 10 else "test" if b < 25 else "train"].append((src, text))
-        out = work / "data" / domain
-        out.mkdir(parents=True, exist_ok=True)
-        dmeta = {"documents_total": len(docs)}
-        for split, items in buckets.items():
-            cap = getattr(args, f"{split}_tokens")
-            chosen, ids, total = [], [], 0
-            for src, text in items:
-                t = tok(text, add_special_tokens=False)["input_ids"][: args.doc_max_tokens]
-                if total >= cap:
-                    break
-                t = t[: cap - total]
-                chosen.append({"source": src, "text": tok.decode(t)})
-                ids.extend(t + [eos])
-                total += len(t)
-            dmeta[split] = {"documents": len(chosen), "documents_available": len(items), "tokens": total}
-            if split == "train":
-                with open(out / "train.jsonl", "w") as fh:
-                    for c in chosen:
-                        fh.write(json.dumps(c) + "\n")
-            else:
-                np.save(out / f"{split}.npy", np.asarray(ids, dtype=np.int64))
-        meta[domain] = dmeta
-        log(f"data {domain}: {dmeta}")
-    # general text: the held-out pages of the bases' own pretraining corpus (man pages + pydoc)
-    valid = ROOT / ".device" / "corpus" / "valid.txt"
-    if not valid.exists():
-        valid = work / "general" / "valid.txt"
-        if not valid.exists():
-            log("general text: rebuilding the bases' held-out pages (examples/bases/build_bases.py corpus)")
-            subprocess.run([sys.executable, str(ROOT / "examples" / "bases" / "build_bases.py"), "corpus",
-                            "--out", str(work / "general")], check=True)
-    pages = [p for p in valid.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-    ids = []
-    for p in pages:
-        ids.extend(tok(p, add_special_tokens=False)["input_ids"] + [eos])
-        if len(ids) >= args.general_tokens:
-            break
-    np.save(work / "data" / "general.npy", np.asarray(ids[: args.general_tokens], dtype=np.int64))
-    meta["general"] = {"source": "held-out pages of the bases' pretraining corpus (man pages + pydoc), "
-                                 "examples/bases/build_bases.py corpus -> valid.txt", "tokens": len(ids[: args.general_tokens])}
-    meta["wall_s"] = time.monotonic() - t0
-    jsave(meta_path, meta)
-    return meta
-
-
-def text_ids(work: Path, name: str) -> np.ndarray:
-    if name == "general":
-        return np.load(work / "data" / "general.npy")
-    domain, split = name.split("-")
-    return np.load(work / "data" / domain / f"{split}.npy")
-
-
-# ---------------------------------------------------------------------------------------- memory
 class _Timer:
     """TrainProgress that records each stage's wall time."""
 
@@ -176,180 +117,176 @@ class _Timer:
 
     def stage(self, name, *, total=None, unit="", cached=False):
         self._cur, self._t = name, time.monotonic()
-        log(f"  memreg train: {name}{' (cached)' if cached else ''}")
 
     def advance(self, n=1, **info):
         pass
 
     def note(self, message, *, warning=False):
-        log(f"  memreg train: {message}")
+        if warning:
+            log(f"    memreg train warning: {message}")
 
     def end_stage(self):
         if self._cur:
-            self.times[self._cur] = time.monotonic() - self._t
+            self.times[self._cur] = round(time.monotonic() - self._t, 2)
         self._cur = None
 
 
-def build_memory(work: Path, domain: str, args) -> dict:
-    from memreg.train import TrainConfig, train
+# ------------------------------------------------------------------------------------ training
+def memreg_run(work: Path, name: str, *, data: Path, teacher: str, init: str, beta: float, lr: float, seed: int,
+               scale: Scale, work_key: str, max_epochs: float | None = None, init_layers: int | None = None,
+               corpus: str = "train.jsonl", val_tokens: int | None = None) -> dict:
+    """One `memreg.train` run (early-stopped on the validation documents); its card's story as JSON."""
 
-    info_path = work / f"mem-{domain}.json"
-    if info_path.exists():
-        return jload(info_path)
-    cfg = TrainConfig(corpus=[str(work / "data" / domain / "train.jsonl")], teacher=str(LARGE), init=str(SMALL),
-                      out=work / f"mem-{domain}", work_dir=work / f"mem-{domain}.work", name=f"bench-{domain}",
-                      domain=[domain], epochs=args.epochs, lr=args.mem_lr, seed=SEED)
-    timer = _Timer()
-    t0 = time.monotonic()
-    res = train(cfg, progress=timer)
-    wall = time.monotonic() - t0
-    from transformers import AutoModelForCausalLM
+    def build() -> dict:
+        from memreg.train import TrainConfig, train
 
-    mem = AutoModelForCausalLM.from_pretrained(str(cfg.out))
-    info = {"result": res.to_json(), "wall_s": wall, "stage_wall_s": timer.times, "params": n_params(mem),
-            "train_tokens": res.corpus_tokens, "epochs": args.epochs}
-    jsave(info_path, info)
-    return info
+        cfg = TrainConfig(corpus=[str(data / corpus)], eval_corpus=[str(data / "valid.jsonl")], teacher=teacher,
+                          init=init, init_layers=init_layers, out=work / "pkg" / name, work_dir=work / "w" / work_key,
+                          name=name.replace("_", "-"), beta=beta, lr=lr, seed=seed, block_size=BLOCK,
+                          batch_size=BATCH, max_epochs=max_epochs or scale.max_epochs, patience=scale.patience,
+                          val_tokens=val_tokens or scale.valid)
+        log(f"  memreg train {name} (beta {beta:g}, lr {lr:g}, seed {seed})")
+        timer, t0 = _Timer(), time.monotonic()
+        shutil.rmtree(cfg.out, ignore_errors=True)
+        res = train(cfg, progress=timer)
+        extra = res.card.training.extra
+        from transformers import AutoModelForCausalLM
+
+        params = n_params(AutoModelForCausalLM.from_pretrained(str(cfg.out)))
+        curve = extra["learning_curve"]
+        best = min(p["val_perplexity"] for p in curve)
+        log(f"    {res.steps} steps, stop: {extra['stop_reason']}, best val ppl {best:.2f} "
+            f"(init {curve[0]['val_perplexity']:.2f}), {time.monotonic() - t0:.0f} s")
+        return {"name": name, "beta": beta, "lr": lr, "seed": seed, "teacher": teacher, "init": init,
+                "init_layers": init_layers, "model": str(cfg.out), "work_dir": str(res.work_dir), "params": params,
+                "val_ppl": best, "steps": res.steps, "best_step": extra["schedule"]["best_step"],
+                "stop_reason": extra["stop_reason"], "schedule": extra["schedule"], "curve": curve,
+                "tokens_seen": res.steps * BATCH * BLOCK, "train_tokens": res.corpus_tokens, "k": res.k,
+                "temperature": res.temperature, "index": res.index, "datastore_size": res.datastore_size,
+                "validation": extra["validation"], "warnings": res.warnings,
+                "wall_s": round(time.monotonic() - t0, 1), "stage_wall_s": timer.times}
+
+    return cached(work / "runs" / f"{name}.json", build)
 
 
-def corpus_tokens(work: Path, domain: str) -> np.ndarray:
-    """The exact training tokens the memory saw (the pipeline's corpus stage), for LoRA / DAPT."""
-    from memreg.train.corpus import TokenArray
-
-    folder = [p for p in sorted((work / f"mem-{domain}.work").glob("corpus-*")) if (p / "meta.json").exists()][-1]
-    arr = TokenArray(folder, "train")
-    return np.asarray(arr.slice(0, len(arr)), dtype=np.int64)
+LORA_TARGETS = {"gpt2": (["c_attn", "c_proj", "c_fc"], True),
+                "llama": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False)}
 
 
-# ------------------------------------------------------------------------------- LoRA and DAPT
-def finetune(work: Path, kind: str, domain: str, base: str, args, mem_params: int) -> dict:
-    """kind 'lora' (peft, ~mem_params trainable) or 'dapt' (full fine-tuning); CE, same blocks,
-    same epochs, batch size and schedule shape as the memory decoder's training."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def lora_run(work: Path, name: str, *, base: str, work_dir: Path, rank: int, lr: float, scale: Scale, seed: int = 0,
+             max_epochs: float | None = None, val_tokens: int | None = None) -> dict:
+    """LoRA (peft) on `base`, trained with CE by memreg's own loop and early stopping on the same
+    training and validation tokens as the memory (the corpus stage of its work folder)."""
 
-    from memreg.train.datastore import blocks
-    from memreg.train.trainer import make_optimizer, schedule
-
-    out = work / f"{kind}-{domain}-{base}"
-    info_path = out / "info.json"
-    if info_path.exists():
-        return jload(info_path)
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.monotonic()
-    torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_pretrained(str(BASES[base]), dtype=torch.float32)
-    base_params = n_params(model)
-    extra: dict = {}
-    if kind == "lora":
+    def build() -> dict:
+        import torch
         from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
 
-        targets = ["c_attn", "c_proj", "c_fc"]
+        from memreg.evaluate import target_log_probs
+        from memreg.train.corpus import TokenArray
+        from memreg.train.trainer import BlockBatches, load_best, schedule, train_loop
 
-        def lora_count(r: int) -> int:
-            m = get_peft_model(AutoModelForCausalLM.from_pretrained(str(BASES[base]), dtype=torch.float32),
-                               LoraConfig(r=r, lora_alpha=r, target_modules=targets, fan_in_fan_out=True,
-                                          lora_dropout=0.0))
-            return m.get_nb_trainable_parameters()[0]
+        log(f"  LoRA {name} (rank {rank}, lr {lr:g})")
+        t0 = time.monotonic()
+        corpus = next(p for p in sorted(work_dir.glob("corpus-*")) if (p / "meta.json").exists())
+        tokens = TokenArray(corpus, "train")
+        val = np.asarray(TokenArray(corpus, "eval").slice(0, min(len(TokenArray(corpus, "eval")),
+                                                                   val_tokens or scale.valid)), dtype=np.int64)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        vocab = model.config.vocab_size
+        targets, fan = LORA_TARGETS[model.config.model_type]
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
+                                                 fan_in_fan_out=fan, lora_dropout=0.0))
+        trainable, total = model.get_nb_trainable_parameters()
+        batches = BlockBatches(tokens, None, None, block_size=BLOCK, batch_size=BATCH, seed=seed)
+        sched = schedule(len(batches.spans), batch_size=BATCH, grad_accum=1, steps=None, epochs=None,
+                         warmup_fraction=0.05, max_epochs=max_epochs or scale.max_epochs)
 
-        per_rank = lora_count(1)
-        rank = max(1, round(mem_params / per_rank))
-        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets,
-                                                 fan_in_fan_out=True, lora_dropout=0.0))
-        trainable = model.get_nb_trainable_parameters()[0]
-        lr = args.lora_lr
-        extra = {"rank": rank, "alpha": rank, "targets": targets, "hidden": model.config.n_embd}
-    else:
-        trainable = base_params
-        lr = args.dapt_lr
-    tokens = corpus_tokens(work, domain)
-    block = CONTEXT
-    spans = blocks(len(tokens), block)
-    bs = 8
-    sched = schedule(len(spans), batch_size=bs, grad_accum=1, steps=None, epochs=args.epochs, warmup_fraction=0.05)
-    opt, lr_sched = make_optimizer(model, lr=lr, weight_decay=0.0, sched=sched)
-    # make_optimizer covers all parameters; frozen ones (LoRA) get no gradient and stay put
-    model.train()
-    micro = math.ceil(len(spans) / bs)
-    seen = 0
-    for step in range(sched.total_steps):
-        epoch, j = divmod(step, micro)
-        order = np.random.default_rng([SEED, epoch]).permutation(len(spans))
-        chosen = [spans[i] for i in order[j * bs : (j + 1) * bs]]
-        T = max(b - a for a, b in chosen)
-        ids = torch.zeros(len(chosen), T, dtype=torch.long)
-        labels = torch.full((len(chosen), T), -100, dtype=torch.long)
-        for r, (a, b) in enumerate(chosen):
-            ids[r, : b - a] = torch.from_numpy(tokens[a:b])
-            labels[r, : b - a] = torch.from_numpy(tokens[a + 1 : b + 1])
-        logits = model(input_ids=ids).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        lr_sched.step()
-        opt.zero_grad(set_to_none=True)
-        seen += int((labels != -100).sum())
-        if step % 20 == 0 or step == sched.total_steps - 1:
-            log(f"  {kind} {domain} {base}: step {step + 1}/{sched.total_steps} loss {loss.item():.3f}")
-    if kind == "lora":
-        model = model.merge_and_unload()
-    model.save_pretrained(out / "model", safe_serialization=True)
-    wall = time.monotonic() - t0
-    # FLOPs: full FT 6*P*tokens; LoRA: forward 2*P + backward through activations 2*P + LoRA weight grads
-    flops = (6 * base_params if kind == "dapt" else 4 * base_params + 6 * trainable) * seen
-    info = {"kind": kind, "domain": domain, "base": base, "trainable_params": int(trainable),
-            "base_params": base_params, "lr": lr, "steps": sched.total_steps, "batch_size": bs, "block": block,
-            "epochs": args.epochs, "tokens_seen": seen, "train_tokens": int(len(tokens)), "wall_s": wall,
-            "flops": float(flops), **extra}
-    jsave(info_path, info)
-    return info
+        def validate(m) -> dict[str, float]:
+            lp = target_log_probs(m, val, context=BLOCK, stride=BLOCK, vocab_size=vocab)
+            return {"val_loss": float(-lp.mean()), "val_perplexity": qs.ppl(lp)}
+
+        ckpt = work / "lora" / name
+        shutil.rmtree(ckpt, ignore_errors=True)
+        outcome = train_loop(model, batches, ckpt / "checkpoints", sched=sched, lr=lr, weight_decay=0.0, beta=0.0,
+                             grad_accum=1, vocab_size=vocab, seed=seed, checkpoint_every=10**9, validate=validate,
+                             eval_every=max(1, math.ceil(sched.steps_per_epoch / 2)), patience=scale.patience)
+        load_best(model, outcome.best)
+        merged = model.merge_and_unload()
+        merged.save_pretrained(ckpt / "model", safe_serialization=True)
+        shutil.rmtree(ckpt / "checkpoints")
+        curve = outcome.stopping.curve
+        log(f"    {outcome.steps} steps, stop: {outcome.stop_reason}, best val ppl "
+            f"{min(p['val_perplexity'] for p in curve):.2f}, {time.monotonic() - t0:.0f} s")
+        return {"name": name, "base": base, "rank": rank, "alpha": 2 * rank, "targets": targets, "lr": lr, "seed": seed,
+                "model": str(ckpt / "model"), "trainable_params": int(trainable), "params": int(total - trainable),
+                "val_ppl": min(p["val_perplexity"] for p in curve), "steps": outcome.steps,
+                "best_step": outcome.stopping.best_step, "stop_reason": outcome.stop_reason,
+                "curve": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in p.items()} for p in curve],
+                "tokens_seen": outcome.steps * BATCH * BLOCK, "wall_s": round(time.monotonic() - t0, 1)}
+
+    return cached(work / "runs" / f"{name}.json", build)
+
+
+def lora_rank_for(base: Path, params: int) -> int:
+    """The LoRA rank whose trainable parameters come closest to `params` (the memory's size)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    targets, fan = LORA_TARGETS[model.config.model_type]
+    per_rank = get_peft_model(model, LoraConfig(r=1, target_modules=targets, fan_in_fan_out=fan)).get_nb_trainable_parameters()[0]
+    return max(1, round(params / per_rank))
 
 
 # ------------------------------------------------------------------------------------- scoring
-def score(work: Path, model_name: str, model_path: Path, text: str) -> np.ndarray:
-    """Per-token log p of `text` under a model, cached."""
+def score(work: Path, model_name: str, model_path: str, text: str, ids: np.ndarray, stride: int = STRIDE) -> np.ndarray:
+    """Per-token log p of a text under a model (sliding windows), cached."""
+    path = work / "logprobs" / f"{model_name}__{text}{'' if stride == STRIDE else f'__s{stride}'}.npy"
+    if path.exists():
+        return np.load(path)
     import torch
     from transformers import AutoModelForCausalLM
 
     from memreg.evaluate import target_log_probs
 
-    path = work / "logprobs" / f"{model_name}__{text}.npy"
-    if path.exists():
-        return np.load(path)
     t0 = time.monotonic()
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32).eval()
-    lp = target_log_probs(model, text_ids(work, text), context=CONTEXT, stride=STRIDE, vocab_size=8192, batch_size=8)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    lp = target_log_probs(model, ids, context=CONTEXT, stride=stride, vocab_size=model.config.vocab_size, batch_size=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, lp)
-    log(f"  scored {model_name} on {text}: ppl {math.exp(-lp.mean()):.2f} ({time.monotonic() - t0:.0f} s)")
+    log(f"  scored {model_name} on {text}: ppl {qs.ppl(lp):.2f} ({time.monotonic() - t0:.0f} s)")
     return lp
 
 
-def knn_log_probs(work: Path, domain: str, text: str, t_factors) -> dict:
-    """kNN-LM log p_kNN(x_t) on `text` for each temperature T0 * factor (T0: memreg train's choice),
-    with the same sliding windows as the LM scores. One search, many temperatures."""
-    import torch
-
-    from memreg.knnlm import KNNLM
-    from memreg.evaluate import sliding_windows
-    from memreg.train.datastore import last_ffn_inputs
-
-    path = work / "logprobs" / f"knn-{domain}__{text}.npz"
+def knn_log_probs(work: Path, name: str, work_dir: Path, text: str, ids: np.ndarray, stride: int = STRIDE) -> dict:
+    """kNN-LM log p_kNN(x_t) for each temperature T0 * factor (T0: memreg train's choice), with the
+    same windows as the LM scores: one search, many temperatures."""
+    path = work / "logprobs" / f"knn-{name}__{text}{'' if stride == STRIDE else f'__s{stride}'}.npz"
     if path.exists():
         z = np.load(path)
         return {"temperatures": z["temperatures"].tolist(), "lp": z["lp"], "search_s": float(z["search_s"])}
+    import torch
+
+    from memreg.evaluate import sliding_windows
+    from memreg.knnlm import KNNLM
+    from memreg.train.datastore import last_ffn_inputs
+
     t0 = time.monotonic()
-    knn = KNNLM.from_work_dir(work / f"mem-{domain}.work")
-    ids = torch.as_tensor(text_ids(work, text))
-    n = len(ids)
-    queries = np.empty((n - 1, knn.key_model.config.n_embd), dtype=np.float32)
-    with torch.no_grad():  # the same windows the LM scores use
-        for start, end, first in sliding_windows(n, context=CONTEXT, stride=STRIDE):
-            h = last_ffn_inputs(knn.key_model, ids[start:end][None])[0]
+    knn = KNNLM.from_work_dir(work_dir)
+    ids_t = torch.as_tensor(ids)
+    n = len(ids_t)
+    dim = knn.index.d
+    queries = np.empty((n - 1, dim), dtype=np.float32)
+    with torch.no_grad():
+        for start, end, first in sliding_windows(n, context=CONTEXT, stride=stride):
+            h = last_ffn_inputs(knn.key_model, ids_t[start:end][None])[0]
             queries[first - 1 : end - 1] = h[first - start - 1 : end - start - 1].float().numpy()
-    targets = ids[1:].numpy()
-    temps = [knn.temperature * f for f in t_factors]
+    targets = ids[1:]
+    temps = [knn.temperature * f for f in T_FACTORS]
     lp = np.empty((len(temps), n - 1), dtype=np.float64)
     for a in range(0, n - 1, 2048):
         d, nid = knn.index.search(np.ascontiguousarray(queries[a : a + 2048]), knn.k)
@@ -358,355 +295,428 @@ def knn_log_probs(work: Path, domain: str, text: str, t_factors) -> dict:
         d = d.astype(np.float64)
         for i, t in enumerate(temps):
             z = np.where(ok, -d / t, -np.inf)
-            top = z.max(axis=1, keepdims=True)
-            e = np.exp(z - top)
+            e = np.exp(z - z.max(axis=1, keepdims=True))
             with np.errstate(divide="ignore"):
                 lp[i, a : a + 2048] = np.log((e * match).sum(1)) - np.log(e.sum(1))
     wall = time.monotonic() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, temperatures=np.asarray(temps), lp=lp, search_s=wall)
-    log(f"  kNN-LM {domain} on {text}: {n - 1} queries, k={knn.k}, {wall:.0f} s")
+    log(f"  kNN-LM {name} on {text}: {n - 1} queries, k={knn.k}, {wall:.0f} s")
     return {"temperatures": temps, "lp": lp, "search_s": wall}
 
 
-def ppl(lp: np.ndarray) -> float:
-    return float(math.exp(-float(np.mean(lp))))
+# -------------------------------------------------------------------------------------- stages
+def train_domain(work: Path, domain: str, scale: Scale) -> dict:
+    """Every trained row of one domain, learning rates chosen on validation."""
+    data = work / "data" / domain
+    runs: dict = {"lr_choice": {}}
+
+    def choose(method: str, candidates: dict) -> dict:
+        best_name, best = qs.pick(candidates)
+        runs["lr_choice"][method] = {"grid": {f"{c['lr']:g}": round(c["val_ppl"], 4) for c in candidates.values()},
+                                     "chosen": best["lr"]}
+        return best
+
+    # DAPT of each base (CE, beta = 0 through memreg train: same loop, same stopping); DAPT-large is the teacher
+    for b, path in BASES.items():
+        cands = {lr: memreg_run(work, f"{domain}_dapt-{b}_lr{lr:g}_s0", data=data, teacher=str(LARGE), init=str(path),
+                                beta=0.0, lr=lr, seed=0, scale=scale, work_key=f"{domain}-plain-s0")
+                 for lr in (scale.dapt_lrs if b == "large" else [])}
+        if cands:
+            runs[f"dapt-{b}"] = [choose(f"dapt-{b}", cands)]
+    teacher = runs["dapt-large"][0]["model"]
+    mem = dict(data=data, teacher=teacher, init=str(SMALL), scale=scale)
+    for beta, method in ((0.5, "memory"), (0.0, "dapt-small")):
+        cands = {lr: memreg_run(work, f"{domain}_{method}_lr{lr:g}_s0", beta=beta, lr=lr, seed=0,
+                                work_key=f"{domain}-s0", **mem) for lr in (scale.mem_lrs if beta else scale.dapt_lrs)}
+        best = choose(method, cands)
+        runs[method] = [best] + [memreg_run(work, f"{domain}_{method}_lr{best['lr']:g}_s{s}", beta=beta, lr=best["lr"],
+                                            seed=s, work_key=f"{domain}-s{s}", **mem) for s in scale.seeds[1:]]
+    lr = runs["memory"][0]["lr"]
+    runs["memory-kl"] = [memreg_run(work, f"{domain}_memory-kl_lr{lr:g}_s0", beta=1.0, lr=lr, seed=0,
+                                    work_key=f"{domain}-s0", **mem)]
+    runs["lr_choice"]["memory-kl"] = {"grid": {}, "chosen": lr, "note": "the beta = 0.5 memory's learning rate"}
+    wdir = Path(runs["memory"][0]["work_dir"])
+    mem_params = runs["memory"][0]["params"]
+    for b, path in BASES.items():
+        cands = {lr: lora_run(work, f"{domain}_lora16-{b}_lr{lr:g}", base=str(path), work_dir=wdir, rank=16, lr=lr,
+                              scale=scale) for lr in scale.lora_lrs}
+        best = choose(f"lora16-{b}", cands)
+        runs[f"lora16-{b}"] = [best]
+        rank = lora_rank_for(path, mem_params)
+        runs[f"lorapm-{b}"] = [lora_run(work, f"{domain}_lorapm-{b}_lr{best['lr']:g}", base=str(path), work_dir=wdir,
+                                        rank=rank, lr=best["lr"], scale=scale)]
+        runs["lr_choice"][f"lorapm-{b}"] = {"grid": {}, "chosen": best["lr"], "note": "LoRA r=16's learning rate"}
+    runs["dapt-small"][0]["note"] = "memreg train with beta = 0: the init fine-tuned with plain CE"
+    return runs
 
 
-def mix(base_lp, others, weights) -> np.ndarray:
-    from memreg.evaluate import mixture_log_probs
+def texts_for(work: Path, tok, key: str = "memreg") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for d in DOMAINS:
+        for side in ("valid", "test"):
+            out[f"{d}-{side}"] = qd.token_ids(work / "data" / d, side, tok, key)
+    return out
 
-    return mixture_log_probs(base_lp, others, weights)
+
+# ------------------------------------------------------------------------------------------ rows
+METHOD_LABELS = {
+    "init": "base + untrained init (control)", "memory": "+ memory (beta 0.5)", "memory-kl": "+ memory, KL only (beta 1)",
+    "dapt-small": "+ DAPT-small = memory CE only (beta 0)", "knn": "+ kNN-LM (same datastore)",
+    "lora16": "LoRA r=16", "lorapm": "LoRA, memory-sized", "dapt": "DAPT (full fine-tune)",
+}
 
 
-def em(base_lp, others) -> list[float]:
-    from memreg.fit import em_weights
+def domain_rows(work: Path, domain: str, runs: dict, texts: dict, general: tuple) -> tuple[list, dict, dict]:
+    """Rows of one domain for both bases, the weight sweeps (plots) and the seed spread."""
+    from transformers import AutoConfig
 
-    return em_weights([base_lp, *others]).weights
+    valid, (test, doc) = texts[f"{domain}-valid"][0], texts[f"{domain}-test"]
+    lp = {}
+
+    def both(name: str, path: str) -> tuple[np.ndarray, np.ndarray]:
+        lp[name] = (score(work, name, path, f"{domain}-valid", valid), score(work, name, path, f"{domain}-test", test))
+        return lp[name]
+
+    for b, path in BASES.items():
+        both(f"base-{b}", str(path))
+    for key, rs in runs.items():
+        if key == "lr_choice":
+            continue
+        for r in rs:
+            both(r["name"], r["model"])
+    wdir = Path(runs["memory"][0]["work_dir"])
+    kv, kt = knn_log_probs(work, domain, wdir, f"{domain}-valid", valid), knn_log_probs(work, domain, wdir, f"{domain}-test", test)
+    mem0 = runs["memory"][0]
+    teacher_cfg = AutoConfig.from_pretrained(runs["memory"][0]["teacher"])
+    dim = teacher_cfg.n_embd
+    p_large = runs["dapt-large"][0]["params"]
+    teacher_build = qs.train_flops(p_large, runs["dapt-large"][0]["tokens_seen"])
+    n_keys = mem0["datastore_size"]
+    datastore_flops = 2.0 * p_large * mem0["train_tokens"]
+    search_flops = qs.exact_search_flops(n_keys, n_keys, dim)
+    rows, sweeps = [], {}
+    grid = [i / 20 for i in range(21)]
+    for b in BASES:
+        bv, bt = lp[f"base-{b}"]
+        p_base = runs[f"dapt-{b}"][0]["params"] if f"dapt-{b}" in runs else runs["dapt-small"][0]["params"]
+        mv, mt = lp[mem0["name"]]
+        ref_mem = qs.mix(bt, [mt], [qs.em(bv, [mv])[0]])  # the memory row every other row is compared with
+
+        def row(method: str, test_lp, *, valid_lp=None, weight=None, build_flops=0.0, build_wall=0.0,
+                infer_flops=2.0 * p_base, note="", run=None) -> dict:
+            r = {"domain": domain, "base": b, "method": method, "test_ppl": round(qs.ppl(test_lp), 4),
+                 "ci95": qs.interval(test_lp, doc), "vs_base": qs.paired_ratio(test_lp, bt, doc),
+                 "vs_memory": qs.paired_ratio(test_lp, ref_mem, doc) if ref_mem is not None else None,
+                 "valid_ppl": None if valid_lp is None else round(qs.ppl(valid_lp), 4), "weight": weight,
+                 "build_flops": build_flops, "build_wall_s": build_wall, "infer_flops_per_token": infer_flops,
+                 "note": note, "run": run}
+            rows.append(r)
+            return r
+
+        def interpolated(method, name, run, build_flops, build_wall, infer_extra, note=""):
+            v, t = lp[name]
+            w = qs.em(bv, [v])[0]
+            return row(method, qs.mix(bt, [t], [w]), valid_lp=qs.mix(bv, [v], [w]), weight=round(w, 4),
+                       build_flops=build_flops, build_wall=build_wall, infer_flops=2.0 * p_base + infer_extra,
+                       note=note, run=run)
+
+        row("base alone", bt, valid_lp=bv, note="pretrained on general text (man pages + pydoc); cost not counted")
+        iv, it = lp["base-small"]
+        w0 = qs.em(bv, [iv])[0]
+        row(METHOD_LABELS["init"], qs.mix(bt, [it], [w0]), valid_lp=qs.mix(bv, [iv], [w0]), weight=round(w0, 4),
+            infer_flops=2.0 * p_base + 2.0 * mem0["params"], note="memreg-base-small, untrained on the domain")
+        mem_build = teacher_build + datastore_flops + search_flops
+        for key in ("memory", "memory-kl", "dapt-small"):
+            r = runs[key][0]
+            flops = qs.train_flops(r["params"], r["tokens_seen"]) + (mem_build if key != "dapt-small" else 0.0)
+            wall = r["wall_s"] + (runs["dapt-large"][0]["wall_s"] if key != "dapt-small" else 0.0)
+            interpolated(METHOD_LABELS[key], r["name"], r["name"], flops, wall, 2.0 * r["params"],
+                         note=f"lr {r['lr']:g}, {r['steps']} steps ({r['stop_reason']}), best step {r['best_step']}")
+        # kNN-LM: (T, w) by validation perplexity
+        best = None
+        for i, temp in enumerate(kv["temperatures"]):
+            wk = qs.em(bv, [kv["lp"][i]])[0]
+            v = qs.ppl(qs.mix(bv, [kv["lp"][i]], [wk]))
+            if best is None or v < best[0]:
+                best = (v, i, wk, temp)
+        _, i, wk, temp = best
+        row(METHOD_LABELS["knn"], qs.mix(bt, [kt["lp"][i]], [wk]), valid_lp=qs.mix(bv, [kv["lp"][i]], [wk]),
+            weight=round(wk, 4), build_flops=teacher_build + datastore_flops,
+            build_wall=runs["dapt-large"][0]["wall_s"] + sum(mem0["stage_wall_s"].get(s, 0.0) for s in ("datastore", "index")),
+            infer_flops=2.0 * p_base + 2.0 * p_large + 2.0 * n_keys * dim,
+            note=f"T = {temp:.4g} (T0 x {T_FACTORS[i]:g}), k = {mem0['k']}, {mem0['index']} over {n_keys} keys; "
+                 f"held-out search {kt['search_s']:.0f} s")
+        for kind in ("lora16", "lorapm", "dapt"):
+            r = runs[f"{kind}-{b}"][0] if f"{kind}-{b}" in runs else runs["dapt-small"][0]
+            trainable = r.get("trainable_params")
+            flops = qs.train_flops(r["params"], r["tokens_seen"], trainable=trainable)
+            label = METHOD_LABELS[kind]
+            desc = (f"rank {r['rank']}, {trainable:,} trainable" if trainable else f"{r['params']:,} params") + \
+                   f", lr {r['lr']:g}, {r['steps']} steps ({r['stop_reason']})"
+            if kind == "lorapm":
+                desc += f"; parameter-matched to the memory ({mem0['params']:,}): rank {r['rank']} is not low-rank"
+            v, t = lp[r["name"]]
+            row(f"{label} alone", t, valid_lp=v, build_flops=flops, build_wall=r["wall_s"], note=desc, run=r["name"])
+            interpolated(f"base + {label}", r["name"], r["name"], flops, r["wall_s"], 2.0 * r["params"], note="EM weight")
+        row("memory alone", lp[mem0["name"]][1], valid_lp=lp[mem0["name"]][0], infer_flops=2.0 * mem0["params"])
+        sweeps[f"{domain}/{b}"] = {
+            "memory": [qs.ppl(qs.mix(bt, [lp[mem0["name"]][1]], [x])) for x in grid],
+            "DAPT-small (CE)": [qs.ppl(qs.mix(bt, [lp[runs["dapt-small"][0]["name"]][1]], [x])) for x in grid],
+            "kNN-LM": [qs.ppl(qs.mix(bt, [kt["lp"][i]], [x])) for x in grid],
+            f"LoRA r=16": [qs.ppl(qs.mix(bt, [lp[runs[f"lora16-{b}"][0]["name"]][1]], [x])) for x in grid],
+            "grid": grid,
+        }
+    seeds = {}
+    for key in ("memory", "dapt-small"):
+        per = []
+        for r in runs[key]:
+            v, t = lp[r["name"]]
+            entry = {"seed": r["seed"], "alone": qs.ppl(t), "val_ppl": r["val_ppl"]}
+            for b in BASES:
+                bv, bt = lp[f"base-{b}"]
+                w = qs.em(bv, [v])[0]
+                entry[f"with_{b}"] = qs.ppl(qs.mix(bt, [t], [w]))
+            per.append(entry)
+        seeds[key] = {"runs": per, **{f"{k}_mean_sd": [round(float(np.mean([p[k] for p in per])), 4),
+                                                       round(float(np.std([p[k] for p in per], ddof=1)), 4) if len(per) > 1 else 0.0]
+                                      for k in ("alone", "with_small", "with_large")}}
+    return rows, sweeps, seeds
+
+
+def composed_rows(work: Path, runs_by: dict, texts: dict, general: tuple) -> tuple[list, list]:
+    """Both memories (beta 0.5, seed 0) on one base: EM weights on both validation splits together;
+    held-out text of each domain and general text (forgetting). And each fine-tuned model alone and
+    interpolated at its own domain's weight on general text."""
+    gids, gdoc = general
+    comp, forgetting = [], []
+    for b, path in BASES.items():
+        base = {t: score(work, f"base-{b}", str(path), t, ids) for t, (ids, _) in texts.items()}
+        base["general"] = score(work, f"base-{b}", str(path), "general", gids)
+        mems = [runs_by[d]["memory"][0] for d in DOMAINS]
+        mlp = {(m["name"], t): score(work, m["name"], m["model"], t, ids) for m in mems for t, (ids, _) in texts.items()}
+        for m in mems:
+            mlp[m["name"], "general"] = score(work, m["name"], m["model"], "general", gids)
+        bv = np.concatenate([base[f"{d}-valid"] for d in DOMAINS])
+        ws = qs.em(bv, [np.concatenate([mlp[m["name"], f"{d}-valid"] for d in DOMAINS]) for m in mems])
+        entry = {"base": b, "weights": dict(zip(DOMAINS, [round(w, 4) for w in ws]))}
+        for t in ("law-test", "code-test", "general"):
+            doc = texts[t][1] if t != "general" else gdoc
+            mixed = qs.mix(base[t], [mlp[m["name"], t] for m in mems], ws)
+            entry[t] = {"base": round(qs.ppl(base[t]), 4), "composed": round(qs.ppl(mixed), 4),
+                        "vs_base": qs.paired_ratio(mixed, base[t], doc)}
+            if t != "general":  # against the domain's own memory alone at its own weight
+                d = t.split("-")[0]
+                own = runs_by[d]["memory"][0]
+                w = qs.em(base[f"{d}-valid"], [mlp[own["name"], f"{d}-valid"]])[0]
+                entry[t]["single_memory"] = round(qs.ppl(qs.mix(base[t], [mlp[own["name"], t]], [w])), 4)
+        comp.append(entry)
+        for d in DOMAINS:
+            for key in ("memory", "dapt-small", f"lora16-{b}", f"dapt-{b}" if b == "large" else "dapt-small"):
+                r = runs_by[d][key][0]
+                if any(f["model"] == r["name"] and f["base"] == b for f in forgetting):
+                    continue
+                v = score(work, r["name"], r["model"], f"{d}-valid", texts[f"{d}-valid"][0])
+                g = score(work, r["name"], r["model"], "general", gids)
+                w = qs.em(base[f"{d}-valid"], [v])[0]
+                mixed = qs.mix(base["general"], [g], [w])
+                forgetting.append({"base": b, "domain": d, "model": r["name"], "base_ppl": round(qs.ppl(base["general"]), 4),
+                                   "alone_ppl": round(qs.ppl(g), 4), "weight": round(w, 4),
+                                   "interpolated_ppl": round(qs.ppl(mixed), 4),
+                                   "vs_base": qs.paired_ratio(mixed, base["general"], gdoc)})
+    return comp, forgetting
+
+
+# ------------------------------------------------------------------------------- real-model track
+def real_track(work: Path, scale: Scale) -> dict:
+    """SmolLM2-135M-Instruct as base and teacher; memory from its first 4 blocks; law. One learning rate
+    per method (no grid: the CPU budget), named in the table."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from memreg.gguf import smollm2_gguf
+    from memreg.models import resolve_model_ref
+
+    smol = resolve_model_ref(str(smollm2_gguf()))
+    tok = AutoTokenizer.from_pretrained(smol)
+    data = work / "data" / "law"
+    train_docs, total = [], 0
+    for d in qd.read_split(data, "train"):
+        n = len(tok(d["text"], add_special_tokens=False)["input_ids"]) + 1
+        if total + n > scale.real_train:
+            break
+        train_docs.append(d)
+        total += n
+    with open(data / "real-train.jsonl", "w") as fh:
+        fh.writelines(json.dumps(d) + "\n" for d in train_docs)
+    common = dict(data=data, teacher=smol, init=smol, init_layers=4, scale=scale, corpus="real-train.jsonl",
+                  max_epochs=scale.real_max_epochs, val_tokens=4096, work_key="real-law-s0", seed=0, lr=1e-3)
+    runs = {"memory": memreg_run(work, "real_memory_lr0.001_s0", beta=0.5, **common),
+            "ce-init": memreg_run(work, "real_ce-init_lr0.001_s0", beta=0.0, **common)}
+    wdir = Path(runs["memory"]["work_dir"])
+    runs["lora16"] = lora_run(work, "real_lora16_lr0.001", base=smol, work_dir=wdir, rank=16, lr=1e-3, scale=scale,
+                              max_epochs=scale.real_lora_max_epochs, val_tokens=4096)
+    ids = {side: qd.token_ids(data, side, tok, "smollm2") for side in ("valid", "test")}
+    (valid, _), (test, doc) = ids["valid"], ids["test"]
+    # windows without overlap (stride = context) on this track: a 135 M forward on CPU is the cost here
+    lp = {"base": (score(work, "real_base", smol, "real-valid", valid, CONTEXT),
+                   score(work, "real_base", smol, "real-test", test, CONTEXT))}
+    for key, r in runs.items():
+        lp[key] = (score(work, r["name"], r["model"], "real-valid", valid, CONTEXT),
+                   score(work, r["name"], r["model"], "real-test", test, CONTEXT))
+    kv = knn_log_probs(work, "real", wdir, "real-valid", valid, CONTEXT)
+    kt = knn_log_probs(work, "real", wdir, "real-test", test, CONTEXT)
+    bv, bt = lp["base"]
+    rows = [{"method": "SmolLM2 alone", "test_ppl": round(qs.ppl(bt), 4), "ci95": qs.interval(bt, doc), "weight": None}]
+    ref = None
+    for key, label in (("memory", "+ memory (beta 0.5, first 4 blocks)"), ("ce-init", "+ first 4 blocks fine-tuned with CE (DAPT-small)"),
+                       ("lora16", "+ LoRA r=16, interpolated")):
+        v, t = lp[key]
+        w = qs.em(bv, [v])[0]
+        mixed = qs.mix(bt, [t], [w])
+        ref = mixed if key == "memory" else ref
+        r = runs[key]
+        rows.append({"method": label, "test_ppl": round(qs.ppl(mixed), 4), "ci95": qs.interval(mixed, doc),
+                     "weight": round(w, 4), "vs_base": qs.paired_ratio(mixed, bt, doc),
+                     "vs_memory": qs.paired_ratio(mixed, ref, doc), "alone_ppl": round(qs.ppl(t), 4),
+                     "note": f"lr {r['lr']:g}, {r['steps']} steps ({r['stop_reason']}), {r['wall_s']:.0f} s"})
+    best = min(range(len(kv["temperatures"])), key=lambda i: qs.ppl(qs.mix(bv, [kv["lp"][i]], [qs.em(bv, [kv["lp"][i]])[0]])))
+    wk = qs.em(bv, [kv["lp"][best]])[0]
+    mixed = qs.mix(bt, [kt["lp"][best]], [wk])
+    rows.append({"method": "+ kNN-LM (same datastore)", "test_ppl": round(qs.ppl(mixed), 4), "ci95": qs.interval(mixed, doc),
+                 "weight": round(wk, 4), "vs_base": qs.paired_ratio(mixed, bt, doc), "vs_memory": qs.paired_ratio(mixed, ref, doc),
+                 "note": f"T = {kv['temperatures'][best]:.4g}, k = {runs['memory']['k']}, {runs['memory']['datastore_size']} keys"})
+    cfg = AutoConfig.from_pretrained(smol)
+    return {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)", "layers": cfg.num_hidden_layers,
+            "train_tokens": total, "train_documents": len(train_docs), "valid_tokens": int(len(valid)),
+            "test_tokens": int(len(test)), "test_documents": int(doc.max()) + 1, "rows": rows,
+            "runs": {k: {x: r[x] for x in ("lr", "steps", "stop_reason", "best_step", "val_ppl", "wall_s", "params", "curve",
+                                           "validation") if x in r} for k, r in runs.items()}}
+
+
+# ----------------------------------------------------------------------------------- latency
+def latency(work: Path, runs_by: dict, texts: dict, n_tokens: int) -> dict:
+    """Milliseconds per scored token (sliding windows as above) for base-large alone, with the law
+    memory (memreg.compose) and with the kNN-LM (key model forward + exact search), measured now."""
+    import torch
+
+    import memreg
+    from memreg.evaluate import target_log_probs
+    from memreg.knnlm import KNNLM
+    from transformers import AutoModelForCausalLM
+
+    ids = texts["law-test"][0][:n_tokens]
+    mem = runs_by["law"]["memory"][0]
+    base = AutoModelForCausalLM.from_pretrained(str(LARGE), dtype=torch.float32).eval()
+    composed = memreg.compose(str(LARGE), [mem["model"]], [0.3], dtype=torch.float32)
+    knn = KNNLM.from_work_dir(Path(mem["work_dir"]))
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(2):
+            fn()
+        return (time.perf_counter() - t0) / 2 / (len(ids) - 1) * 1e3
+
+    kw = dict(context=CONTEXT, stride=STRIDE, vocab_size=8192)
+    out = {"tokens": int(len(ids) - 1), "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0]}
+    out["base_ms"] = timed(lambda: target_log_probs(base, ids, **kw))
+    out["base_plus_memory_ms"] = timed(lambda: target_log_probs(composed, ids, **kw))
+    out["base_plus_knnlm_ms"] = timed(lambda: (target_log_probs(base, ids, **kw),
+                                               knn.target_log_probs(ids, context=CONTEXT, stride=STRIDE)))
+    for k in ("base_plus_memory_ms", "base_plus_knnlm_ms"):
+        out[k.replace("_ms", "_ratio")] = round(out[k] / out["base_ms"], 3)
+    # the mixture the tables use equals memreg.compose's on this slice
+    ref = qs.mix(target_log_probs(base, ids, **kw), [score(work, mem["name"], mem["model"], "latency-slice", ids)], [0.3])
+    out["compose_max_abs_diff"] = float(np.max(np.abs(target_log_probs(composed, ids, **kw) - ref)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", default=str(ROOT / "runs" / "quality"))
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (< 10 min), results in quality_quick.*")
+    ap.add_argument("--no-real", action="store_true", help="skip the SmolLM2 track")
+    ap.add_argument("--real", action="store_true", help="with --quick: run the SmolLM2 track too (skipped by default)")
+    ap.add_argument("--work", default=None, help="cache folder [runs/quality-v2 or runs/quality-quick]")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--fresh", action="store_true", help="delete the work folder first")
-    ap.add_argument("--train-tokens", type=int, default=20_000, help="cap on each domain's training tokens")
-    ap.add_argument("--valid-tokens", type=int, default=8_000)
-    ap.add_argument("--test-tokens", type=int, default=12_000)
-    ap.add_argument("--general-tokens", type=int, default=12_000)
-    ap.add_argument("--doc-max-tokens", type=int, default=4096, help="each document truncated to this many tokens")
-    ap.add_argument("--epochs", type=float, default=2.0, help="passes over the training text (every trained row)")
-    ap.add_argument("--mem-lr", type=float, default=1e-3)
-    ap.add_argument("--lora-lr", type=float, default=1e-3)
-    ap.add_argument("--dapt-lr", type=float, default=3e-4)
+    ap.add_argument("--fresh", action="store_true", help="delete the cache first")
     args = ap.parse_args(argv)
 
     import torch
     from transformers import AutoTokenizer
 
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    scale = QUICK if args.quick else Scale()
+    skip_real = args.no_real or (args.quick and not args.real)
+    stem = "quality_quick" if args.quick else "quality"
+    work = Path(args.work or ROOT / "runs" / ("quality-quick" if args.quick else "quality-v2"))
+    out = Path(args.out)
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    if (work / "scale.json").exists() and jload(work / "scale.json") != asdict(scale):
+        raise SystemExit(f"{work} was built at another scale: pass --fresh or another --work")
+    jsave(work / "scale.json", asdict(scale))
     t_start = time.monotonic()
-    work, out = Path(args.work), Path(args.out)
-    settings = {k: v for k, v in vars(args).items() if k not in ("work", "out", "fresh")}
-    if args.fresh and work.exists():
-        shutil.rmtree(work)  # also drops first_run_wall.json: this run's time becomes the full-run time
-    work.mkdir(parents=True, exist_ok=True)
-    if (work / "settings.json").exists() and jload(work / "settings.json") != settings:
-        log(f"settings changed since the cached run in {work}: starting over")
-        shutil.rmtree(work)
-        work.mkdir(parents=True)
-    jsave(work / "settings.json", settings)
-    out.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()[0]
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
 
-    log("1/5 data splits")
-    data = build_splits(work, args, tok)
+    log("1/6 splits by near-duplicate cluster")
+    caps = {"train": scale.train, "valid": scale.valid, "test": scale.test}
+    data = {d: qd.make_splits(work / "data" / d, d, tok, caps, scale.doc_max_tokens) for d in DOMAINS}
+    texts = texts_for(work, tok)
+    general = qd.general_ids(work, tok, scale.general)
 
-    log("2/5 memory decoders (memreg.train, teacher=large, init=small)")
-    mems = {d: build_memory(work, d, args) for d in DOMAINS}
-    mem_params = mems["law"]["params"]
+    log("2/6 training: DAPT (teacher), memories, LoRA; learning rates on validation")
+    runs_by = {d: train_domain(work, d, scale) for d in DOMAINS}
 
-    log("3/5 LoRA and DAPT (same tokens, same epochs)")
-    fts = {(kind, d, b): finetune(work, kind, d, b, args, mem_params)
-           for d in DOMAINS for b in BASES for kind in ("lora", "dapt")}
-
-    log("4/5 scoring")
-    texts = [f"{d}-{s}" for d in DOMAINS for s in ("valid", "test")] + ["general"]
-    lp: dict[tuple[str, str], np.ndarray] = {}
-    paths = {**{f"base-{b}": p for b, p in BASES.items()}, **{f"mem-{d}": work / f"mem-{d}" for d in DOMAINS}}
-    for name, p in paths.items():
-        for t in texts:
-            lp[name, t] = score(work, name, p, t)
-    for (kind, d, b) in fts:
-        name = f"{kind}-{d}-{b}"
-        for t in (f"{d}-valid", f"{d}-test", "general"):
-            lp[name, t] = score(work, name, work / name / "model", t)
-    knn = {(d, s): knn_log_probs(work, d, f"{d}-{s}", T_FACTORS) for d in DOMAINS for s in ("valid", "test")}
-
-    log("5/5 results")
-    grid = [i / 20 for i in range(21)]
-    results: dict = {"command": "python bench/quality.py", "settings": settings, "data": data,
-                     "eval": {"context": CONTEXT, "stride": STRIDE}, "memories": {}, "rows": [], "composed": [],
-                     "sweeps": {}, "finetunes": {f"{k}-{d}-{b}": v for (k, d, b), v in fts.items()}}
-    base_params = {}
-    from transformers import AutoConfig  # noqa: F401
-
-    for b, p in BASES.items():
-        base_params[b] = jload(p / "training.json")["params"]
-    large_params = base_params["large"]
+    log("3/6 scoring and rows")
+    rows, sweeps, seeds = [], {}, {}
     for d in DOMAINS:
-        m = mems[d]
-        st = m["stage_wall_s"]
-        ntok = m["train_tokens"]
-        ds_flops = 2 * large_params * ntok
-        m["flops"] = {"datastore": ds_flops, "train": 6 * m["params"] * ntok * m["epochs"],
-                      "total": ds_flops + 6 * m["params"] * ntok * m["epochs"]}
-        results["memories"][d] = m
-        knn_build_s = sum(st.get(s, 0.0) for s in ("tokenize", "datastore", "index"))
-        mem_build_s = sum(st.get(s, 0.0) for s in ("tokenize", "datastore", "index", "knn targets", "train"))
-        manifest_w = m["result"]["recommended_weight"]
-        for b in BASES:
-            bv, bt = lp[f"base-{b}", f"{d}-valid"], lp[f"base-{b}", f"{d}-test"]
-            mv, mt = lp[f"mem-{d}", f"{d}-valid"], lp[f"mem-{d}", f"{d}-test"]
-            rows = []
+        r, s, sd = domain_rows(work, d, runs_by[d], texts, general)
+        rows += r
+        sweeps.update(s)
+        seeds[d] = sd
+    composed, forgetting = composed_rows(work, runs_by, texts, general)
+    teachers = {}
+    for d in DOMAINS:
+        val = runs_by[d]["memory"][0]["validation"]["perplexity"]
+        teachers[d] = {"teacher (base-large fine-tuned on the domain)": val.get("teacher"), "init (base-small)": val.get("init"),
+                       "base-large before fine-tuning": qs.ppl(score(work, "base-large", str(LARGE), f"{d}-valid", texts[f"{d}-valid"][0])),
+                       "teacher_beats_init": val.get("teacher", math.inf) < val.get("init", 0.0)}
 
-            def row(method, test_ppl, *, weight=None, valid_ppl=None, wall=0.0, flops=0.0, note=""):
-                r = {"domain": d, "base": b, "method": method, "test_ppl": test_ppl, "valid_ppl": valid_ppl,
-                     "weight": weight, "build_wall_s": wall, "build_flops": flops, "note": note}
-                rows.append(r)
-                return r
+    log("4/6 SmolLM2 track" + (" (skipped)" if skip_real else ""))
+    real = None if skip_real else real_track(work, scale)
 
-            row("base alone", ppl(bt), valid_ppl=ppl(bv), note="pretrained on general text; cost not counted")
-            row("+ memory, manifest weight", ppl(mix(bt, [mt], [manifest_w])), weight=manifest_w,
-                valid_ppl=ppl(mix(bv, [mv], [manifest_w])), wall=mem_build_s, flops=m["flops"]["total"],
-                note="weight chosen by memreg train on its own split of the training documents")
-            w = em(bv, [mv])[0]
-            row("+ memory, fitted weight", ppl(mix(bt, [mt], [w])), weight=w, valid_ppl=ppl(mix(bv, [mv], [w])),
-                wall=mem_build_s, flops=m["flops"]["total"], note="EM on validation")
-            row("memory alone", ppl(mt), valid_ppl=ppl(mv), wall=mem_build_s, flops=m["flops"]["total"])
-            # kNN-LM: (T, w) by validation perplexity
-            kv, kt = knn[d, "valid"], knn[d, "test"]
-            best = None
-            for i, temp in enumerate(kv["temperatures"]):
-                wk = em(bv, [kv["lp"][i]])[0]
-                v = ppl(mix(bv, [kv["lp"][i]], [wk]))
-                if best is None or v < best[0]:
-                    best = (v, i, wk, temp)
-            v, i, wk, temp = best
-            row("+ kNN-LM (same datastore)", ppl(mix(bt, [kt["lp"][i]], [wk])), weight=wk, valid_ppl=v,
-                wall=knn_build_s, flops=ds_flops,
-                note=f"T={temp:.4g} (memreg train's T0 x {T_FACTORS[i]:g}), "
-                     f"k={m['result']['k']}, {m['result']['index']}; search {kt['search_s']:.0f} s for the held-out split")
-            knn_choice = {"temperature": temp, "weight": wk}
-            sweeps = {"memory": {f"{x:g}": ppl(mix(bt, [mt], [x])) for x in grid},
-                      "kNN-LM": {f"{x:g}": ppl(mix(bt, [kt["lp"][i]], [x])) for x in grid}}
-            for kind, label in (("lora", "LoRA"), ("dapt", "DAPT (full fine-tune)")):
-                f = fts[kind, d, b]
-                fv, ft = lp[f"{kind}-{d}-{b}", f"{d}-valid"], lp[f"{kind}-{d}-{b}", f"{d}-test"]
-                extra = f"rank {f['rank']} on c_attn/c_proj/c_fc, {f['trainable_params']:,} trainable params" \
-                    if kind == "lora" else f"{f['trainable_params']:,} params, lr {f['lr']:g}"
-                row(f"{label} alone", ppl(ft), valid_ppl=ppl(fv), wall=f["wall_s"], flops=f["flops"], note=extra)
-                wf = em(bv, [fv])[0]
-                row(f"base + {label}, fitted weight", ppl(mix(bt, [ft], [wf])), weight=wf,
-                    valid_ppl=ppl(mix(bv, [fv], [wf])), wall=f["wall_s"], flops=f["flops"],
-                    note="interpolated like the memory; EM on validation")
-                sweeps[label] = {f"{x:g}": ppl(mix(bt, [ft], [x])) for x in grid}
-            results["sweeps"][f"{d}/{b}"] = {"curves": sweeps, "memory_fitted": w, "memory_manifest": manifest_w,
-                                              "knn": knn_choice}
-            results["rows"].extend(rows)
+    log("5/6 latency per token (measured now)")
+    lat = latency(work, runs_by, texts, 512 if args.quick else 2048)
 
-    # both memories composed: on each domain's held-out text and on general text (forgetting)
-    for b in BASES:
-        bv = np.concatenate([lp[f"base-{b}", f"{d}-valid"] for d in DOMAINS])
-        mvs = [np.concatenate([lp[f"mem-{m}", f"{d}-valid"] for d in DOMAINS]) for m in DOMAINS]
-        fitted = em(bv, mvs)
-        man = [mems[d]["result"]["recommended_weight"] for d in DOMAINS]
-        if sum(man) > 1:
-            man = [x / sum(man) for x in man]
-        for label, ws in (("manifest weights (scaled to sum <= 1)", man), ("EM on both validation splits", fitted)):
-            entry = {"base": b, "weights": dict(zip(DOMAINS, ws)), "how": label}
-            for t in ("law-test", "code-test", "general"):
-                entry[t] = {"base": ppl(lp[f"base-{b}", t]),
-                            "composed": ppl(mix(lp[f"base-{b}", t], [lp[f"mem-{m}", t] for m in DOMAINS], ws))}
-            results["composed"].append(entry)
-        # forgetting of the fine-tuned models on general text
-        for d in DOMAINS:
-            for kind in ("lora", "dapt"):
-                name = f"{kind}-{d}-{b}"
-                wf = em(lp[f"base-{b}", f"{d}-valid"], [lp[name, f"{d}-valid"]])[0]
-                results.setdefault("general_text", []).append({
-                    "base": b, "model": name, "base_ppl": ppl(lp[f"base-{b}", "general"]),
-                    "alone_ppl": ppl(lp[name, "general"]), "interpolated_weight": wf,
-                    "interpolated_ppl": ppl(mix(lp[f"base-{b}", "general"], [lp[name, "general"]], [wf]))})
-            wm = em(lp[f"base-{b}", f"{d}-valid"], [lp[f"mem-{d}", f"{d}-valid"]])[0]
-            results["general_text"].append({
-                "base": b, "model": f"mem-{d}", "base_ppl": ppl(lp[f"base-{b}", "general"]),
-                "alone_ppl": ppl(lp[f"mem-{d}", "general"]), "interpolated_weight": wm,
-                "interpolated_ppl": ppl(mix(lp[f"base-{b}", "general"], [lp[f"mem-{d}", "general"]], [wm]))})
-
-    results["compose_check"] = compose_check(work, mems)
-    results["total_wall_s"] = time.monotonic() - t_start
-    first = work / "first_run_wall.json"  # wall time of the run that built every stage (not a cached rerun)
+    log("6/6 tables")
+    first = work / "first_run_wall.json"
     if not first.exists():
-        jsave(first, {"wall_s": results["total_wall_s"]})
-    results["full_run_wall_s"] = jload(first)["wall_s"]
-    results["python"] = sys.version.split()[0]
-    results["torch_threads"] = torch.get_num_threads()
-    plots = make_plots(results, out)
-    results["plots"] = plots
-    md = render_markdown(results)
-    jsave(out / "quality.json", results)
-    (out / "quality.md").write_text(md)
+        jsave(first, {"wall_s": time.monotonic() - t_start, "load_average_start": load_start,
+                      "load_average_end": os.getloadavg()[0]})
+    results = {
+        "command": "python bench/quality.py" + (" --quick" if args.quick else ""), "scale": asdict(scale),
+        "eval": {"context": CONTEXT, "stride": STRIDE, "block": BLOCK, "batch": BATCH, "bootstrap": qs.BOOTSTRAP},
+        "data": data, "general_tokens": int(len(general[0])), "teachers": teachers, "rows": rows, "seeds": seeds,
+        "composed": composed, "forgetting": forgetting, "real": real, "latency": lat, "sweeps": sweeps,
+        "lr_choice": {d: runs_by[d]["lr_choice"] for d in DOMAINS},
+        "runs": {d: {k: [{x: r.get(x) for x in ("name", "lr", "seed", "beta", "steps", "best_step", "stop_reason", "val_ppl",
+                                              "wall_s", "params", "trainable_params", "rank", "curve")} for r in v]
+                     for k, v in runs_by[d].items() if k != "lr_choice"} for d in DOMAINS},
+        "full_run": jload(first), "this_run_wall_s": round(time.monotonic() - t_start, 1),
+        "python": sys.version.split()[0], "torch_threads": torch.get_num_threads(),
+    }
+    import quality_report
+
+    results["plots"] = quality_report.plots(results, out, stem)
+    jsave(out / f"{stem}.json", results)
+    md = quality_report.markdown(results)
+    (out / f"{stem}.md").write_text(md)
     print(md)
-    log(f"done in {results['total_wall_s']:.0f} s (this invocation; cached stages are not re-timed)")
+    log(f"done in {results['this_run_wall_s']:.0f} s")
     return 0
-
-
-def compose_check(work: Path, mems) -> dict:
-    """The per-token mixture above equals memreg.compose's ComposedLM on a slice (same weights)."""
-    import torch
-
-    import memreg
-    from memreg.evaluate import target_log_probs
-
-    ids = text_ids(work, "law-test")[:600]
-    ws = [0.3, 0.2]
-    composed = memreg.compose(str(LARGE), [str(work / f"mem-{d}") for d in DOMAINS], ws, dtype=torch.float32)
-    got = target_log_probs(composed, ids, context=CONTEXT, stride=STRIDE, vocab_size=8192)
-    from transformers import AutoModelForCausalLM
-
-    def one(p):
-        return target_log_probs(AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval(), ids,
-                                context=CONTEXT, stride=STRIDE, vocab_size=8192)
-
-    ref = mix(one(LARGE), [one(work / f"mem-{d}") for d in DOMAINS], ws)
-    return {"tokens": len(ids) - 1, "weights": ws, "max_abs_diff": float(np.max(np.abs(got - ref)))}
-
-
-# ------------------------------------------------------------------------------------- output
-def make_plots(results: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    for key, sw in results["sweeps"].items():
-        d, b = key.split("/")
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, curve in sw["curves"].items():
-            xs = [float(x) for x in curve]
-            ax.plot(xs, list(curve.values()), marker="o", ms=3, label=f"base + {label}")
-        ax.axvline(sw["memory_fitted"], color="C0", ls="--", lw=0.8, label=f"memory EM weight {sw['memory_fitted']:.2f}")
-        if sw["memory_manifest"] is not None:
-            ax.axvline(sw["memory_manifest"], color="C0", ls=":", lw=0.8, label=f"manifest weight {sw['memory_manifest']:.2f}")
-        ax.set_yscale("log")
-        ax.set_xlabel("weight of the second model (base gets 1 - w)")
-        ax.set_ylabel("held-out perplexity")
-        ax.set_title(f"{d}: base-{b} + w * other (held-out)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        name = f"quality_sweep_{d}_{b}.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        files.append(name)
-    return files
-
-
-def _fmt_flops(x: float) -> str:
-    return "0" if not x else f"{x:.2g}"
-
-
-def render_markdown(r: dict) -> str:
-    s = r["settings"]
-    L = ["# memreg quality benchmark", "",
-         f"Command: `{r['command']}` (CPU, {r['torch_threads']} torch threads). Caps: train "
-         f"{s['train_tokens']:,} tokens per domain, validation {s['valid_tokens']:,}, held-out {s['test_tokens']:,}, "
-         f"general text {s['general_tokens']:,}; documents truncated to {s['doc_max_tokens']} tokens; "
-         f"{s['epochs']:g} epochs for every trained row (memory lr {s['mem_lr']:g}, LoRA lr {s['lora_lr']:g}, "
-         f"DAPT lr {s['dapt_lr']:g}, batch 8 x 512, AdamW, 5 % warm-up + linear decay). "
-         f"Perplexity by sliding window (context {r['eval']['context']}, stride {r['eval']['stride']}). "
-         "All weights and temperatures chosen on the validation split; held-out text is only scored.", ""]
-    for d in DOMAINS:
-        dm = r["data"][d]
-        L.append(f"- **{d}**: {dm['documents_total']} distinct documents; train {dm['train']['tokens']:,} tokens "
-                 f"({dm['train']['documents']} docs), validation {dm['valid']['tokens']:,} ({dm['valid']['documents']}), "
-                 f"held-out {dm['test']['tokens']:,} ({dm['test']['documents']}).")
-    m0 = r["memories"]["law"]
-    L += [f"- memory decoders: init = base-small ({m0['params']:,} params), teacher = base-large; "
-          f"k = {m0['result']['k']}, index {m0['result']['index']}, kNN temperature {m0['result']['temperature']:g} "
-          f"(law) / {r['memories']['code']['result']['temperature']:g} (code).", ""]
-    L += ["## Held-out perplexity per domain x base", "",
-          "| domain | base | method | held-out ppl | weight | valid ppl | build wall s | build FLOPs | note |",
-          "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for x in r["rows"]:
-        w = "" if x["weight"] is None else f"{x['weight']:.2f}"
-        v = "" if x["valid_ppl"] is None else f"{x['valid_ppl']:.2f}"
-        L.append(f"| {x['domain']} | {x['base']} | {x['method']} | {x['test_ppl']:.2f} | {w} | {v} | "
-                 f"{x['build_wall_s']:.0f} | {_fmt_flops(x['build_flops'])} | {x['note']} |")
-    L += ["", "Build cost: memory = tokenize + datastore + index + kNN targets + training (wall time of memreg "
-          "train's stages; FLOPs 2·P_large·N for the datastore + 6·P_mem·N·epochs); kNN-LM = tokenize + datastore + "
-          "index (2·P_large·N); LoRA ≈ (4·P_base + 6·P_lora)·tokens; DAPT = 6·P_base·tokens. One memory serves both "
-          "bases; LoRA and DAPT are trained per base. Pretraining of the bases is not counted.", ""]
-    L += ["## Both memories composed (law + code) with one base", "",
-          "| base | weights | law held-out: base → composed | code held-out: base → composed | general text: base → composed |",
-          "|---|---|---|---|---|"]
-    for c in r["composed"]:
-        ws = ", ".join(f"{k} {v:.2f}" for k, v in c["weights"].items())
-        cells = " | ".join(f"{c[t]['base']:.2f} → {c[t]['composed']:.2f}" for t in ("law-test", "code-test", "general"))
-        L.append(f"| {c['base']} | {ws} ({c['how']}) | {cells} |")
-    L += ["", "## Forgetting: general-text perplexity (held-out man/pydoc pages)", "",
-          "| base | model | base alone | model alone | base + model at its domain-fitted weight (w) |",
-          "|---|---|---:|---:|---:|"]
-    for g in r["general_text"]:
-        L.append(f"| {g['base']} | {g['model']} | {g['base_ppl']:.2f} | {g['alone_ppl']:.2f} | "
-                 f"{g['interpolated_ppl']:.2f} (w={g['interpolated_weight']:.2f}) |")
-    cc = r["compose_check"]
-    L += ["", f"Check: `memreg.compose(base-large, [law, code], {cc['weights']})` matches the per-token mixture "
-          f"used above on {cc['tokens']} tokens (max |Δ log p| = {cc['max_abs_diff']:.1e}).", "",
-          "Plots: " + ", ".join(f"`{p}`" for p in r["plots"]), "", "## Interpretation (generated from the numbers)", ""]
-    L += interpret(r)
-    L += ["", f"Wall time of the full run that built every stage: {r['full_run_wall_s'] / 60:.1f} min; of this invocation: "
-          f"{r['total_wall_s'] / 60:.1f} min (cached stages are reused, not re-timed)."]
-    return "\n".join(L) + "\n"
-
-
-def interpret(r: dict) -> list[str]:
-    by = {}
-    for x in r["rows"]:
-        by[x["domain"], x["base"], x["method"]] = x["test_ppl"]
-    out = []
-    cells = [(d, b) for d in DOMAINS for b in BASES]
-    mem = {c: by[c[0], c[1], "+ memory, fitted weight"] for c in cells}
-    comps = {"kNN-LM": "+ kNN-LM (same datastore)", "LoRA (interpolated)": "base + LoRA, fitted weight",
-             "DAPT (interpolated)": "base + DAPT (full fine-tune), fitted weight", "DAPT alone": "DAPT (full fine-tune) alone"}
-    gains = [1 - mem[c] / by[c[0], c[1], "base alone"] for c in cells]
-    out.append(f"The memory decoder (EM weight) lowers held-out perplexity by {min(gains):.0%}–{max(gains):.0%} "
-               f"against the base alone in all {len(cells)} domain × base cells." if min(gains) > 0 else
-               f"The memory decoder changes held-out perplexity by {-max(gains):+.0%} to {-min(gains):+.0%} against the base alone.")
-    parts = []
-    for name, key in comps.items():
-        wins = [c for c in cells if mem[c] < by[c[0], c[1], key]]
-        losses = [f"{d}/{b} ({mem[(d, b)]:.1f} vs {by[d, b, key]:.1f})" for d, b in cells if (d, b) not in wins]
-        parts.append(f"it beats {name} in {len(wins)}/{len(cells)} cells" +
-                     (f", loses in {', '.join(losses)}" if losses else ""))
-    out.append("Against the baselines, " + "; ".join(parts) + ".")
-    comp = {c["base"]: c for c in r["composed"] if c["how"].startswith("EM")}
-    bits = []
-    for b in BASES:
-        gen = {g["model"]: g for g in r["general_text"] if g["base"] == b}
-        dapt = [gen[f"dapt-{d}-{b}"] for d in DOMAINS]
-        bits.append(f"base-{b} {comp[b]['general']['base']:.1f} → {comp[b]['general']['composed']:.1f} with both memories "
-                    f"(DAPT models alone: " + ", ".join(f"{g['alone_ppl']:.1f}" for g in dapt)
-                    + "; interpolated at their domain weights: " + ", ".join(f"{g['interpolated_ppl']:.1f}" for g in dapt) + ")")
-    out.append("General text (forgetting), law/code order: " + "; ".join(bits) + ". A mixture that gives the base weight 1 - w "
-               "is at most 1/(1 - w) times the base's perplexity, whatever the other model does.")
-    mm = r["memories"]
-    tot = sum(m["wall_s"] for m in mm.values())
-    dapt = sum(f["wall_s"] for k, f in r["finetunes"].items() if k.startswith("dapt"))
-    out.append(f"Cost: the two memories took {tot:.0f} s to build and serve both bases; the four DAPT runs took {dapt:.0f} s "
-               "and each serves one base. Caveat: small CPU-scale models and corpora, one seed, fixed hyper-parameters.")
-    return out
 
 
 if __name__ == "__main__":

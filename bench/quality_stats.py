@@ -1,0 +1,81 @@
+"""Numbers for bench/quality.py: perplexity, mixtures, EM weights, paired bootstrap intervals, FLOPs.
+
+Per-token log-probabilities (float64, one per scored position) are the unit everything is computed
+from; a mixture is computed from its members' per-token log p of the observed token, exactly what
+`memreg.compose` computes (the benchmark checks that on a slice).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+BOOTSTRAP = 2000  # resamples of the held-out documents
+SEED = 0
+
+
+def ppl(lp: np.ndarray) -> float:
+    return float(math.exp(-float(np.mean(lp))))
+
+
+def mix(base_lp: np.ndarray, others: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    from memreg.evaluate import mixture_log_probs
+
+    return mixture_log_probs(base_lp, others, weights)
+
+
+def em(base_lp: np.ndarray, others: list[np.ndarray]) -> list[float]:
+    """Mixture weights of `others` (the base gets 1 - sum) maximising the likelihood of the text."""
+    from memreg.fit import em_weights
+
+    return [float(w) for w in em_weights([base_lp, *others]).weights]
+
+
+def doc_sums(lp: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(negative log-likelihood, token count) per document: the bootstrap's unit."""
+    n_docs = int(doc.max()) + 1
+    return np.bincount(doc, weights=-lp, minlength=n_docs), np.bincount(doc, minlength=n_docs).astype(np.float64)
+
+
+def _draws(n_docs: int) -> np.ndarray:
+    return np.random.default_rng(SEED).integers(0, n_docs, size=(BOOTSTRAP, n_docs))
+
+
+def interval(lp: np.ndarray, doc: np.ndarray) -> list[float]:
+    """95 % percentile interval of the perplexity over held-out documents resampled with replacement."""
+    nll, count = doc_sums(lp, doc)
+    idx = _draws(len(nll))
+    return np.exp(np.percentile(nll[idx].sum(1) / count[idx].sum(1), [2.5, 97.5])).round(4).tolist()
+
+
+def paired_ratio(lp: np.ndarray, ref: np.ndarray, doc: np.ndarray) -> dict:
+    """ppl(lp) / ppl(ref) with its paired 95 % interval (both scored on the same resampled documents)
+    and the share of resamples where `lp` is better: below 1 means `lp` wins."""
+    a, count = doc_sums(lp, doc)
+    b, _ = doc_sums(ref, doc)
+    idx = _draws(len(a))
+    n = count[idx].sum(1)
+    ratio = np.exp((a[idx].sum(1) - b[idx].sum(1)) / n)
+    point = math.exp((a.sum() - b.sum()) / count.sum())
+    lo, hi = np.percentile(ratio, [2.5, 97.5])
+    return {"ratio": round(point, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "p_better": round(float((ratio < 1).mean()), 4)}
+
+
+def pick(candidates: dict, key: str = "val_ppl"):
+    """The candidate with the lowest validation perplexity (name, info)."""
+    return min(candidates.items(), key=lambda kv: kv[1][key])
+
+
+# ------------------------------------------------------------------------------------------ FLOPs
+def train_flops(params: int, tokens_seen: int, *, trainable: int | None = None) -> float:
+    """6·P per token for full training; LoRA: forward 2·P, backward through the activations 2·P,
+    and 6·P_lora for the adapters' own weights."""
+    if trainable is None or trainable == params:
+        return 6.0 * params * tokens_seen
+    return (4.0 * params + 6.0 * trainable) * tokens_seen
+
+
+def exact_search_flops(queries: int, keys: int, dim: int) -> float:
+    return 2.0 * queries * keys * dim
