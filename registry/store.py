@@ -390,9 +390,27 @@ def _sync_read(fs: Any, body: Any) -> bytes:
     return sync(fs.loop, _read)
 
 
+# S3's answers to a conditional write that did not hold: 412 PreconditionFailed, and 409
+# ConditionalRequestConflict when another conditional write to the key is in flight.
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+
+
 def _is_precondition_failure(e: BaseException) -> bool:
-    text = f"{e!r} {getattr(e, '__cause__', '')!r}"
-    return "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text
+    """Whether S3 refused a conditional write, decided from the error code and HTTP status of the
+    botocore ClientError that s3fs keeps as the cause of its OSError. Never from message text: a
+    key like `law/1.412.0.json` or a request id may contain "412" in any other error."""
+    seen: set[int] = set()
+    err: BaseException | None = e
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code in _PRECONDITION_CODES or status == 412:
+                return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 # A silent endpoint must fail in bounded time: at most S3_RETRIES x S3_ATTEMPTS x read timeout
