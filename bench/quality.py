@@ -66,9 +66,9 @@ class Scale:
     general: int = 6_144
     max_epochs: float = 8.0
     patience: int = 3
-    mem_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
-    dapt_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])
-    lora_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    mem_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
+    dapt_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
+    lora_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     real_train: int = 6_144  # SmolLM2 track: its own tokenizer's tokens of the law training documents
     real_max_epochs: float = 8.0
@@ -326,15 +326,16 @@ def train_domain(work: Path, domain: str, scale: Scale) -> dict:
             runs[f"dapt-{b}"] = [choose(f"dapt-{b}", cands)]
     teacher = runs["dapt-large"][0]["model"]
     mem = dict(data=data, teacher=teacher, init=str(SMALL), scale=scale)
+    tkey = f"{domain}-t{runs['dapt-large'][0]['lr']:g}"  # one work folder (datastore) per teacher and seed
     for beta, method in ((0.5, "memory"), (0.0, "dapt-small")):
         cands = {lr: memreg_run(work, f"{domain}_{method}_lr{lr:g}_s0", beta=beta, lr=lr, seed=0,
-                                work_key=f"{domain}-s0", **mem) for lr in (scale.mem_lrs if beta else scale.dapt_lrs)}
+                                work_key=f"{tkey}-s0", **mem) for lr in (scale.mem_lrs if beta else scale.dapt_lrs)}
         best = choose(method, cands)
         runs[method] = [best] + [memreg_run(work, f"{domain}_{method}_lr{best['lr']:g}_s{s}", beta=beta, lr=best["lr"],
-                                            seed=s, work_key=f"{domain}-s{s}", **mem) for s in scale.seeds[1:]]
+                                            seed=s, work_key=f"{tkey}-s{s}", **mem) for s in scale.seeds[1:]]
     lr = runs["memory"][0]["lr"]
     runs["memory-kl"] = [memreg_run(work, f"{domain}_memory-kl_lr{lr:g}_s0", beta=1.0, lr=lr, seed=0,
-                                    work_key=f"{domain}-s0", **mem)]
+                                    work_key=f"{tkey}-s0", **mem)]
     runs["lr_choice"]["memory-kl"] = {"grid": {}, "chosen": lr, "note": "the beta = 0.5 memory's learning rate"}
     wdir = Path(runs["memory"][0]["work_dir"])
     mem_params = runs["memory"][0]["params"]
