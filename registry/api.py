@@ -10,7 +10,6 @@ Layout (format v1):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -38,7 +37,8 @@ from memreg.registry.errors import (
     YankedVersionError,
     first_validation_error,
 )
-from memreg.registry.package import files_problem, model_info, read_card, scan_folder, sha256_file
+from memreg.registry.fsutil import file_digest, sha256_stream
+from memreg.registry.package import files_problem, model_info, read_card, scan_folder
 from memreg.registry.refs import Ref, check_name, check_version, parse_ref, version_key
 from memreg.registry.settings import default_registry_url, memreg_home
 from memreg.registry.store import Store, open_store
@@ -186,7 +186,7 @@ class Registry:
             _refuse_latest(t)
         files = scan_folder(folder)
         callback.set_size(2 * sum(f.size for f in files))  # hashing, then uploading
-        entries = [FileEntry(path=f.path, digest=sha256_file(f.local, callback), size=f.size) for f in files]
+        entries = [FileEntry(path=f.path, digest=file_digest(f.local, callback), size=f.size) for f in files]
         manifest = Manifest(
             name=name,
             version=version,
@@ -467,16 +467,12 @@ class Registry:
         return VerifyReport([m.ref for m in manifests], len(seen), problems)
 
     def _read_blob(self, entry: FileEntry, callback: Callback) -> tuple[int, str] | None:
-        h, size = hashlib.sha256(), 0
         try:
             with self.store.open_read(blob_key(entry)) as f:
-                while block := f.read(8 * 2**20):
-                    h.update(block)
-                    size += len(block)
-                    callback.relative_update(len(block))
+                hexdigest, size = sha256_stream(f, callback)
         except FileNotFoundError:
             return None
-        return size, h.hexdigest()
+        return size, hexdigest
 
     # tags and yanks ----------------------------------------------------------------------
     def tag(self, ref: str | Ref, tag: str, *, retries: int = 50, force: bool = False) -> TagMove:

@@ -31,13 +31,14 @@ from pathlib import Path
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
 from memreg.registry.errors import DigestMismatchError, ManifestError
+from memreg.registry.fsutil import TMP_PREFIX, atomic_write_json, sha256_file
+from memreg.registry.package import CARD
 from memreg.registry.settings import cache_dir
 from memreg.registry.store import Store
 from memreg.schemas import FileEntry, Manifest
 
-CARD = "memreg.json"
 RECORD = ".memreg-files.json"  # inside each package folder: written before the folder appears
-TMP = ".tmp-"
+TMP = TMP_PREFIX
 _HEX = set("0123456789abcdef")
 
 
@@ -67,20 +68,6 @@ class CachedPackage:
 def _stat_record(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * 2**20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_json(path: Path, doc: object) -> None:
-    tmp = path.parent / f"{TMP}{path.name}.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> object | None:
@@ -154,7 +141,7 @@ class Cache:
                 return False
         except FileNotFoundError:
             return False
-        return not verify or _sha256(p) == entry.hex
+        return not verify or sha256_file(p) == entry.hex
 
     def package_dir(self, manifest: Manifest) -> Path:
         # keyed by the manifest's own digest too: two registries may hold law@1.0.0 with other bytes
@@ -174,7 +161,7 @@ class Cache:
                 # faster than hashing while reading through a file object (ranged GETs on S3).
                 store.get_file(key, tmp, callback=_Advance(callback))
                 size = tmp.stat().st_size
-                got = _sha256(tmp) if size == entry.size else "(not hashed: wrong size)"
+                got = sha256_file(tmp) if size == entry.size else "(not hashed: wrong size)"
                 if size != entry.size or got != entry.hex:
                     raise DigestMismatchError(
                         f"blob {entry.digest} ({entry.path}) is corrupt in the registry: expected {entry.size} bytes "
@@ -184,7 +171,7 @@ class Cache:
                     )
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, dest)  # a new inode: folders linked to a tampered old one keep theirs
-                _write_json(self._record_path(dest), _stat_record(dest))
+                atomic_write_json(self._record_path(dest), _stat_record(dest))
             finally:
                 tmp.unlink(missing_ok=True)
         return True
@@ -208,7 +195,7 @@ class Cache:
         if verify:
             if (folder / CARD).read_text() != manifest.model_dump_json(indent=2):
                 return False
-            return all(_sha256(folder / e.path) == e.hex for e in manifest.model.files)
+            return all(sha256_file(folder / e.path) == e.hex for e in manifest.model.files)
         return True
 
     def assemble(self, manifest: Manifest, *, verify: bool = False) -> Path:
@@ -277,7 +264,7 @@ class Cache:
         again) and say what it was."""
         problems = []
         for blob in self.blobs():
-            if _sha256(blob) != blob.name:
+            if sha256_file(blob) != blob.name:
                 problems.append(f"cached blob sha256:{blob.name} is corrupt; removed")
                 blob.unlink(missing_ok=True)
                 self._record_path(blob).unlink(missing_ok=True)

@@ -162,21 +162,22 @@ def card_file(folder: Path, m: Manifest, staging: Path) -> tuple[str, Path]:
     under `staging` by its content hash (so re-publishing finds the same bytes)."""
     import hashlib
 
+    from memreg.registry.fsutil import atomic_write_bytes
+
     existing = Path(folder) / README
     author = author_notes(existing.read_text(encoding="utf-8", errors="replace")) if existing.is_file() else ""
     text = render_readme(m, author).encode("utf-8")
     staging.mkdir(parents=True, exist_ok=True)
     local = staging / f"{hashlib.sha256(text).hexdigest()}.md"
     if not local.is_file():
-        tmp = local.with_suffix(f".tmp-{id(text)}")
-        tmp.write_bytes(text)
-        tmp.replace(local)
+        atomic_write_bytes(local, text)
     return README, local
 
 
 def with_model_card(folder: Path, files: list, entries: list, manifest: Manifest) -> tuple[list, list, Manifest]:
     """The package's files and manifest with README.md replaced by the card rendered from `manifest`."""
-    from memreg.registry.package import LocalFile, sha256_file
+    from memreg.registry.fsutil import file_digest
+    from memreg.registry.package import LocalFile
     from memreg.registry.settings import memreg_home
     from memreg.schemas import FileEntry
 
@@ -186,5 +187,5 @@ def with_model_card(folder: Path, files: list, entries: list, manifest: Manifest
     path, local = card_file(folder, bare, memreg_home() / "cards")  # beside the cache, never in it
     size = local.stat().st_size
     files.append(LocalFile(path, local, size))
-    entries.append(FileEntry(path=path, digest=sha256_file(local), size=size))
+    entries.append(FileEntry(path=path, digest=file_digest(local), size=size))
     return files, entries, manifest.model_copy(update={"model": manifest.model.model_copy(update={"files": entries})})

@@ -6,7 +6,6 @@ plus an optional memreg.json card. Everything is checked before anything is uplo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,12 +14,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from fsspec.callbacks import DEFAULT_CALLBACK, Callback
-
 from memreg.registry.errors import PackageError, SafetensorsError, WeightsMismatchError, first_validation_error
 from memreg.schemas import FileEntry, ModelInfo, PackageCard
 
-CARD = "memreg.json"
+CARD = "memreg.json"  # the card / manifest inside a package folder; the one place this name is written
 # Formats that unpickle (or may) when loaded: a registry must never make anybody run them.
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
 CODE_SUFFIXES = {".py", ".pyc", ".so"}  # remote code is never run (trust_remote_code stays off)
@@ -31,15 +28,6 @@ MAX_PATH_LENGTH = 512
 MAX_PART_LENGTH = 128
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
            "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-
-
-def sha256_file(path: Path, callback: Callback = DEFAULT_CALLBACK, chunk: int = 4 * 2**20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            callback.relative_update(len(block))
-    return "sha256:" + h.hexdigest()
 
 
 @dataclass(frozen=True)

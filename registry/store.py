@@ -15,7 +15,6 @@ import errno
 import hashlib
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ import fsspec
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
 from memreg.registry.errors import ConcurrentUpdateError, StoreError
+from memreg.registry.fsutil import TMP_PREFIX, atomic_path, atomic_write_bytes, sha256_stream, write_temp
 
 
 class Store:
@@ -132,17 +132,14 @@ class Store:
     def same_content(self, key: str, local: Path, hexdigest: str, size: int) -> bool:
         """Whether the stored object at `key` holds exactly these bytes (`local`, whose sha256 and
         size are known). The default re-hashes the stored bytes: cheap on a local disk and memory://."""
-        h, n = hashlib.sha256(), 0
         try:
             if self.size(key) != size:
                 return False
             with self.open_read(key) as f:
-                while block := f.read(8 * 2**20):
-                    h.update(block)
-                    n += len(block)
+                got, n = sha256_stream(f)
         except FileNotFoundError:
             return False
-        return n == size and h.hexdigest() == hexdigest
+        return n == size and got == hexdigest
 
     def stale_uploads(self) -> Iterator[tuple[str, datetime]]:
         """Leftovers of interrupted uploads (temp files, open multipart uploads), with their age."""
@@ -160,37 +157,23 @@ class LocalStore(Store):
     """A folder. Exclusive create = link(2) of a fully written temp file (fails if the name exists);
     compare-and-swap = flock(2) on a lock file, then write-temp-and-rename."""
 
-    TMP = ".tmp-"
+    TMP = TMP_PREFIX
 
-    def _tmp_beside(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path.parent / f"{self.TMP}{path.name}.{uuid.uuid4().hex}"
+    def _dest(self, key: str) -> Path:
+        dest = Path(self._path(key))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return dest
 
     def put_file(self, key: str, local: Path, callback: Callback = DEFAULT_CALLBACK) -> None:
-        dest = Path(self._path(key))
-        tmp = self._tmp_beside(dest)
-        try:
+        with atomic_path(self._dest(key)) as tmp:  # readers see the old bytes or the new, never half
             self.fs.put_file(str(local), str(tmp), callback=callback)
-            os.replace(tmp, dest)  # atomic: readers see the old bytes or the new, never half
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        dest = Path(self._path(key))
-        tmp = self._write_tmp(dest, data)
-        os.replace(tmp, dest)
-
-    def _write_tmp(self, dest: Path, data: bytes) -> Path:
-        tmp = self._tmp_beside(dest)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        return tmp
+        atomic_write_bytes(self._dest(key), data, fsync=True)
 
     def create(self, key: str, data: bytes) -> None:
-        dest = Path(self._path(key))
-        tmp = self._write_tmp(dest, data)
+        dest = self._dest(key)
+        tmp = write_temp(dest, data, fsync=True)
         try:
             os.link(tmp, dest)  # atomic and exclusive: EEXIST if anybody created it first
         except FileExistsError:
@@ -211,7 +194,7 @@ class LocalStore(Store):
                 current = None
             if current != expected:
                 raise ConcurrentUpdateError(f"{key} changed while it was being updated")
-            os.replace(self._write_tmp(dest, data), dest)
+            atomic_write_bytes(dest, data, fsync=True)
 
     def list(self, prefix: str) -> list[str]:
         base = Path(self._path(prefix))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from memreg.registry.errors import MemregError
+from memreg.registry.fsutil import sha256_file
 
 __all__ = [
     "GGUFDependencyError",
@@ -117,7 +118,7 @@ def resolve_model_ref(ref: str | os.PathLike) -> str:
     from memreg.registry.settings import memreg_home
 
     src = _check_file(text)
-    digest = _sha256_file(src)
+    digest = sha256_file(src)
     folder = memreg_home() / "models" / f"gguf-{digest[:16]}"
     if _is_complete(folder):
         return str(folder)
@@ -157,13 +158,6 @@ def _check_dependencies() -> None:
 
 def _is_complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / PROVENANCE).is_file()
-
-
-def _sha256_file(path: Path) -> str:
-    """Hex sha256 of a file (the registry's streaming hash, without its "sha256:" prefix)."""
-    from memreg.registry.package import sha256_file
-
-    return sha256_file(path).removeprefix("sha256:")
 
 
 # ------------------------------------------------------------------------------------ metadata
@@ -252,7 +246,7 @@ def _convert(src: Path, dest: Path, *, sha256: str | None) -> Path:
         tokenizer.save_pretrained(tmp)
         provenance = {
             "source": src.name,
-            "sha256": sha256 or _sha256_file(src),
+            "sha256": sha256 or sha256_file(src),
             "size": src.stat().st_size,
             "architecture": arch,
             "name": meta.get("general.name"),

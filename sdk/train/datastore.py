@@ -11,13 +11,13 @@ records how many rows are done, so a killed run continues where it stopped.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from memreg.registry.fsutil import atomic_write_json
 from memreg.train.corpus import TokenArray
 from memreg.train.errors import UnsupportedArchitectureError
 
@@ -139,7 +139,7 @@ def build_datastore(
         if since_flush >= FLUSH_EVERY_ROWS or bi >= len(all_batches) - world_size:
             keys.flush()
             values.flush()
-            _atomic_json(progress_path, {"batches_done": bi + 1})
+            atomic_write_json(progress_path, {"batches_done": bi + 1}, indent=1)
             since_flush = 0
         if progress is not None:
             progress(rows)
@@ -162,12 +162,6 @@ def _barrier(world_size: int) -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def _atomic_json(path: Path, obj: object) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def open_datastore(folder: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -11,11 +11,12 @@ the index is filled in chunks.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from memreg.registry.fsutil import atomic_path
 
 ADD_CHUNK = 65_536
 TRAIN_POINTS_PER_CENTROID = 40  # faiss warns below 39
@@ -50,9 +51,8 @@ def build_index(
         index.add(chunk)
         if progress is not None:
             progress(len(chunk))
-    tmp = path.with_suffix(".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def load_index(path: Path):

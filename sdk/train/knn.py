@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from memreg.registry.fsutil import atomic_write_json
 
 
 def search(index, keys: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,9 +137,7 @@ def build_targets(
         out_ids[rows[0] : rows[-1] + 1], out_probs[rows[0] : rows[-1] + 1] = sparsify(tokens, probs, s)
         out_ids.flush()
         out_probs.flush()
-        tmp = progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"rows_done": int(rows[-1] + 1), "stats": stats}))
-        os.replace(tmp, progress_path)
+        atomic_write_json(progress_path, {"rows_done": int(rows[-1] + 1), "stats": stats})
         if progress is not None:
             progress(len(rows))
     return effective_counts(stats)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from memreg.registry.fsutil import atomic_path
 from memreg.train import corpus as corpus_mod
 from memreg.train.runner import Meta, StageRunner
 from memreg.train.stages import load_lm
@@ -113,8 +114,8 @@ def _cached_scores(path: Path, compute) -> np.ndarray:
     if path.exists():
         return np.load(path)
     lp = compute()
-    np.save(path.with_suffix(".tmp.npy"), lp)
-    path.with_suffix(".tmp.npy").replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
+        np.save(f, lp)
     return lp
 
 

@@ -10,9 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from memreg.registry.package import CARD as CARD_FILE
 from memreg.schemas import PackageCard
-
-CARD_FILE = "memreg.json"
 
 
 def write_package(out: Path, *, model: Any, tokenizer: Any, card: dict[str, Any]) -> PackageCard:

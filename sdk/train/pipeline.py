@@ -23,6 +23,7 @@ from memreg.train.errors import (
     InvalidTrainSettingError,
     TokenizerMismatchError,
 )
+from memreg.train.package import CARD_FILE
 from memreg.train.progress import TrainProgress
 from memreg.train.runner import Meta, StageRunner, claim_work_dir
 
@@ -127,7 +128,7 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
         card = _write_package(run, tok, cdigest, metas, block_size, k, report, time.monotonic() - t0)
     dist.barrier()
     if not dist.is_main:
-        card = PackageCard.model_validate_json((Path(config.out) / "memreg.json").read_text())
+        card = PackageCard.model_validate_json((Path(config.out) / CARD_FILE).read_text())
     return TrainResult(
         out=Path(config.out), work_dir=run.work, card=card, k=k, temperature=metas["knn"]["temperature"],
         steps=metas["train"]["steps"], block_size=block_size, index=metas["index"]["factory"],

@@ -10,11 +10,11 @@ The stage bodies live in `stages.py` and `memory_stages.py`; this file knows not
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memreg.registry.fsutil import atomic_write_json
 from memreg.train.config import TrainConfig
 from memreg.train.errors import WorkDirMismatchError
 from memreg.train.progress import TrainProgress
@@ -88,10 +88,7 @@ class StageRunner:
         return cached
 
     def finish(self, stage: str, meta: Meta) -> Meta:
-        path = self.stage_dir(stage) / "meta.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": self.keys[stage], **meta}, indent=1))
-        os.replace(tmp, path)
+        atomic_write_json(self.stage_dir(stage) / "meta.json", {"key": self.keys[stage], **meta}, indent=1)
         return meta
 
 

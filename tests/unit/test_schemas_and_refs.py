@@ -46,10 +46,11 @@ def test_file_entries_cannot_escape_the_package(path):
 
 def test_manifest_round_trip(tiny_package):
     from memreg.registry.fingerprinting import fingerprint
-    from memreg.registry.package import model_info, scan_folder, sha256_file
+    from memreg.registry.fsutil import file_digest
+    from memreg.registry.package import model_info, scan_folder
 
     files = scan_folder(tiny_package)
-    entries = [FileEntry(path=f.path, digest=sha256_file(f.local), size=f.size) for f in files]
+    entries = [FileEntry(path=f.path, digest=file_digest(f.local), size=f.size) for f in files]
     m = Manifest(name="law", version="1.0.0", created_at=datetime.now(timezone.utc), memreg_version="0.1.0",
                  tokenizer=fingerprint(tiny_package), model=model_info(tiny_package, entries))
     assert Manifest.model_validate_json(m.model_dump_json()) == m

@@ -1,0 +1,92 @@
+"""Local-file helpers shared by the registry and the SDK: one atomic write, one streaming sha256.
+
+An atomic write fills a uniquely named temp file beside the target (same folder, so the same
+filesystem) and renames it over the target with os.replace: a reader sees the old bytes or the new,
+never half, and a crash leaves at most a `.tmp-` file that the cache and store cleanups recognise.
+Light on purpose (no torch): `memreg.registry` and every registry command import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+
+TMP_PREFIX = ".tmp-"  # every temp file memreg writes starts with it (listings and cleanups skip them)
+CHUNK = 8 * 2**20  # bytes read per hash update
+
+
+def temp_beside(path: Path) -> Path:
+    """A fresh temp name in `path`'s folder; unique, so concurrent writers never share one."""
+    path = Path(path)
+    return path.parent / f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}"
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path` for the caller to fill; when the block ends normally it
+    replaces `path` in one rename, when it raises it is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = temp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_temp(path: Path, data: bytes, *, fsync: bool = False) -> Path:
+    """`data` in a new temp file beside `path` (for callers that commit it themselves, e.g. by an
+    exclusive link(2)); with `fsync` the bytes are on disk before the name can appear."""
+    tmp = temp_beside(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    tmp = write_temp(path, data, fsync=fsync)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str, *, fsync: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_write_json(path: Path, doc: object, *, indent: int | None = None) -> None:
+    atomic_write_text(path, json.dumps(doc, indent=indent))
+
+
+def sha256_stream(f: BinaryIO, callback: Callback = DEFAULT_CALLBACK, *, chunk: int = CHUNK) -> tuple[str, int]:
+    """(hex sha256, bytes read) of an open binary file object read to its end, reporting each
+    block's size to `callback`."""
+    h, size = hashlib.sha256(), 0
+    while block := f.read(chunk):
+        h.update(block)
+        size += len(block)
+        callback.relative_update(len(block))
+    return h.hexdigest(), size
+
+
+def sha256_file(path: Path, callback: Callback = DEFAULT_CALLBACK, *, chunk: int = CHUNK) -> str:
+    """Hex sha256 of a local file, streamed (files may be many GB)."""
+    with open(path, "rb") as f:
+        return sha256_stream(f, callback, chunk=chunk)[0]
+
+
+def file_digest(path: Path, callback: Callback = DEFAULT_CALLBACK) -> str:
+    """The registry's digest of a local file, "sha256:<hex>" (FileEntry.digest)."""
+    return "sha256:" + sha256_file(path, callback)
