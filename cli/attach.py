@@ -184,6 +184,8 @@ def eval_cmd(
     memory = memory or []
     if plot is not None and not sweep:
         raise ValueError("--plot draws the weight sweep: add --sweep")
+    if plot is not None:
+        _pyplot()  # a missing plot extra fails now, not after the whole sweep is scored
     # weights left out are taken from manifests; with --sweep/--fit-weights they need not exist
     specs = memory if not (sweep or fit) else [s if "=" in s else f"{s}=0" for s in memory]
     model = _compose(base, specs, registry, storage_option, force)
@@ -235,14 +237,19 @@ def _fmt(weights: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.3g}" for k, v in weights.items())
 
 
-def _plot(sweeps: dict[str, dict[float, float]], base_ppl: float, path: Path) -> None:
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+        raise ValueError("--plot needs matplotlib, which memreg's plot extra installs: pip install 'memreg[plot]'") from None
+    return plt
+
+
+def _plot(sweeps: dict[str, dict[float, float]], base_ppl: float, path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in sweeps.items():
         ax.plot(list(curve), list(curve.values()), marker="o", ms=3, label=name)
