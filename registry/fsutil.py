@@ -2,7 +2,8 @@
 
 An atomic write fills a uniquely named temp file beside the target (same folder, so the same
 filesystem) and renames it over the target with os.replace: a reader sees the old bytes or the new,
-never half, and a crash leaves at most a `.tmp-` file that the cache and store cleanups recognise.
+never half, and a crash leaves at most a `.tmp-` file (the registry's store listings skip them and
+`memreg cache clean` / the next pull remove the cache's; a training work folder keeps its few bytes).
 Light on purpose (no torch): `memreg.registry` and every registry command import it.
 """
 
