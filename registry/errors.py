@@ -65,6 +65,10 @@ class RegistryNotFoundError(MemregError, FileNotFoundError):
     """The URL holds no memreg registry (run `memreg init URL`)."""
 
 
+class ModelNotFoundError(MemregError, FileNotFoundError):
+    """A model reference that can only be a local path names nothing on disk."""
+
+
 class StoreError(MemregError, OSError):
     """The storage backend failed in a way memreg cannot recover from."""
 

@@ -114,6 +114,7 @@ def resolve_model_ref(ref: str | os.PathLike) -> str:
     """
     text = os.fspath(ref)
     if not is_gguf(text):
+        _check_local(text)
         return text
     from memreg.registry.settings import memreg_home
 
@@ -129,6 +130,18 @@ def resolve_model_ref(ref: str | os.PathLike) -> str:
 
 
 # ------------------------------------------------------------------------------------ checks
+def _check_local(ref: str) -> None:
+    """A reference no Hub id can be (absolute, ./ ../ ~, a trailing slash, or deeper than org/name)
+    must exist here: otherwise transformers asks the Hub for it and, offline, retries for a minute
+    before saying anything."""
+    from memreg.registry.errors import ModelNotFoundError
+
+    parts = ref.replace("\\", "/").split("/")
+    path_like = ref.startswith(("/", ".", "~")) or "\\" in ref or ref.endswith("/") or len(parts) > 2
+    if path_like and not Path(ref).expanduser().exists():
+        raise ModelNotFoundError(f"model {ref}: no such file or folder (a Hub id is ORG/NAME): check the path")
+
+
 
 
 def _check_file(path: str | os.PathLike) -> Path:

@@ -187,3 +187,16 @@ def test_bad_block_size(models, tmp_path):
     with pytest.raises(InvalidTrainSettingError, match="--block-size 4096 is longer than the teacher's context of 128"):
         train(TrainConfig(corpus=[str(licence_texts(["BSD"])[0])], teacher=str(models / "teacher"),
                           init=str(models / "init"), out=tmp_path / "p", block_size=4096))
+
+
+@pytest.mark.parametrize("ref", ["/no/such/teacher", "./models/memreg-base-larg", "~/missing-model", "a/b/c", "models/x/"])
+def test_mistyped_model_path_fails_at_once_instead_of_asking_the_hub(models, tmp_path, ref):
+    """Offline, transformers retried the Hub for ~52 s before failing on a path that does not exist."""
+    from memreg.registry.errors import ModelNotFoundError
+
+    cfg = TrainConfig(corpus=[str(p) for p in licence_texts(["BSD"])], teacher=ref, init=str(models / "init"),
+                      out=tmp_path / "pkg")
+    with pytest.raises(ModelNotFoundError, match="no such file or folder") as e:
+        train(cfg)
+    assert ref in _one_line(e.value)
+    assert not (tmp_path / "pkg").exists() and not (tmp_path / "pkg.work").exists()
