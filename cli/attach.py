@@ -120,6 +120,7 @@ def attach(
     if prompt is None and not eval_files:
         raise ValueError("nothing to do: give --prompt TEXT to generate or --eval FILES to score")
     model = _compose(base, memories, registry, storage_option, force)
+    result: dict = {}  # under --json, one envelope holds the evaluation and the generation
     if eval_files:
         from memreg.compose import member_target_log_probs
         from memreg.evaluate import mixture_log_probs
@@ -131,17 +132,18 @@ def attach(
             "perplexity_base": _ppl(lps[0]),
             "perplexity_composed": _ppl(mixture_log_probs(lps[0], lps[1:], model.member_weights)),
         }
-        if json_:
-            print_json(row)
-        else:
+        result.update(row)
+        if not json_:
             console.print(f"base alone: perplexity {row['perplexity_base']:.2f}")
             console.print(f"composed ({_weights_str(model.names, model.weights)}): "
                           f"perplexity {row['perplexity_composed']:.2f}  ({row['tokens']} tokens)")
     if prompt is not None:
-        _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_)
+        result.update(_generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_))
+    if json_:
+        print_json(result)
 
 
-def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_) -> None:
+def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_) -> dict:
     import torch
     from transformers import TextStreamer
 
@@ -156,10 +158,9 @@ def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, 
         streamer=TextStreamer(tok, skip_prompt=False, skip_special_tokens=True) if stream else None,
     )
     text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    if json_:
-        print_json({"prompt": prompt, "completion": text, "weights": dict(zip(model.names, model.weights))})
-    elif not stream:
+    if not json_ and not stream:
         console.print(prompt + text, markup=False)
+    return {"prompt": prompt, "completion": text, "weights": dict(zip(model.names, model.weights))}
 
 
 def eval_cmd(

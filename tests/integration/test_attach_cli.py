@@ -68,6 +68,17 @@ def test_attach_with_beams_and_sampling(world, monkeypatch, capsys):
     assert first[0] == 0 and json.loads(first[1])["data"]["completion"] == json.loads(again[1])["data"]["completion"]
 
 
+def test_attach_eval_and_prompt_under_json_print_one_envelope(world, monkeypatch, capsys):
+    """Both --eval and --prompt with --json: one JSON document on stdout (it used to be two)."""
+    code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"], "--eval", world["data"],
+                            "--context", "64", "--stride", "32", "--prompt", "The licence", "--max-new-tokens", "3",
+                            "--json")
+    assert code == 0, err
+    data = json.loads(out)["data"]  # json.loads refuses two concatenated documents
+    assert data["tokens"] > 0 and data["perplexity_composed"] > 0 and data["prompt"] == "The licence"
+    assert isinstance(data["completion"], str)
+
+
 def test_attach_eval_prints_base_and_composed_perplexity(world, monkeypatch, capsys):
     code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"], "--eval", world["data"],
                             "--context", "64", "--stride", "32", "--json")
