@@ -133,7 +133,7 @@ def list_(
         else:
             from memreg.registry import fingerprint
 
-            fp = fingerprint(compatible_with).digest
+            fp = fingerprint(compatible_with)  # whole: a memory differing only in its pad id matches too
     rows = reg.list(domain=domain, fingerprint=fp, all_versions=all_versions)
     if json_:
         print_json([_summary(r.manifest, yanked=r.yanked, tags=r.tags) for r in rows])

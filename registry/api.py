@@ -48,6 +48,7 @@ from memreg.schemas import (
     FileEntry,
     Manifest,
     TagPointer,
+    TokenizerFingerprint,
     UnsupportedFormatError,
     YankRecord,
 )
@@ -395,8 +396,11 @@ class Registry:
             raise errors[0]
         return None
 
-    def list(self, *, domain: str | None = None, fingerprint: str | None = None,
+    def list(self, *, domain: str | None = None, fingerprint: str | TokenizerFingerprint | None = None,
              all_versions: bool = False) -> list[PackageSummary]:
+        """Packages (highest non-yanked version, or every version). `fingerprint`: a digest matches
+        exactly; a whole fingerprint (of a model's tokenizer) also matches a memory whose tokenizer
+        differs only in its pad id, as compose would accept it."""
         out = []
         for name in self.names():
             yanked = self.yanked(name)
@@ -413,7 +417,7 @@ class Registry:
                 v = m.version
                 if domain and domain not in m.domain.labels:
                     continue
-                if fingerprint and m.tokenizer.digest != fingerprint:
+                if fingerprint and not _same_ids(m.tokenizer, fingerprint):
                     continue
                 out.append(PackageSummary(m, v in yanked, sorted(t for t, tv in tags.items() if tv == v)))
         return out
@@ -677,3 +681,11 @@ def _memreg_version() -> str:
     from memreg import __version__
 
     return __version__
+
+
+def _same_ids(fp: TokenizerFingerprint, wanted: str | TokenizerFingerprint) -> bool:
+    from memreg.registry.fingerprinting import pad_only_difference
+
+    if isinstance(wanted, str):
+        return fp.digest == wanted
+    return fp.digest == wanted.digest or pad_only_difference(fp, wanted, "a", "b") is not None

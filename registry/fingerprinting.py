@@ -116,7 +116,7 @@ def check_compatible(
     fp_a = a if can_a is None else _fingerprint_of(can_a)
     fp_b = b if can_b is None else _fingerprint_of(can_b)
 
-    pad_note = _pad_only_difference(fp_a, fp_b, name_a, name_b)
+    pad_note = pad_only_difference(fp_a, fp_b, name_a, name_b)
     if fp_a.digest != fp_b.digest and pad_note is None:
         diff = None
         if can_a is not None and can_b is not None:
@@ -144,7 +144,7 @@ def check_compatible(
     return Compatibility("identical", f"same tokenizer ({short})" + (f"; {pad_note}" if pad_note else ""))
 
 
-def _pad_only_difference(a: TokenizerFingerprint, b: TokenizerFingerprint, name_a: str, name_b: str) -> str | None:
+def pad_only_difference(a: TokenizerFingerprint, b: TokenizerFingerprint, name_a: str, name_b: str) -> str | None:
     """"pad_token is id 0 in A, not set in B" when the pad id is all that differs, else None.
 
     The pad id stays in the fingerprint (it is recorded), but padded positions are masked out and

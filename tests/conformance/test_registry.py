@@ -99,6 +99,22 @@ def test_list_filters(reg, tiny_package, tmp_path):
     assert reg.list(fingerprint="sha256:" + "0" * 64) == []
 
 
+def test_list_compatible_with_ignores_a_pad_only_difference(reg, tiny_package):
+    """A model whose tokenizer sets pad = eos (what fine-tuning scripts do) still finds the memories
+    compose would attach to it; a digest still matches exactly."""
+    from transformers import AutoTokenizer
+
+    from memreg.registry.fingerprinting import fingerprint
+
+    reg.publish(tiny_package, name="law", version="1.0.0")
+    tok = AutoTokenizer.from_pretrained(str(tiny_package))
+    tok.pad_token = tok.eos_token if tok.pad_token is None else None
+    padded = fingerprint(tok)
+    assert padded.digest != reg.resolve("law").tokenizer.digest
+    assert [s.manifest.name for s in reg.list(fingerprint=padded)] == ["law"]
+    assert reg.list(fingerprint=padded.digest) == []
+
+
 def _corrupt_one_blob(reg: Registry, entry) -> None:
     from memreg.registry.api import blob_key
 
