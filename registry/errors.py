@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 
-class MemregError(Exception):
-    """Root of every error memreg raises on purpose; the CLI prints its message as one line."""
+from memreg.schemas.errors import MemregError, UnsupportedFormatError  # noqa: F401  (the root lives below)
 
 
 class InvalidReferenceError(MemregError, ValueError):

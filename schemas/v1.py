@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from memreg.schemas.errors import UnsupportedFormatError  # noqa: F401  (raised by readers of documents)
+
 FORMAT_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 # Semantic versions (semver.org 2.0.0), without build metadata: a version is an identity here.
@@ -20,10 +22,6 @@ SEMVER_PATTERN = (
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$"
 )
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
-
-
-class UnsupportedFormatError(ValueError):
-    """A document written in a registry format this memreg does not read."""
 
 
 class _Strict(BaseModel):

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 import torch
 
+from memreg.registry.errors import MemregError
 
-class InvalidWeightsError(ValueError):
+
+class InvalidWeightsError(MemregError, ValueError):
     """Mixture weights outside the rule: each in [0, 1], sum at most 1."""
 
 
