@@ -41,10 +41,8 @@ def em_weights(
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        with np.errstate(divide="ignore"):
-            joint = lp + np.log(pi)[:, None]  # (K, N)
-        top = joint.max(axis=0)
-        lse = top + np.log(np.exp(joint - top).sum(axis=0))  # (N,) log p_mix(x_t)
+        joint = _joint(lp, pi)  # (K, N)
+        lse = np.logaddexp.reduce(joint, axis=0)  # (N,) log p_mix(x_t), as evaluate.mixture_log_probs
         ll = float(lse.mean())
         pi = np.exp(joint - lse).mean(axis=1)  # responsibilities, averaged
         pi /= pi.sum()
@@ -52,10 +50,7 @@ def em_weights(
             converged = True
             break
         prev = ll
-    with np.errstate(divide="ignore"):
-        joint = lp + np.log(pi)[:, None]
-    top = joint.max(axis=0)
-    ll = float((top + np.log(np.exp(joint - top).sum(axis=0))).mean())
+    ll = float(np.logaddexp.reduce(_joint(lp, pi), axis=0).mean())
     weights = [float(w) for w in pi[1:]]
     # rounding may push the sum a hair past 1; the mixture rule refuses that
     excess = sum(weights) - 1.0
@@ -70,3 +65,9 @@ def em_weights(
         iterations=it,
         converged=converged,
     )
+
+
+def _joint(lp: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """log pi_k + log p_k(x_t): a member at weight 0 contributes -inf (exp 0), never NaN."""
+    with np.errstate(divide="ignore"):
+        return lp + np.log(pi)[:, None]

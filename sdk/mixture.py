@@ -5,6 +5,11 @@
 always computed in log space (logsumexp of log w + log-probabilities), never by adding raw
 probabilities. Used by composition (full distributions), evaluation and weight fitting (the
 log-probability of the observed token only).
+
+Two implementations of one formula, on purpose: `mix_log_probs` mixes whole (B, T, V) torch
+distributions on the model's device; `evaluate.mixture_log_probs` and `fit.em_weights` work on
+float64 numpy arrays of one log-probability per token (np.logaddexp.reduce both), where a round
+trip through torch would cost more than the sum. The tests check they agree.
 """
 
 from __future__ import annotations

@@ -70,3 +70,26 @@ def test_sliding_windows_terminate_and_score_each_target_once(n, context, data):
 def test_invalid_windows_are_named_errors(context, stride, rule):
     with pytest.raises(ValueError, match=rule):
         sliding_windows(100, context=context, stride=stride)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 2**31 - 1), st.floats(0, 1))
+def test_the_two_mixture_implementations_agree(n_mem, seed, total):
+    """torch over whole distributions (composition) and numpy over observed-token log-probabilities
+    (eval, tune, EM) compute one formula."""
+    import torch
+
+    from memreg.evaluate import mixture_log_probs
+    from memreg.mixture import mix_log_probs
+
+    g = torch.Generator().manual_seed(seed)
+    members = [torch.log_softmax(torch.randn(5, 7, generator=g) * 3, dim=-1).double() for _ in range(n_mem + 1)]
+    raw = torch.rand(n_mem, generator=g).double()
+    weights = (raw / raw.sum() * total).tolist() if float(raw.sum()) > 0 else [0.0] * n_mem
+    weights = [min(1.0, max(0.0, w)) for w in weights]
+    if sum(weights) > 1:
+        weights = [w / sum(weights) for w in weights]
+    target = torch.randint(0, 7, (5,), generator=g)
+    full = mix_log_probs(members, weights).gather(-1, target[:, None]).squeeze(-1).numpy()
+    per_token = [m.gather(-1, target[:, None]).squeeze(-1).numpy() for m in members]
+    np.testing.assert_allclose(mixture_log_probs(per_token[0], per_token[1:], weights), full, rtol=1e-10, atol=1e-12)
