@@ -27,6 +27,7 @@ from memreg.registry.cache import Cache
 from memreg.registry.card import with_model_card
 from memreg.registry.errors import (
     ConcurrentUpdateError,
+    BlobNotFoundError,
     DigestMismatchError,
     InvalidArgumentError,
     InvalidReferenceError,
@@ -438,8 +439,9 @@ class Registry:
             try:
                 self.cache.fetch_blob(self.store, blob_key(entry), entry, callback, verify=verify)
             except FileNotFoundError:
-                raise DigestMismatchError(
-                    f"blob {entry.digest} ({entry.path}) of {m.ref} is missing from {self.url}; republish the package",
+                raise BlobNotFoundError(
+                    f"blob {entry.digest} ({entry.path}) of {m.ref} is missing from {self.url}: republish the same "
+                    "folder (publish restores lost blobs of an existing version)",
                     digest=entry.digest, path=entry.path,
                 ) from None
         return self.cache.assemble(m, verify=verify)

@@ -52,6 +52,15 @@ class DigestMismatchError(MemregError, ValueError):
         self.path = path
 
 
+class BlobNotFoundError(MemregError, FileNotFoundError):
+    """A manifest references a blob the store does not hold (lost, or never uploaded)."""
+
+    def __init__(self, message: str, *, digest: str = "", path: str = "") -> None:
+        super().__init__(message)
+        self.digest = digest
+        self.path = path
+
+
 class YankedVersionError(MemregError, ValueError):
     """A tag asked to point at a yanked version (refused unless forced)."""
 

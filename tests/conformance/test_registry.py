@@ -124,6 +124,19 @@ def _corrupt_one_blob(reg: Registry, entry) -> None:
     reg.store.put_bytes(key, bytes(data))
 
 
+def test_missing_blob_is_named_as_missing_not_corrupt(reg, tiny_package, memreg_home):
+    from memreg.registry.api import blob_key
+    from memreg.registry.errors import BlobNotFoundError
+
+    m = reg.publish(tiny_package, name="law", version="1.0.0").manifest
+    weights = next(e for e in m.model.files if e.path == "model.safetensors")
+    reg.store.delete(blob_key(weights))
+    with pytest.raises(BlobNotFoundError, match="is missing from") as err:
+        reg.pull("law@1.0.0")
+    assert not isinstance(err.value, DigestMismatchError) and isinstance(err.value, FileNotFoundError)
+    assert err.value.digest == weights.digest and err.value.path == "model.safetensors"
+
+
 def test_flipped_byte_fails_pull_and_verify_and_never_enters_cache(reg, tiny_package, memreg_home):
     m = reg.publish(tiny_package, name="law", version="1.0.0").manifest
     weights = next(e for e in m.model.files if e.path == "model.safetensors")
