@@ -69,6 +69,7 @@ class Scale:
     mem_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
     dapt_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
     lora_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    lorapm_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     real_train: int = 6_144  # SmolLM2 track: its own tokenizer's tokens of the law training documents
     real_max_epochs: float = 8.0
@@ -76,7 +77,7 @@ class Scale:
 
 
 QUICK = Scale(doc_max_tokens=128, train=3_072, valid=2_600, test=2_600, general=1_024, max_epochs=2.0, patience=2,
-              mem_lrs=[1e-3], dapt_lrs=[1e-3], lora_lrs=[3e-3], seeds=[0, 1], real_train=1_024,
+              mem_lrs=[1e-3], dapt_lrs=[1e-3], lora_lrs=[3e-3], lorapm_lrs=[3e-4], seeds=[0, 1], real_train=1_024,
               real_max_epochs=1.0, real_lora_max_epochs=0.5)
 
 
@@ -344,10 +345,10 @@ def train_domain(work: Path, domain: str, scale: Scale) -> dict:
                               scale=scale) for lr in scale.lora_lrs}
         best = choose(f"lora16-{b}", cands)
         runs[f"lora16-{b}"] = [best]
-        rank = lora_rank_for(path, mem_params)
-        runs[f"lorapm-{b}"] = [lora_run(work, f"{domain}_lorapm-{b}_lr{best['lr']:g}", base=str(path), work_dir=wdir,
-                                        rank=rank, lr=best["lr"], scale=scale)]
-        runs["lr_choice"][f"lorapm-{b}"] = {"grid": {}, "chosen": best["lr"], "note": "LoRA r=16's learning rate"}
+        rank = lora_rank_for(path, mem_params)  # alpha = 2 rank: its update is larger, so its own (lower) grid
+        cands = {lr: lora_run(work, f"{domain}_lorapm-{b}_lr{lr:g}", base=str(path), work_dir=wdir, rank=rank, lr=lr,
+                              scale=scale) for lr in scale.lorapm_lrs}
+        runs[f"lorapm-{b}"] = [choose(f"lorapm-{b}", cands)]
     runs["dapt-small"][0]["note"] = "memreg train with beta = 0: the init fine-tuned with plain CE"
     return runs
 
