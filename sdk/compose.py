@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -29,7 +29,19 @@ from memreg.fit import FittedWeights, em_weights
 from memreg.mixture import InvalidWeightsError, check_weights
 from memreg.registry.errors import MemregError, TokenizerMismatchError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from memreg.registry import Registry
+
+# A memory: a registry reference (law, law@1.2.0, law:stable), a package folder, a loaded model,
+# or a (model, tokenizer) pair. A base: a loaded model, a Hugging Face id or folder, or a .gguf file.
+MemorySpec = Union[str, os.PathLike, "PreTrainedModel", "tuple[PreTrainedModel, PreTrainedTokenizerBase]"]
+BaseSpec = Union[str, os.PathLike, "PreTrainedModel"]
+
 __all__ = [
+    "BaseSpec",
+    "MemorySpec",
     "ComposedLM",
     "FittedWeights",
     "MemoryNotFoundError",
@@ -241,17 +253,17 @@ def _settle_weights(weights: Any, mems: list[_Memory]) -> list[float] | None:
 
 
 def compose(
-    base: Any,
-    memories: Any,
+    base: BaseSpec,
+    memories: MemorySpec | Sequence[MemorySpec],
     weights: Sequence[float | None] | float | str | None = None,
     *,
-    registry: Any = None,
+    registry: Registry | str | None = None,
     force: bool = False,
-    tokenizer: Any = None,
-    held_out: Any = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    held_out: str | Sequence[int] | np.ndarray | None = None,
     context: int = 1024,
     stride: int = 512,
-    dtype: Any = None,
+    dtype: torch.dtype | None = None,
 ) -> ComposedLM:
     """Mix `memories` into `base`: p = (1 - sum w) p_base + sum_i w_i p_i, after checking tokenizers.
 
