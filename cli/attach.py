@@ -7,7 +7,6 @@ nothing to `memreg list`.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -322,50 +321,11 @@ def tune(
 
 def _write_version(version: str, spec: str, base: str, data: list[Path], fitted, tags: list[str],
                    registry: str | None, options: list[str] | None) -> dict[str, Any]:
-    """Publish `spec`'s package again as `version`, its card recommending the fitted weight.
-
-    The files are the pulled (or given) package's own, hard-linked into a staging folder next to
-    them, so the registry finds every blob by digest and uploads nothing but the manifest.
-    """
-    import shutil
-    import tempfile
-
-    from memreg.compose import parse_memory_spec
     from memreg.registry import Registry
-    from memreg.registry.package import read_card, scan_folder
-    from memreg.schemas import BaseEvaluation
+    from memreg.tune import publish_tuned
 
-    ref, _ = parse_memory_spec(spec)
     reg = Registry.open(registry, storage_options=storage_options(options))
-    source = Path(ref).expanduser()
-    if not source.is_dir():
-        source = reg.pull(reg.resolve(ref).ref)
-    card = read_card(source)
-    if not card.name:
-        raise ValueError(f"{source} has no package name in its memreg.json: publish it once with a name first")
-    weight = float(fitted.weights[0])
-    evaluations = list(card.metrics.evaluations)
-    if math.isfinite(fitted.perplexity) and math.isfinite(fitted.base_perplexity):
-        evaluations.append(BaseEvaluation(
-            base=base, dataset="memreg tune (EM fit): " + ", ".join(str(f) for f in data), tokens=fitted.tokens,
-            perplexity_base=fitted.base_perplexity, perplexity_with_memory=fitted.perplexity, weight=weight))
-    metrics = card.metrics.model_copy(update={"recommended_weight": weight, "evaluations": evaluations})
-    new_card = card.model_copy(update={"version": version, "metrics": metrics})
-    try:  # next to the source, so that hard links work
-        staging = Path(tempfile.mkdtemp(prefix=".memreg-tune-", dir=source.parent))
-    except OSError:
-        staging = Path(tempfile.mkdtemp(prefix=".memreg-tune-"))
-    try:
-        for f in scan_folder(source):
-            target = staging / f.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(f.local, target)
-            except OSError:
-                shutil.copyfile(f.local, target)
-        (staging / "memreg.json").write_text(new_card.model_dump_json(indent=2, exclude_none=True))
-        res = reg.publish(staging, name=card.name, version=version, tags=tags)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"ref": res.manifest.ref, "registry": reg.url, "recommended_weight": weight, "created": res.created,
-            "uploaded": res.uploaded, "skipped": res.skipped, "tags": sorted(res.tags)}
+    res = publish_tuned(reg, spec, version, fitted, base=base, tags=tags,
+                        dataset="memreg tune (EM fit): " + ", ".join(str(f) for f in data))
+    return {"ref": res.manifest.ref, "registry": reg.url, "recommended_weight": float(fitted.weights[0]),
+            "created": res.created, "uploaded": res.uploaded, "skipped": res.skipped, "tags": sorted(res.tags)}
