@@ -36,6 +36,11 @@ def plots(r: dict, out: Path, stem: str) -> list[str]:
     return [name]
 
 
+def _range(lat: dict, key: str) -> str:
+    r = lat.get(f"{key}_ratio_range")
+    return f", rounds {r[0]:.2f}–{r[1]:.2f}" if r else ""
+
+
 def _ci(x) -> str:
     return f"[{x[0]:.2f}, {x[1]:.2f}]"
 
@@ -46,6 +51,10 @@ def _ratio(x) -> str:
     return f"{x['ratio']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
 
 
+def _train_minutes(r: dict) -> float:
+    return sum(x["wall_s"] for per_domain in r["runs"].values() for rows in per_domain.values() for x in rows) / 60
+
+
 def _flops(x: float) -> str:
     return "" if not x else f"{x:.1e}"
 
@@ -53,9 +62,12 @@ def _flops(x: float) -> str:
 def markdown(r: dict) -> str:
     s = r["scale"]
     L = ["# memreg quality benchmark v2", "",
-         f"`{r['command']}` — CPU, {r['torch_threads']} torch threads. Full run: "
+         f"`{r['command']}` — CPU, {r['torch_threads']} torch threads. The first invocation that finished took "
          f"{r['full_run']['wall_s'] / 60:.1f} min (load average {r['full_run']['load_average_start']:.1f} at the start, "
-         f"{r['full_run']['load_average_end']:.1f} at the end; 2 cores: above ~2 the wall times are inflated by other work).", "",
+         f"{r['full_run']['load_average_end']:.1f} at the end; 2 cores: above ~2 the wall times are inflated by other work); "
+         f"it reuses whatever earlier interrupted invocations cached, so it is a lower bound for a cold run. "
+         f"The trained rows alone recorded {_train_minutes(r):.0f} min of wall time. Reruns reuse the cache "
+         f"(this one: {r['this_run_wall_s']:.0f} s, mostly the latency measurement).", "",
          f"Every trained row: memreg's training loop, blocks of {r['eval']['block']} tokens, micro-batch {r['eval']['batch']}, "
          f"AdamW, 5 % warm-up then linear decay to 0 at {s['max_epochs']:g} epochs, scored on the validation documents "
          f"twice an epoch, stopped after {s['patience']} evaluations without improvement, best checkpoint kept. "
@@ -125,9 +137,10 @@ def markdown(r: dict) -> str:
                      f"{_ratio(x.get('vs_memory'))} | {w} | {alone} | {x.get('note', '')} |")
     lat = r["latency"]
     L += ["", "## Inference latency (measured in this run)", "",
-          f"{lat['tokens']} law tokens, sliding windows, {lat['threads']} threads, load average {lat['load_average']:.1f}: "
-          f"base-large {lat['base_ms']:.2f} ms/token; + memory (memreg.compose) {lat['base_plus_memory_ms']:.2f} "
-          f"({lat['base_plus_memory_ratio']:.2f}×); + kNN-LM (key forward + exact search) {lat['base_plus_knnlm_ms']:.2f} "
-          f"({lat['base_plus_knnlm_ratio']:.2f}×). The tables' mixtures equal memreg.compose's output "
+          f"{lat['tokens']} law tokens, sliding windows, {lat['threads']} threads, load average {lat['load_average']:.1f}, "
+          f"median of {lat.get('rounds', 1)} interleaved rounds: base-large {lat['base_ms']:.2f} ms/token; "
+          f"+ memory (memreg.compose) {lat['base_plus_memory_ms']:.2f} ({lat['base_plus_memory_ratio']:.2f}×{_range(lat, 'base_plus_memory')}; "
+          f"FLOPs floor {lat.get('flops_floor', float('nan')):.2f}×); + kNN-LM (key forward + exact search) "
+          f"{lat['base_plus_knnlm_ms']:.2f} ({lat['base_plus_knnlm_ratio']:.2f}×{_range(lat, 'base_plus_knnlm')}). The tables' mixtures equal memreg.compose's output "
           f"(max |Δ log p| {lat['compose_max_abs_diff']:.1e}).", "", "Plot: " + ", ".join(f"`{p}`" for p in r["plots"])]
     return "\n".join(L) + "\n"
