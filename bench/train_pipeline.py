@@ -13,8 +13,9 @@ A. End to end, real: `memreg.train.train` on real text (default /usr/share/commo
    Tokens per stage: tokenize = tokens written; datastore/index/kNN = datastore rows; training =
    steps x batch x block; evaluation = held-out tokens x 3 models scored.
 B. kNN-target search, faiss against brute force on the same keys (same run): the datastore of A,
-   --queries of its rows, the index the pipeline built (its nprobe) and faiss IndexFlatL2, against
-   a torch matrix product + top-k over all keys; seconds, ratio, recall of the exact neighbours.
+   --queries of its rows, the index the pipeline built (nprobe tuned to recall 0.9 as memreg train
+   does; the older candidate-count nprobe recorded too) and faiss IndexFlatL2, against memreg's
+   torch exact search (`--search torch`: key blocks, running top-k); seconds, ratio, recall.
 C. Peak memory at --big-keys (>= 5 M) keys of dim 320 (the teacher's width), one child process
    per stage (VmHWM = that process's own peak; anonymous RSS sampled): the datastore stage is the
    real `build_datastore` writing memory-mapped fp16 keys, but fed by a stub key model that emits
@@ -143,26 +144,10 @@ def end_to_end(args, work: Path) -> dict:
 
 # ------------------------------------------------------------------------------------ B. faiss vs brute force
 def exact_topk(queries, keys, k: int, chunk: int = 500_000):
-    """Brute force: squared L2 by one matrix product per chunk of keys, torch top-k, merged."""
-    import numpy as np
-    import torch
+    """Exact search as `memreg train --search torch` does it (memreg.train.torch_search), on the CPU."""
+    from memreg.train.torch_search import TorchFlatIndex
 
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    qn = (q * q).sum(1, keepdim=True)
-    best_d = best_i = None
-    for a in range(0, len(keys), chunk):
-        kc = torch.from_numpy(np.ascontiguousarray(keys[a:a + chunk], dtype=np.float32))
-        d = qn - 2 * q @ kc.T + (kc * kc).sum(1)[None]
-        kk = min(k, d.shape[1])
-        dv, di = torch.topk(d, kk, dim=1, largest=False)
-        di = di + a
-        if best_d is None:
-            best_d, best_i = dv, di
-        else:
-            cd, ci = torch.cat([best_d, dv], 1), torch.cat([best_i, di], 1)
-            best_d, sel = torch.topk(cd, k, dim=1, largest=False)
-            best_i = ci.gather(1, sel)
-    return best_d.numpy(), best_i.numpy()
+    return TorchFlatIndex(keys, block_rows=chunk).search(queries, k)
 
 
 def recall(approx_ids, exact_ids) -> float:
@@ -175,18 +160,20 @@ def search_comparison(args, e2e: dict) -> dict:
     import numpy as np
 
     from memreg.train.datastore import open_datastore
-    from memreg.train.index import load_index, set_nprobe
+    from memreg.train.index import load_index, set_nprobe, tune_nprobe
 
     work = Path(e2e["work_dir"])
     ds = sorted(work.glob("datastore-*"))[-1]
     keys, _ = open_datastore(ds)
     k = int(e2e["result"]["k"])
     index = load_index(sorted(work.glob("index-*"))[-1] / "index.faiss")
-    nprobe = set_nprobe(index, None, k=k)
+    nprobe, sample_recall = tune_nprobe(index, keys, k=k + 1, goal=0.9)  # what memreg train now picks
+    heuristic_nprobe = set_nprobe(load_index(sorted(work.glob("index-*"))[-1] / "index.faiss"), None, k=k)
     rows = np.arange(min(args.queries, len(keys)))
     q = np.ascontiguousarray(keys[rows], dtype=np.float32)
     out = {"datastore_keys": int(len(keys)), "dim": int(keys.shape[1]), "queries": int(len(rows)), "k_plus_self": k + 1,
-           "pipeline_index": e2e["result"]["index"], "nprobe": nprobe}
+           "pipeline_index": e2e["result"]["index"], "nprobe": nprobe, "nprobe_sample_recall": sample_recall,
+           "nprobe_before_recall_goal": heuristic_nprobe}
     t = time.perf_counter()
     ex_d, ex_i = exact_topk(q, keys, k + 1)
     out["brute_force_torch_s"] = time.perf_counter() - t

@@ -43,6 +43,9 @@ def train(
     eval_fraction: Annotated[float, typer.Option(help="share of the corpus held out for validation and evaluation (whole near-duplicate clusters of documents)")] = 0.05,
     eval_corpus: Annotated[Optional[list[str]], typer.Option(help="your own held-out documents (files, folders, globs, JSONL; repeat for several) instead of --eval-fraction; checked for near-copies of the corpus", show_default=False)] = None,
     index: Annotated[str, typer.Option(help="'auto' or a faiss factory string: Flat, IVF1024,Flat, IVF4096,PQ64")] = "auto",
+    search: Annotated[str, typer.Option(help="kNN search: faiss (the --index), torch (exact, blocks of keys on --device; no faiss needed) or auto (torch on cuda, else faiss)")] = "auto",
+    nprobe: Annotated[Optional[int], typer.Option(help="IVF lists searched [default: the smallest power of two whose recall@k on a sample reaches --recall-goal]", show_default=False)] = None,
+    recall_goal: Annotated[float, typer.Option(help="IVF: share of the exact k neighbours the default nprobe must find")] = 0.9,
     seed: Annotated[int, typer.Option(help="seed of the split, the sampling and the training")] = 0,
     work_dir: Annotated[Optional[Path], typer.Option(help="stage cache [default: <out>.work]", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
@@ -76,7 +79,8 @@ def train(
             beta=beta, block_size=block_size, steps=steps, epochs=epochs, max_epochs=max_epochs, patience=patience,
             eval_every=eval_every, val_tokens=val_tokens, max_minutes=max_minutes, lr=lr, batch_size=batch_size,
             grad_accum=grad_accum, adapt_teacher_steps=adapt_teacher_steps, adapt_teacher_lr=adapt_teacher_lr,
-            eval_fraction=eval_fraction, eval_corpus=eval_corpus, index=index, seed=seed, device=device, name=name,
+            eval_fraction=eval_fraction, eval_corpus=eval_corpus, index=index, search=search, nprobe=nprobe,
+            recall_goal=recall_goal, seed=seed, device=device, name=name,
             version=version, description=description, language=language, license=license,
         )
         progress = _RichProgress(enabled=not (quiet or json_out))

@@ -21,7 +21,7 @@ import torch
 @dataclass
 class KNNLM:
     key_model: torch.nn.Module  # the model whose last_ffn_input built the datastore
-    index: Any  # faiss index over the datastore keys
+    index: Any  # faiss index over the datastore keys, or a TorchFlatIndex (same search())
     values: np.ndarray  # (N,) int32 next-token ids
     k: int
     temperature: float
@@ -38,8 +38,15 @@ class KNNLM:
         run = json.loads((work / "run.json").read_text())
         knn_meta = json.loads(_one(work, "knn") .joinpath("meta.json").read_text())
         teacher = resolve_model_ref(run["settings"]["teacher"])  # a .gguf teacher: its converted folder
-        index = load_index(_one(work, "index") / "index.faiss")
-        set_nprobe(index, nprobe if nprobe is not None else knn_meta.get("nprobe"), k=knn_meta["k"])
+        index_file = _one(work, "index") / "index.faiss"
+        if index_file.exists():
+            index = load_index(index_file)
+            set_nprobe(index, nprobe if nprobe is not None else knn_meta.get("nprobe"), k=knn_meta["k"])
+        else:  # the run searched with torch (--search torch): exact search over the keys
+            from memreg.train.torch_search import TorchFlatIndex
+
+            keys = np.load(_one(work, "datastore") / "keys.npy", mmap_mode="r")
+            index = TorchFlatIndex(keys, device=device)
         return cls(
             key_model=load_causal_lm(teacher, device=device),  # float32, as the datastore was built
             index=index,

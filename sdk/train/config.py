@@ -22,7 +22,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "corpus": ("eval_corpus", "eval_fraction", "seed"),
     "teacher": ("teacher", "adapt_teacher_steps", "adapt_teacher_lr", "block_size", "batch_size", "seed"),
     "datastore": ("teacher", "block_size"),
-    "index": ("index", "nprobe", "memory_budget_mb", "flat_max_keys"),
+    "index": ("index", "search", "nprobe", "recall_goal", "memory_budget_mb", "flat_max_keys"),
     "knn": ("k", "temperature", "knn_support"),
     "init": ("init", "init_layers"),
     "train": (
@@ -70,7 +70,10 @@ class TrainConfig(BaseModel):
     teacher_batch_size: int = Field(default=8, ge=1)
     # 3. index
     index: str = Field(default="auto", description="'auto' or a faiss factory string, e.g. Flat, IVF1024,Flat, IVF4096,PQ64")
-    nprobe: int | None = Field(default=None, ge=1, description="IVF lists searched; default: enough for ~2k candidates, >= 8")
+    search: Literal["auto", "faiss", "torch"] = Field(
+        default="auto", description="kNN search: faiss index, or exact torch search (blocks of keys, running top-k); auto = torch on CUDA")
+    nprobe: int | None = Field(default=None, ge=1, description="IVF lists searched; default: the smallest power of two reaching --recall-goal")
+    recall_goal: float = Field(default=0.9, gt=0, le=1, description="IVF: recall@k of the exact neighbours the default nprobe must reach (on a sample)")
     memory_budget_mb: int = Field(default=4096, ge=1, description="exact search while float32 keys fit in this")
     flat_max_keys: int = Field(default=50_000, ge=1, description="auto: above this many keys, IVF even if it fits")
     # 4. kNN targets

@@ -74,3 +74,35 @@ def set_nprobe(index, nprobe: int | None, *, k: int) -> int | None:
         nprobe = max(8, math.ceil(2 * k / per_list))
     ivf.nprobe = min(nprobe, ivf.nlist)
     return int(ivf.nprobe)
+
+
+def recall_at_k(index, exact, keys: np.ndarray, rows: np.ndarray, k: int) -> float:
+    """Mean share of each row's exact k nearest keys that `index` also returns among its k nearest."""
+    q = np.ascontiguousarray(keys[rows], dtype=np.float32)
+    _, approx = index.search(q, k)
+    _, truth = exact.search(q, k)
+    return float(np.mean([len(np.intersect1d(a[a >= 0], t[t >= 0])) / max(1, int((t >= 0).sum()))
+                          for a, t in zip(approx, truth)]))
+
+
+def tune_nprobe(index, keys: np.ndarray, *, k: int, goal: float, sample: int = 64, seed: int = 0) -> tuple[int | None, float]:
+    """The smallest power-of-two nprobe (from 8) whose recall@k on `sample` datastore rows reaches
+    `goal`, measured against an exact search; all lists if none does (PQ codes can cap recall).
+    Returns (nprobe, recall); (None, 1.0) for an exact index."""
+    import faiss
+
+    from memreg.train.torch_search import TorchFlatIndex
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None, 1.0
+    rows = np.sort(np.random.default_rng(seed).choice(len(keys), size=min(sample, len(keys)), replace=False))
+    exact = TorchFlatIndex(keys)
+    nprobe, recall = min(8, ivf.nlist), 0.0
+    while True:
+        ivf.nprobe = nprobe
+        recall = recall_at_k(index, exact, keys, rows, k)
+        if recall >= goal or nprobe >= ivf.nlist:
+            return nprobe, recall
+        nprobe = min(2 * nprobe, ivf.nlist)

@@ -171,10 +171,14 @@ def datastore(run: StageRunner, block_size: int, teacher_ref: str) -> Meta:
 def index(run: StageRunner, dmeta: Meta) -> Meta:
     from memreg.train.datastore import open_datastore
     from memreg.train.index import build_index, choose_factory
+    from memreg.train.torch_search import resolve_search
 
     def body() -> Meta:
         keys, _ = open_datastore(run.stage_dir("datastore"))
         cfg = run.cfg
+        if resolve_search(cfg.search, run.device) == "torch":
+            run.progress.advance(dmeta["rows"])
+            return {"factory": "torch-exact"}  # no index to build: the kNN stage searches the keys directly
         factory = cfg.index if cfg.index != "auto" else choose_factory(
             dmeta["rows"], dmeta["dim"], memory_budget_mb=cfg.memory_budget_mb, flat_max_keys=cfg.flat_max_keys)
         try:
@@ -189,15 +193,13 @@ def index(run: StageRunner, dmeta: Meta) -> Meta:
 
 def knn(run: StageRunner, k: int, vocab_size: int) -> Meta:
     from memreg.train.datastore import open_datastore
-    from memreg.train.index import load_index, set_nprobe
     from memreg.train.knn import build_targets, choose_temperature
 
     keys, values = open_datastore(run.stage_dir("datastore"))
 
     def body() -> Meta:
         folder = run.stage_dir("knn")
-        index = load_index(run.stage_dir("index") / "index.faiss")
-        nprobe = set_nprobe(index, run.cfg.nprobe, k=k)
+        index, nprobe, recall = _search_index(run, keys, k)
         temp_file = folder / "temperature.json"
         if run.cfg.temperature != "auto":
             temperature = float(run.cfg.temperature)
@@ -210,6 +212,25 @@ def knn(run: StageRunner, k: int, vocab_size: int) -> Meta:
         effective = build_targets(index, keys, values, folder, k=k, temperature=temperature, vocab_size=vocab_size,
                                   support=run.cfg.knn_support, batch_size=run.cfg.search_batch_size,
                                   progress=run.progress.advance)
-        return {"k": k, "temperature": temperature, "nprobe": nprobe, **effective}
+        return {"k": k, "temperature": temperature, "nprobe": nprobe, "sample_recall": recall, **effective}
 
     return run.run("knn", body, label="knn targets", total=len(keys), unit="tok")
+
+
+def _search_index(run: StageRunner, keys, k: int) -> tuple[object, int | None, float | None]:
+    """The kNN stage's index: exact torch search on the run's device, or the faiss index of stage 3 with
+    nprobe given or tuned to the recall goal. Returns (index, nprobe, recall@k measured on a sample)."""
+    from memreg.train.torch_search import TorchFlatIndex, resolve_search
+
+    if resolve_search(run.cfg.search, run.device) == "torch":
+        return TorchFlatIndex(keys, device=run.device), None, 1.0
+    from memreg.train.index import load_index, set_nprobe, tune_nprobe
+
+    index = load_index(run.stage_dir("index") / "index.faiss")
+    if run.cfg.nprobe is not None:
+        return index, set_nprobe(index, run.cfg.nprobe, k=k), None  # recall not measured
+    nprobe, recall = tune_nprobe(index, keys, k=k, goal=run.cfg.recall_goal, seed=run.cfg.seed)
+    if nprobe is not None:
+        note = "" if recall >= run.cfg.recall_goal else f"; below the goal {run.cfg.recall_goal:g} even with every list (PQ codes cap it)"
+        run.note(f"IVF nprobe {nprobe}: recall@{k} {recall:.3f} of the exact neighbours on a sample{note}")
+    return index, nprobe, recall

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
@@ -214,3 +215,40 @@ def test_sigkill_mid_stage_then_rerun_gives_the_same_weights(setup, tmp_path):
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_torch_search_needs_no_faiss_and_gives_faiss_targets(setup, tmp_path, monkeypatch):
+    from memreg.train.knn import open_targets
+
+    def config(out: Path, search: str) -> TrainConfig:
+        return TrainConfig(corpus=[str(p) for p in licence_texts(CORPUS[:2])], teacher=str(setup / "teacher"),
+                           init=str(setup / "init"), out=out, block_size=32, k=24, steps=4, batch_size=4,
+                           eval_fraction=0.1, seed=3, search=search)
+
+    from memreg.knnlm import KNNLM
+
+    with_faiss = train(config(tmp_path / "f", "faiss"))
+    text = torch.arange(5, 45)[None]  # token ids; the kNN-LM scores every position
+    knnlm_faiss = KNNLM.from_work_dir(tmp_path / "f.work").log_probs(text)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now fails: as on a GPU box without it
+    with_torch = train(config(tmp_path / "t", "torch"))
+    knnlm_torch = KNNLM.from_work_dir(tmp_path / "t.work").log_probs(text)  # no index.faiss: torch search
+    gap = (knnlm_torch.exp() - knnlm_faiss.exp()).abs().amax(-1)[0]  # (T,) largest probability difference
+    # Position 0 sees one token: its key equals the key of every datastore block that starts with that
+    # token (exact duplicates, a tie at the k-th neighbour). Longer contexts have distinct keys.
+    assert gap[1:].max() < 1e-5
+    assert with_torch.index == "torch-exact" and with_faiss.index == "Flat"
+    assert with_torch.temperature == pytest.approx(with_faiss.temperature, rel=1e-4)
+    (ti, tp), (fi, fp) = (open_targets(next((tmp_path / f"{x}.work").glob("knn-*"))) for x in ("t", "f"))
+    dense = {}
+    for name, (ids, probs) in {"t": (ti, tp), "f": (fi, fp)}.items():
+        dense[name] = np.zeros((len(ids), 400), dtype=np.float32)  # p_kNN over the 400-token vocabulary
+        np.add.at(dense[name], (np.arange(len(ids))[:, None], ids), probs.astype(np.float32))
+    differ = np.flatnonzero(abs(dense["t"] - dense["f"]).max(1) > 2e-3)
+    # Licence texts repeat contexts word for word, so some keys are exact duplicates: where such a tie
+    # straddles the k-th neighbour either search may keep either copy. Every row that differs must be one.
+    keys = np.load(next((tmp_path / "t.work").glob("datastore-*")) / "keys.npy").astype(np.float64)
+    for row in differ:
+        d = np.sort(((keys - keys[row]) ** 2).sum(1))
+        assert np.isclose(d[24], d[25], rtol=1e-5), f"row {row} differs without a tie at the 24th neighbour"
+    assert len(differ) < 0.05 * len(dense["t"])
