@@ -24,11 +24,15 @@ def _open(registry: str | None, options: list[str] | None):
 
 
 def _summary(m, *, yanked: bool = False, tags: list[str] | None = None) -> dict:
+    """One line of `list --json`; `m` is a Manifest or the VersionSummary `Registry.list` gives."""
+    from memreg.schemas import VersionSummary
+
+    s = m if isinstance(m, VersionSummary) else VersionSummary.of(m)
     return {
-        "name": m.name, "version": m.version, "description": m.description,
-        "domain": m.domain.labels, "parameters": m.model.parameter_count,
-        "size": sum(f.size for f in m.model.files), "tokenizer": m.tokenizer.digest,
-        "recommended_weight": m.metrics.recommended_weight, "yanked": yanked, "tags": tags or [],
+        "name": s.name, "version": s.version, "description": s.description,
+        "domain": s.domain.labels, "parameters": s.parameter_count,
+        "size": s.size, "tokenizer": s.tokenizer,
+        "recommended_weight": s.recommended_weight, "yanked": yanked, "tags": tags or [],
     }
 
 
@@ -102,11 +106,15 @@ def pull(
 ) -> None:
     """Download and verify a package into the local cache; print its folder."""
     output.start("pull", json_mode=json_)  # a yanked-version warning goes into the envelope under --json
+    from memreg.registry.refs import parse_ref
+
     reg = _open(registry, storage_option)
-    with byte_progress(f"pulling {ref}", enabled=not (json_ or quiet)) as cb:
-        path = reg.pull(ref, callback=cb, verify=verify)
     m = reg.resolve(ref)
-    yanked = m.version in reg.yanked(m.name)
+    with byte_progress(f"pulling {ref}", enabled=not (json_ or quiet)) as cb:
+        path = reg.pull(m, callback=cb, verify=verify)
+    r = parse_ref(ref)
+    by_latest = not r.version and r.tag in (None, "latest")  # resolution skipped yanked versions already
+    yanked = False if by_latest else m.version in reg.yanked(m.name)
     if yanked:  # still pullable by its exact version, but whoever pulls it should know
         warn(f"{m.ref} is yanked (`memreg show {m.ref}` says why); `memreg unyank {m.ref}` restores it")
     if json_:
@@ -144,8 +152,7 @@ def list_(
     for r in rows:
         m = r.manifest
         table.add_row(m.name, m.version + (" (yanked)" if r.yanked else ""), ",".join(m.domain.labels),
-                      f"{m.model.parameter_count / 1e6:.1f}M", _human(sum(f.size for f in m.model.files)),
-                      ",".join(r.tags), m.description)
+                      f"{m.parameter_count / 1e6:.1f}M", _human(m.size), ",".join(r.tags), m.description)
     console.print(table if rows else f"no packages in {reg.url}")
 
 
@@ -158,7 +165,8 @@ def show(
     """Show one version's manifest, and the package's versions and tags."""
     reg = _open(registry, storage_option)
     m = reg.resolve(ref)
-    versions, yanked, tags = reg.versions(m.name), reg.yanked(m.name), reg.tags(m.name)
+    state = reg.package(m.name)
+    versions, yanked, tags = state.listed, state.yanked, state.tags
     if json_:
         print_json({"manifest": m.model_dump(mode="json"), "versions": versions,
                     "yanked": sorted(yanked), "tags": tags})
@@ -187,21 +195,27 @@ def verify(
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Also rewrite every package index (index/<name>.json) from the manifests and tags.")] = False,
 ) -> None:
-    """Re-hash every blob of one version, or of the whole registry. Exit 1 on any problem."""
+    """Re-hash every blob of one version, or of the whole registry. Exit 1 on any problem.
+
+    The package indexes that make `list` and `show` fast are caches checked against the listing on
+    every read and repaired as they go; --repair rebuilds them all from the documents."""
     reg = _open(registry, storage_option)
     with byte_progress("verifying", enabled=not (json_ or quiet)) as cb:
         report = reg.verify(ref, callback=cb)
+    rebuilt = reg.rebuild_index() if repair else []
     if json_:
         error = None if report.ok else {"type": "VerifyFailed", "exit_code": 1,
                                         "message": f"{len(report.problems)} problems: {report.problems[0]}"}
         print_json({"versions": report.checked_versions, "blobs": report.checked_blobs,
-                    "problems": report.problems}, ok=report.ok, error=error)
+                    "problems": report.problems, "indexes_rebuilt": rebuilt}, ok=report.ok, error=error)
     else:
         for p in report.problems:
             console.print(f"[red]FAIL[/red] {p}")
         console.print(f"{'ok' if report.ok else 'FAILED'}: {len(report.checked_versions)} versions, "
-                      f"{report.checked_blobs} blobs checked, {len(report.problems)} problems")
+                      f"{report.checked_blobs} blobs checked, {len(report.problems)} problems"
+                      + (f"; {len(rebuilt)} package indexes rebuilt" if repair else ""))
     if not report.ok:
         raise typer.Exit(1)
 

@@ -11,7 +11,6 @@ Layout (format v1):
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 import uuid
@@ -25,6 +24,7 @@ from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
 from memreg.registry.cache import Cache
 from memreg.registry.card import with_model_card
+from memreg.registry import index as name_index
 from memreg.registry.errors import (
     ConcurrentUpdateError,
     BlobNotFoundError,
@@ -36,10 +36,10 @@ from memreg.registry.errors import (
     RegistryNotFoundError,
     VersionExistsError,
     YankedVersionError,
-    first_validation_error,
 )
 from memreg.registry.fsutil import file_digest, sha256_stream
-from memreg.registry.package import files_problem, model_info, read_card, scan_folder
+from memreg.registry.package import model_info, read_card, scan_folder
+from memreg.registry.reading import checked_manifest, parse, valid, warn
 from memreg.registry.refs import Ref, check_name, check_version, parse_ref, version_key
 from memreg.registry.settings import default_registry_url, memreg_home
 from memreg.registry.store import Store, open_store
@@ -51,6 +51,7 @@ from memreg.schemas import (
     TagPointer,
     TokenizerFingerprint,
     UnsupportedFormatError,
+    VersionSummary,
     YankRecord,
 )
 
@@ -111,7 +112,7 @@ class GcReport:
 
 @dataclass(frozen=True)
 class PackageSummary:
-    manifest: Manifest
+    manifest: VersionSummary  # what the index (or the manifest, where the index lacks it) says of the version
     yanked: bool
     tags: list[str]
 
@@ -130,11 +131,12 @@ class Registry:
         url = url or default_registry_url()
         store = open_store(url, storage_options)
         reg = cls(store)
-        if not store.exists(MARKER):
+        try:
+            reg._check_marker()  # one GET: every command pays for it
+        except FileNotFoundError:
             if url == str(memreg_home() / "registry"):
                 return cls.init(url, storage_options=storage_options)
-            raise RegistryNotFoundError(f"no memreg registry at {url}: create one with `memreg init {url}`")
-        reg._check_marker()
+            raise RegistryNotFoundError(f"no memreg registry at {url}: create one with `memreg init {url}`") from None
         return reg
 
     @classmethod
@@ -217,17 +219,20 @@ class Registry:
             callback.relative_update(entry.size)
             uploaded += 1
         healed = self._protect_and_heal(files, entries, reused=reused)
+        name_index.announce(self.store, name, version)  # before the manifest: see registry/index.py
         try:
             self.store.create(manifest_key(name, version), manifest.model_dump_json(indent=2).encode())
         except FileExistsError:
             existing = self._existing_manifest(manifest)  # lost a race: same content is still fine
             if existing is None:  # pragma: no cover - _existing_manifest raises on different content
                 raise
+            name_index.published(self.store, existing)
             return PublishResult(existing, created=False, uploaded=uploaded + healed, skipped=len(entries) - uploaded - healed,
                                  tags=self._move_tags(existing, tags), healed=healed)
         # A gc that listed the leases just before ours was written may still have deleted a blob
         # between our check and the manifest: look again now that the manifest protects them.
         healed += self._heal_missing(files, entries)
+        name_index.published(self.store, manifest)
         return PublishResult(manifest, created=True, uploaded=uploaded + healed, skipped=len(entries) - uploaded - healed,
                              tags=self._move_tags(manifest, tags), healed=healed)
 
@@ -294,56 +299,45 @@ class Registry:
             raw = self.store.read(key)
         except FileNotFoundError:
             raise ManifestNotFoundError(f"{name}@{version} is not in {self.url}: `memreg list` shows what is") from None
-        where = f"{self.url}/{key}"
-        m = _parse(Manifest, raw, where)
-        if (m.name, m.version) != (name, version):
-            raise ManifestError(f"{where} holds {m.name}@{m.version}, not {name}@{version}: a manifest must sit at "
-                                f"packages/<name>/<version>.json; it is ignored")
-        if problem := files_problem([e.path for e in m.model.files]):
-            raise ManifestError(f"{where} lists {problem}; the manifest was not written by memreg publish and is ignored")
-        return m
+        return checked_manifest(raw, name, version, f"{self.url}/{key}")
 
     def names(self) -> list[str]:
         """Package names; a folder under packages/ that is not a valid name is skipped with a warning."""
         seen = {key.split("/")[1] for key in self.store.list("packages") if key.count("/") >= 2}
-        return sorted(n for n in seen if _valid(check_name, n, f"{self.url}/packages/{n}/", "not a valid package name"))
+        return sorted(n for n in seen if valid(check_name, n, f"{self.url}/packages/{n}/", "not a valid package name"))
 
     def versions(self, name: str, *, include_yanked: bool = True) -> list[str]:
-        check_name(name)
-        versions = []
-        for key in self.store.list(f"packages/{name}"):
-            if key.count("/") != 2:
-                continue  # tags/, yanked/
-            stem = key.rsplit("/", 1)[1]
-            version = stem[: -len(".json")] if stem.endswith(".json") else stem
-            if stem.endswith(".json") and _valid(check_version, version, f"{self.url}/{key}", "not <version>.json"):
-                versions.append(version)
-            elif not stem.endswith(".json"):
-                _warn(f"{self.url}/{key}: not <version>.json; ignored")
-        versions = sorted(versions, key=version_key)
-        if not include_yanked:
-            yanked = self.yanked(name)
-            versions = [v for v in versions if v not in yanked]
-        return versions
+        versions, yanked = self._listing(name)
+        return versions if include_yanked else [v for v in versions if v not in yanked]
 
     def yanked(self, name: str) -> set[str]:
-        out = set()
-        for key in self.store.list(f"packages/{name}/yanked"):
-            stem = key.rsplit("/", 1)[1]
-            if stem.endswith(".json") and _valid(check_version, stem[:-5], f"{self.url}/{key}", "not <version>.json"):
-                out.add(stem[:-5])
-        return out
+        return self._listing(name)[1]
+
+    def _listing(self, name: str) -> tuple[list[str], set[str]]:
+        """One listing of packages/<name>/: its versions (lowest first) and its yanked versions."""
+        check_name(name)
+        versions, yanked = [], set()
+        for key in self.store.list(f"packages/{name}"):
+            parts, where = key.split("/"), f"{self.url}/{key}"
+            stem = parts[-1][: -len(".json")] if parts[-1].endswith(".json") else None
+            if len(parts) == 3 and stem is None:
+                warn(f"{where}: not <version>.json; ignored")
+            elif len(parts) == 3 and valid(check_version, stem, where, "not <version>.json"):
+                versions.append(stem)
+            elif len(parts) == 4 and parts[2] == "yanked" and stem and valid(check_version, stem, where, "not <version>.json"):
+                yanked.add(stem)
+        return sorted(versions, key=version_key), yanked
 
     def tags(self, name: str) -> dict[str, str]:
         out = {}
         for key in self.store.list(f"packages/{name}/tags"):
             try:
-                ptr = _parse(TagPointer, self.store.read(key), f"{self.url}/{key}")
+                ptr = parse(TagPointer, self.store.read(key), f"{self.url}/{key}")
             except (ManifestError, FileNotFoundError) as e:
-                _warn(f"{e}; ignored")
+                warn(f"{e}; ignored")
                 continue
             if ptr.name != name or key != f"packages/{name}/tags/{ptr.tag}.json":
-                _warn(f"{self.url}/{key} points {ptr.name}:{ptr.tag}, not the tag its path names; ignored")
+                warn(f"{self.url}/{key} points {ptr.name}:{ptr.tag}, not the tag its path names; ignored")
                 continue
             out[ptr.tag] = ptr.version
         return out
@@ -356,7 +350,7 @@ class Registry:
                 try:
                     out.append(self.manifest(name, version))
                 except (ManifestError, FileNotFoundError) as e:
-                    _warn(str(e))
+                    warn(str(e))
         return out
 
     def resolve(self, ref: str | Ref) -> Manifest:
@@ -370,13 +364,13 @@ class Registry:
                 raw = self.store.read(f"packages/{r.name}/tags/{r.tag}.json")
             except FileNotFoundError:
                 raise ManifestNotFoundError(f"{r} does not exist: `memreg show {r.name}` lists its tags") from None
-            return self.manifest(r.name, _parse(TagPointer, raw, str(r)).version)
-        versions = self.versions(r.name, include_yanked=False)
-        m = self._highest_valid(r.name, versions)
+            return self.manifest(r.name, parse(TagPointer, raw, str(r)).version)
+        every, yanked = self._listing(r.name)
+        m = self._highest_valid(r.name, [v for v in every if v not in yanked])
         if m is None:
             raise ManifestNotFoundError(
                 f"no version of {r.name!r} to use in {self.url}"
-                + (" (all are yanked; name one as name@VERSION)" if self.versions(r.name) else ": `memreg list` shows what is")
+                + (" (all are yanked; name one as name@VERSION)" if every else ": `memreg list` shows what is")
             )
         return m
 
@@ -391,7 +385,7 @@ class Registry:
                 errors.append(e)
                 continue
             for e in errors:
-                _warn(str(e))
+                warn(str(e))
             return m
         if errors:
             raise errors[0]
@@ -399,38 +393,39 @@ class Registry:
 
     def list(self, *, domain: str | None = None, fingerprint: str | TokenizerFingerprint | None = None,
              all_versions: bool = False) -> list[PackageSummary]:
-        """Packages (highest non-yanked version, or every version). `fingerprint`: a digest matches
-        exactly; a whole fingerprint (of a model's tokenizer) also matches a memory whose tokenizer
-        differs only in its pad id, as compose would accept it."""
+        """Packages (highest non-yanked valid version, or every valid version), from the package
+        indexes: one listing of names and one batch of reads (see registry/index.py). `fingerprint`: a digest matches exactly; a whole
+        fingerprint (of a model's tokenizer) also matches a memory whose tokenizer differs only in
+        its pad id, as compose would accept it."""
         out = []
-        for name in self.names():
-            yanked = self.yanked(name)
-            tags = self.tags(name)
-            versions = self.versions(name)
-            candidates = [[v] for v in versions] if all_versions else [[v for v in versions if v not in yanked]]
-            found = []
-            for vs in candidates:
-                try:
-                    found.append(self._highest_valid(name, vs))
-                except (ManifestError, FileNotFoundError) as e:
-                    _warn(str(e))
-            for m in filter(None, found):
-                v = m.version
-                if domain and domain not in m.domain.labels:
+        for state in name_index.read_all(self.store).values():
+            chosen = state.versions() if all_versions else state.versions(include_yanked=False)[-1:]
+            for v in chosen:
+                summary = state.summaries[v]
+                if domain and domain not in summary.domain.labels:
                     continue
-                if fingerprint and not _same_ids(m.tokenizer, fingerprint):
+                if fingerprint and not _same_ids(state.fingerprints[summary.tokenizer], fingerprint):
                     continue
-                out.append(PackageSummary(m, v in yanked, sorted(t for t, tv in tags.items() if tv == v)))
+                out.append(PackageSummary(summary, v in state.yanked, sorted(t for t, tv in state.tags.items() if tv == v)))
         return out
 
+    def package(self, name: str) -> name_index.PackageState:
+        """One package's versions, yanks, tags and version summaries, from the truth (one listing of
+        the package; only manifests its index cannot summarise are read); repairs the index."""
+        return name_index.read_one(self.store, name)
+
+    def rebuild_index(self) -> list[str]:
+        """Rewrite every package index from the manifests and tags (`memreg verify --repair`)."""
+        return name_index.rebuild(self.store)
+
     # pull --------------------------------------------------------------------------------
-    def pull(self, ref: str | Ref, *, callback: Callback = DEFAULT_CALLBACK, verify: bool = False) -> Path:
+    def pull(self, ref: str | Ref | Manifest, *, callback: Callback = DEFAULT_CALLBACK, verify: bool = False) -> Path:
         """Local folder of the verified package; blobs already cached are not downloaded again.
 
         The cached folder is re-checked on every pull (size and mtime of each file against the
         record written when it was verified; every byte re-hashed with `verify`): anything
         changed since is fetched again, so a tampered cache heals instead of being served."""
-        m = self.resolve(ref)
+        m = ref if isinstance(ref, Manifest) else self.resolve(ref)  # a Manifest: resolved already
         self.cache.clean_abandoned()  # temp files of killed pulls
         if self.cache.package_ok(m, verify=verify):
             return self.cache.package_dir(m)
@@ -457,9 +452,14 @@ class Registry:
         else:
             manifests = []
             for name in self.names():
-                for version in self.versions(name):
+                versions = self.versions(name)
+                raw = self.store.read_many([manifest_key(name, v) for v in versions])  # one batch per package
+                for version in versions:
+                    key = manifest_key(name, version)
                     try:
-                        manifests.append(self.manifest(name, version))
+                        if raw[key] is None:
+                            raise ManifestNotFoundError(f"{name}@{version} vanished from {self.url} while verify ran")
+                        manifests.append(checked_manifest(raw[key], name, version, f"{self.url}/{key}"))
                     except (ManifestError, FileNotFoundError) as e:
                         problems.append(str(e))
         seen: dict[str, tuple[int, str] | None] = {}  # digest -> (size, sha256 hex) read, None if missing
@@ -501,7 +501,7 @@ class Registry:
         for _ in range(retries):
             try:
                 raw, etag = self.store.read_with_etag(key)
-                previous = _parse(TagPointer, raw, key).version
+                previous = parse(TagPointer, raw, key).version
             except FileNotFoundError:
                 raw, etag, previous = None, None, None
             try:
@@ -510,8 +510,10 @@ class Registry:
                 continue
             if not force and m.version in self.yanked(m.name):
                 self._move_back(key, body, raw)
+                name_index.sync_tag(self.store, m.name, tag)
                 raise YankedVersionError(f"{m.ref} was yanked while {m.name}:{tag} moved to it: the tag was moved "
                                          "back; unyank it first, or pass --force (force=True)")
+            name_index.sync_tag(self.store, m.name, tag)
             return TagMove(m.name, tag, m.version, previous)
         raise ConcurrentUpdateError(f"{m.name}:{tag} kept changing under {retries} attempts; try again")
 
@@ -538,6 +540,7 @@ class Registry:
             self.store.create(f"packages/{m.name}/yanked/{m.version}.json", rec.model_dump_json(indent=2).encode())
         except FileExistsError:
             pass  # yanking twice is a no-op
+        name_index.set_yanked(self.store, m.name, m.version, True)
         return m
 
     def unyank(self, ref: str | Ref) -> Manifest:
@@ -545,6 +548,7 @@ class Registry:
         that is not yanked is a no-op, as yanking twice is."""
         m = self.manifest(*_exact(ref, "unyank"))
         self.store.delete(f"packages/{m.name}/yanked/{m.version}.json")  # idempotent: a missing record is fine
+        name_index.set_yanked(self.store, m.name, m.version, False)
         return m
 
     # gc ----------------------------------------------------------------------------------
@@ -610,7 +614,7 @@ class Registry:
             except FileNotFoundError:
                 continue
             except (ValueError, AttributeError):
-                _warn(f"{self.url}/{key} is not a valid lease; ignored")
+                warn(f"{self.url}/{key} is not a valid lease; ignored")
         return out
 
 
@@ -636,28 +640,6 @@ def _blob_problem(entry: FileEntry, found: tuple[int, str] | None) -> str | None
     return None
 
 
-log = logging.getLogger("memreg.registry")
-_warned: set[str] = set()
-
-
-def _warn(message: str) -> None:
-    """A stray or malformed entry: said once on stderr (logging's last-resort handler prints
-    warnings when nothing is configured), never fatal for the rest of the registry. Once per
-    process: one command reads the same entry several times."""
-    if message not in _warned:
-        _warned.add(message)
-        log.warning("warning: %s", message)
-
-
-def _valid(check: Any, value: str, where: str, what: str) -> bool:
-    try:
-        check(value)
-        return True
-    except InvalidReferenceError:
-        _warn(f"{where}: {what}; ignored")
-        return False
-
-
 def _exact(ref: str | Ref, verb: str) -> tuple[str, str]:
     r = parse_ref(ref) if isinstance(ref, str) else ref
     if not r.version:
@@ -670,13 +652,6 @@ def _refuse_latest(tag: str) -> None:
         raise InvalidReferenceError(
             "'latest' is not a tag you can move: name:latest always means the highest version that is not yanked"
         )
-
-
-def _parse(model: Any, raw: bytes, where: str) -> Any:
-    try:
-        return model.model_validate_json(raw)
-    except ValueError as e:
-        raise ManifestError(f"{where} is not a valid {model.__name__}: {first_validation_error(e)}") from e
 
 
 def _memreg_version() -> str:

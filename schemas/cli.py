@@ -70,6 +70,7 @@ class VerifyData(_Strict):
     versions: list[str]
     blobs: int
     problems: list[str]
+    indexes_rebuilt: list[str] = []  # package names whose index --repair rewrote
 
 
 class TagData(_Strict):

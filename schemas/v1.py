@@ -214,6 +214,53 @@ class YankRecord(_Strict):
     _check = model_validator(mode="before")(_check_format)
 
 
+class VersionSummary(_Strict):
+    """What `memreg list` shows of one version, taken from its manifest."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=SEMVER_PATTERN)
+    description: str = ""
+    created_at: datetime
+    domain: DomainMetadata = Field(default_factory=DomainMetadata)
+    tokenizer: str = Field(description="the tokenizer fingerprint's digest; the whole one is in NameIndex.fingerprints")
+    parameter_count: int
+    size: int = Field(description="bytes of all files")
+    recommended_weight: float | None = None
+
+    @classmethod
+    def of(cls, m: Manifest) -> "VersionSummary":
+        return cls(name=m.name, version=m.version, description=m.description, created_at=m.created_at, domain=m.domain,
+                   tokenizer=m.tokenizer.digest, parameter_count=m.model.parameter_count,
+                   size=sum(f.size for f in m.model.files), recommended_weight=m.metrics.recommended_weight)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class IndexedVersion(_Strict):
+    """A published version (its summary), or one a publisher announced before creating its manifest."""
+
+    summary: VersionSummary | None = Field(default=None, description="None while pending")
+    pending_since: datetime | None = Field(default=None, description="set while the manifest may not exist yet")
+
+
+class NameIndex(_Strict):
+    """`index/<name>.json`: one package's versions, yanks and tags in one document, so `list` costs
+    one request per package instead of one per version. A cache the writers keep current by
+    compare-and-swap; the manifests, yank records and tag pointers stay the truth, and an index that
+    is missing or unreadable is rebuilt from them (see registry/index.py)."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    versions: dict[str, IndexedVersion] = Field(default_factory=dict)
+    yanked: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    fingerprints: dict[str, TokenizerFingerprint] = Field(default_factory=dict)
+
+    _check = model_validator(mode="before")(_check_format)
+
+
 def parse_manifest(raw: bytes | str) -> Manifest:
     """Parse and validate a manifest document (raises ValueError subclasses on bad input)."""
     return Manifest.model_validate_json(raw)

@@ -115,6 +115,7 @@ def test_manifest_at_the_wrong_path_is_never_served(reg, tiny_package, caplog):
     key = _plant(reg, "law", "3.0.0", {**doc, "name": "evil", "version": "9.9.9"})
     with caplog.at_level(logging.WARNING, logger="memreg.registry"):
         listed = reg.list(all_versions=True)
+        assert reg.package("law").versions() == ["1.0.0"]  # `show` reads every manifest the listing has
     assert [(s.manifest.name, s.manifest.version) for s in listed] == [("law", "1.0.0")]
     assert key in caplog.text
     assert reg.resolve("law").version == "1.0.0"  # the phantom "highest" version is skipped

@@ -45,6 +45,12 @@ def test_concurrent_publishers_of_different_versions_all_land(shared_url, tiny_p
     assert all(p.returncode == 0 for p in procs), results
     reg = Registry.open(shared_url)
     assert reg.versions("law") == [f"1.0.{i}" for i in range(N)]
+    # every publisher's compare-and-swap landed in the package index: none overwrote another's entry
+    from memreg.registry.index import index_key
+    from memreg.schemas import NameIndex
+
+    index = NameIndex.model_validate_json(reg.store.read(index_key("law")))
+    assert sorted(index.versions) == [f"1.0.{i}" for i in range(N)]
     report = reg.verify()
     assert report.ok and len(report.checked_versions) == N
 

@@ -1,0 +1,304 @@
+"""Package indexes (`index/<name>.json`): `list` in a bounded number of requests.
+
+Without them `list --all` reads every manifest, and even listing the keys of 10,000 versions is ten
+sequential LIST pages. With them `list` is one delimiter listing (the package names) and one
+concurrent batch of reads (one index per package), whatever the number of versions.
+
+The manifests, yank records and tag pointers stay the truth; an index is a cache that writers keep
+current by compare-and-swap, and readers rebuild (from a listing of the package) when it is missing
+or unreadable:
+
+* publish announces its version in the index (pending) *before* it creates the manifest, and marks
+  it published after. A publisher killed in between leaves a pending entry: readers read that one
+  manifest, and list the version if it exists. So every manifest a publisher of this format writes
+  is known to the index, and `list` need not list manifests.
+* yank, unyank and tag update the index after the record they change. One killed in between leaves
+  `list` showing the old flag until the next operation on that package, a `show` of it (which reads
+  the truth and writes the repair) or `memreg verify --repair`. `show`, `pull` and tag resolution
+  always read the truth, never the index.
+* Manifests written by other means (an older memreg, a bucket copy) are invisible to `list` until a
+  `show NAME` or `verify --repair`: said in the README.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from memreg.registry.errors import ConcurrentUpdateError, ManifestError
+from memreg.registry.reading import checked_manifest, parse, valid, warn
+from memreg.registry.refs import check_name, check_version, version_key
+from memreg.registry.store import Store
+from memreg.schemas import IndexedVersion, Manifest, NameIndex, TagPointer, TokenizerFingerprint, VersionSummary
+
+PREFIX = "index"
+WRITE_ATTEMPTS = 64
+PENDING_TTL = timedelta(hours=1)  # a pending entry older than this with no manifest is a dead publisher's
+
+
+def index_key(name: str) -> str:
+    return f"{PREFIX}/{name}.json"
+
+
+@dataclass
+class PackageState:
+    """One package: summaries of its valid versions, its yanks and its tags."""
+
+    name: str
+    summaries: dict[str, VersionSummary] = field(default_factory=dict)
+    fingerprints: dict[str, TokenizerFingerprint] = field(default_factory=dict)
+    listed: list[str] = field(default_factory=list)  # every version with a manifest, valid or not, lowest first
+    yanked: set[str] = field(default_factory=set)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def versions(self, *, include_yanked: bool = True) -> list[str]:
+        """Versions with a valid manifest, lowest first."""
+        return [v for v in sorted(self.summaries, key=version_key) if include_yanked or v not in self.yanked]
+
+
+# readers ---------------------------------------------------------------------------------------
+def read_all(store: Store) -> dict[str, PackageState]:
+    """Every package, from its index (`list`): one listing of names, one batch of index reads, one
+    batch for pending versions; a missing or unreadable index is rebuilt from its package."""
+    names = [n for n in store.children("packages")
+             if valid(check_name, n, f"{store.url}/packages/{n}/", "not a valid package name")]
+    raw = store.read_many([index_key(n) for n in names])
+    indexes = {n: _parse_index(store, n, raw[index_key(n)]) for n in names}
+    pending = [_manifest_key(n, v) for n, ix in indexes.items() if ix is not None
+               for v, e in ix.versions.items() if e.summary is None]
+    docs = store.read_many(pending)
+    out = {}
+    for name in sorted(names):
+        index = indexes[name]
+        if index is None:
+            out[name] = read_one(store, name)  # rebuilt from the truth and written back
+            continue
+        fresh = _settle_pending(store, name, index, docs)
+        out[name] = _state(fresh)
+        if fresh != index:
+            _write_back(store, name, raw[index_key(name)], fresh)
+    return out
+
+
+def read_one(store: Store, name: str) -> PackageState:
+    """One package from the truth (its listing, its tags; manifests the index cannot summarise),
+    with the summaries the index already has; the index is repaired where it differed."""
+    check_name(name)
+    try:
+        raw = store.read(index_key(name))
+    except FileNotFoundError:
+        raw = None
+    old = _parse_index(store, name, raw) if raw is not None else None
+    fresh, state = _from_truth(store, name, old or NameIndex(name=name))
+    if fresh != old:
+        _write_back(store, name, raw, fresh)
+    return state
+
+
+# writers ---------------------------------------------------------------------------------------
+def announce(store: Store, name: str, version: str) -> None:
+    """Before publish creates a manifest: the index names the version as pending, so a reader that
+    trusts the index still finds the manifest if the publisher dies right after creating it."""
+
+    def change(index: NameIndex) -> NameIndex | None:
+        if version in index.versions:
+            return None  # published already (same content: publish checked) or announced by a racer
+        entry = IndexedVersion(pending_since=datetime.now(timezone.utc))
+        return index.model_copy(update={"versions": {**index.versions, version: entry}})
+
+    _update(store, name, change)
+
+
+def published(store: Store, manifest: Manifest) -> None:
+    """After the manifest exists. Best effort: a failure leaves the entry pending, which readers settle."""
+
+    def change(index: NameIndex) -> NameIndex | None:
+        entry = IndexedVersion(summary=VersionSummary.of(manifest))
+        if index.versions.get(manifest.version) == entry:
+            return None
+        fps = {**index.fingerprints, manifest.tokenizer.digest: manifest.tokenizer}
+        return index.model_copy(update={"versions": {**index.versions, manifest.version: entry}, "fingerprints": fps})
+
+    _best_effort(store, manifest.name, change)
+
+
+def set_yanked(store: Store, name: str, version: str, yanked: bool) -> None:
+    def change(index: NameIndex) -> NameIndex | None:
+        now = set(index.yanked) | {version} if yanked else set(index.yanked) - {version}
+        return None if now == set(index.yanked) else index.model_copy(update={"yanked": sorted(now, key=version_key)})
+
+    _best_effort(store, name, change)
+
+
+def sync_tag(store: Store, name: str, tag: str) -> None:
+    """Copy one tag pointer (the truth, read now) into the index, or drop the tag if it is gone."""
+    try:
+        target = parse(TagPointer, store.read(f"packages/{name}/tags/{tag}.json"), tag).version
+    except (FileNotFoundError, ManifestError):
+        target = None
+
+    def change(index: NameIndex) -> NameIndex | None:
+        if index.tags.get(tag) == target:
+            return None
+        tags = {t: v for t, v in index.tags.items() if t != tag} | ({tag: target} if target else {})
+        return index.model_copy(update={"tags": tags})
+
+    _best_effort(store, name, change)
+
+
+def rebuild(store: Store) -> list[str]:
+    """Rewrite every package's index from the truth (`memreg verify --repair`); the names rewritten."""
+    done = []
+    for name in sorted(store.children("packages")):
+        try:
+            check_name(name)
+        except Exception:  # noqa: BLE001 - a stray folder: read_all warns about it
+            continue
+        fresh, _ = _from_truth(store, name, NameIndex(name=name))
+        if _update(store, name, lambda _old: fresh, rebuild_missing=False):
+            done.append(name)
+    return done
+
+
+# the pieces ------------------------------------------------------------------------------------
+def _manifest_key(name: str, version: str) -> str:
+    return f"packages/{name}/{version}.json"
+
+
+def _parse_index(store: Store, name: str, raw: bytes | None) -> NameIndex | None:
+    """The index, or None when it is missing or unreadable (then it is rebuilt)."""
+    if raw is None:
+        return None
+    try:
+        index = parse(NameIndex, raw, f"{store.url}/{index_key(name)}")
+    except ManifestError as e:
+        warn(f"{e}; rebuilt from the manifests")
+        return None
+    if index.name != name:
+        warn(f"{store.url}/{index_key(name)} indexes {index.name!r}; rebuilt from the manifests")
+        return None
+    return index
+
+
+def _summarise(store: Store, name: str, version: str, raw: bytes | None) -> Manifest | None:
+    if raw is None:
+        return None
+    try:
+        return checked_manifest(raw, name, version, f"{store.url}/{_manifest_key(name, version)}")
+    except ManifestError as e:
+        warn(str(e))
+        return None
+
+
+def _settle_pending(store: Store, name: str, index: NameIndex, docs: dict[str, bytes | None]) -> NameIndex:
+    """Pending entries whose manifest now exists become published; the rest stay pending."""
+    versions, fps = dict(index.versions), dict(index.fingerprints)
+    for v, e in index.versions.items():
+        if e.summary is None and (m := _summarise(store, name, v, docs.get(_manifest_key(name, v)))):
+            versions[v] = IndexedVersion(summary=VersionSummary.of(m))
+            fps[m.tokenizer.digest] = m.tokenizer
+    return index.model_copy(update={"versions": versions, "fingerprints": fps})
+
+
+def _from_truth(store: Store, name: str, index: NameIndex) -> tuple[NameIndex, PackageState]:
+    """Rebuild from one listing of the package; manifests are read only where `index` has no summary."""
+    manifests, yanked, tags = {}, set(), []
+    for key in store.list(f"packages/{name}"):
+        parts, where = key.split("/"), f"{store.url}/{key}"
+        stem = parts[-1][: -len(".json")] if parts[-1].endswith(".json") else None
+        if len(parts) == 3 and stem is None:
+            warn(f"{where}: not <version>.json; ignored")
+        elif len(parts) == 3 and valid(check_version, stem, where, "not <version>.json"):
+            manifests[stem] = key
+        elif len(parts) == 4 and parts[2] == "yanked" and stem and valid(check_version, stem, where, "not <version>.json"):
+            yanked.add(stem)
+        elif len(parts) == 4 and parts[2] == "tags" and stem:
+            tags.append(stem)
+    need = [k for v, k in manifests.items() if (e := index.versions.get(v)) is None or e.summary is None
+            or e.summary.tokenizer not in index.fingerprints]
+    docs = store.read_many(need + [f"packages/{name}/tags/{t}.json" for t in tags])
+    versions: dict[str, IndexedVersion] = {}
+    fps: dict[str, TokenizerFingerprint] = {}
+    for v, key in manifests.items():
+        if key not in docs:
+            versions[v] = index.versions[v]
+            fps[versions[v].summary.tokenizer] = index.fingerprints[versions[v].summary.tokenizer]
+        elif m := _summarise(store, name, v, docs[key]):
+            versions[v] = IndexedVersion(summary=VersionSummary.of(m))
+            fps[m.tokenizer.digest] = m.tokenizer
+    # announced, no manifest yet: a publisher may be between the two; a dead one's entry expires
+    cutoff = datetime.now(timezone.utc) - PENDING_TTL
+    versions |= {v: e for v, e in index.versions.items()
+                 if v not in manifests and e.summary is None and e.pending_since and e.pending_since > cutoff}
+    fresh = NameIndex(name=name, versions=versions, yanked=sorted(yanked, key=version_key),
+                      tags=_read_tags(store, name, tags, docs), fingerprints=fps)
+    state = _state(fresh)
+    state.listed = sorted(manifests, key=version_key)
+    return fresh, state
+
+
+def _read_tags(store: Store, name: str, tags: list[str], docs: dict[str, bytes | None]) -> dict[str, str]:
+    out = {}
+    for tag in tags:
+        key = f"packages/{name}/tags/{tag}.json"
+        if docs.get(key) is None:
+            continue
+        try:
+            ptr = parse(TagPointer, docs[key], f"{store.url}/{key}")
+        except ManifestError as e:
+            warn(f"{e}; ignored")
+            continue
+        if ptr.name != name or ptr.tag != tag:
+            warn(f"{store.url}/{key} points {ptr.name}:{ptr.tag}, not the tag its path names; ignored")
+            continue
+        out[tag] = ptr.version
+    return out
+
+
+def _state(index: NameIndex) -> PackageState:
+    summaries = {v: e.summary for v, e in index.versions.items() if e.summary is not None}
+    return PackageState(name=index.name, summaries=summaries, fingerprints=dict(index.fingerprints),
+                        listed=sorted(summaries, key=version_key), yanked=set(index.yanked), tags=dict(index.tags))
+
+
+def _update(store: Store, name: str, change: Callable[[NameIndex], NameIndex | None], *,
+            rebuild_missing: bool = True) -> bool:
+    """Apply `change` to the index by compare-and-swap, retrying lost races. A missing or unreadable
+    index is first rebuilt from the truth, so a writer never replaces it with one that knows only its
+    own change. Returns whether something was written; ConcurrentUpdateError after WRITE_ATTEMPTS."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            raw, etag = store.read_with_etag(index_key(name))
+        except FileNotFoundError:
+            raw, etag = None, None
+        current = _parse_index(store, name, raw) if raw is not None else None
+        if current is None:
+            current = _from_truth(store, name, NameIndex(name=name))[0] if rebuild_missing else NameIndex(name=name)
+        new = change(current)
+        if new is None:
+            return False
+        try:
+            store.swap(index_key(name), new.model_dump_json().encode(), expected=etag)
+            return True
+        except ConcurrentUpdateError:
+            time.sleep(random.uniform(0, 0.01 * min(attempt + 1, 10)))  # spread the racers out
+    raise ConcurrentUpdateError(f"{store.url}/{index_key(name)} kept changing under {WRITE_ATTEMPTS} attempts; try again")
+
+
+def _best_effort(store: Store, name: str, change: Callable[[NameIndex], NameIndex | None]) -> None:
+    try:
+        _update(store, name, change)
+    except Exception as e:  # noqa: BLE001 - the truth is written; the index heals on the next `show`
+        warn(f"could not update {store.url}/{index_key(name)} ({e}); `memreg verify --repair` rebuilds it")
+
+
+def _write_back(store: Store, name: str, old: bytes | None, fresh: NameIndex) -> None:
+    """A reader's repair: only if nobody changed the index since it was read; never an error."""
+    try:
+        store.swap(index_key(name), fresh.model_dump_json().encode(), expected=None if old is None else store.etag_of(old))
+    except Exception:  # noqa: BLE001 - read-only credentials, a lost race, a flaky store: the answer stands
+        pass
+

@@ -1,0 +1,165 @@
+"""Package indexes (index/<name>.json): `list` answers from one listing of names and one batch of
+index reads; an index that is missing or damaged is rebuilt from the manifests, a publisher killed
+between its manifest and the index is still listed, and `show`/`verify --repair` bring a stale index
+back to the truth."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from memreg.registry import Registry
+from memreg.registry import index as name_index
+from memreg.registry.index import index_key
+from memreg.schemas import DomainMetadata, NameIndex
+
+
+@pytest.fixture
+def reg(registry_url, tiny_package) -> Registry:
+    reg = Registry.init(registry_url)
+    reg.publish(tiny_package, name="law", version="1.0.0", description="first", domain=DomainMetadata(labels=["law"]))
+    reg.publish(tiny_package, name="law", version="1.1.0", description="second", domain=DomainMetadata(labels=["law"]))
+    reg.publish(tiny_package, name="code", version="0.1.0", description="code", domain=DomainMetadata(labels=["code"]))
+    return reg
+
+
+def _listed(reg: Registry, **kw) -> list[tuple[str, str, bool, list[str]]]:
+    return [(s.manifest.ref, s.manifest.description, s.yanked, s.tags) for s in reg.list(**kw)]
+
+
+def _reads(reg: Registry, monkeypatch) -> list[str]:
+    """Record every key `list` reads, one call at a time."""
+    seen: list[str] = []
+    inside = []  # the thread-pool read_many calls read: count each key once
+    read, read_many = reg.store.read, reg.store.read_many
+
+    def spy_read(key):
+        if not inside:
+            seen.append(key)
+        return read(key)
+
+    def spy_read_many(keys):
+        seen.extend(keys)
+        inside.append(1)
+        try:
+            return read_many(keys)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(reg.store, "read", spy_read)
+    monkeypatch.setattr(reg.store, "read_many", spy_read_many)
+    return seen
+
+
+def _index(reg: Registry, name: str) -> NameIndex:
+    return NameIndex.model_validate_json(reg.store.read(index_key(name)))
+
+
+EXPECTED = [("code@0.1.0", "code", False, []), ("law@1.1.0", "second", False, [])]
+
+
+def test_publish_indexes_so_list_reads_no_manifest(reg, monkeypatch):
+    assert sorted(_index(reg, "law").versions) == ["1.0.0", "1.1.0"]
+    reads = _reads(reg, monkeypatch)
+    assert _listed(reg) == EXPECTED
+    assert sorted(reads) == [index_key("code"), index_key("law")]  # one batch: the two indexes, no manifest
+    assert [s.manifest.ref for s in reg.list(all_versions=True)] == ["code@0.1.0", "law@1.0.0", "law@1.1.0"]
+    assert len(reads) == 4
+
+
+def test_a_publisher_killed_before_the_index_update_is_found_and_indexed(reg, tiny_package, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(name_index, "published", lambda *a, **k: None)  # dies right after creating the manifest
+        reg.publish(tiny_package, name="law", version="2.0.0", description="third")
+    assert _index(reg, "law").versions["2.0.0"].summary is None  # announced, never marked published
+    assert ("law@2.0.0", "third", False, []) in _listed(reg)
+    assert _index(reg, "law").versions["2.0.0"].summary.description == "third"  # the reader wrote the repair
+    reads = _reads(reg, monkeypatch)
+    reg.list()
+    assert not [k for k in reads if k.startswith("packages/")]  # and the next reader needs no manifest
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "other name", "wrong schema"])
+def test_a_missing_or_damaged_index_is_rebuilt(reg, damage, caplog):
+    key = index_key("law")
+    if damage == "delete":
+        reg.store.delete(key)
+    else:
+        raw = {"garbage": b"{not json", "other name": _index(reg, "code").model_dump_json().encode(),
+               "wrong schema": b'{"format_version": 1, "name": "law", "versions": {"1.1.0": {"token": 3}}}'}[damage]
+        reg.store.put_bytes(key, raw)
+    with caplog.at_level(logging.WARNING, logger="memreg.registry"):
+        assert _listed(reg) == EXPECTED
+    if damage != "delete":
+        assert "rebuilt from the manifests" in caplog.text
+    assert sorted(_index(reg, "law").versions) == ["1.0.0", "1.1.0"]
+
+
+def test_show_and_repair_bring_a_stale_index_back_to_the_truth(reg):
+    index = _index(reg, "law")
+    entry = index.versions["1.1.0"]
+    lying = entry.model_copy(update={"summary": entry.summary.model_copy(update={"description": "LIE"})})
+    phantom = entry.model_copy(update={"summary": entry.summary.model_copy(update={"version": "9.9.9"})})
+    forged = index.model_copy(update={"versions": {**index.versions, "1.1.0": lying, "9.9.9": phantom}})
+    reg.store.put_bytes(index_key("law"), forged.model_dump_json().encode())
+    assert reg.package("law").versions() == ["1.0.0", "1.1.0"]  # show reads the listing: no phantom
+    assert sorted(_index(reg, "law").versions) == ["1.0.0", "1.1.0"]  # and repaired the index
+    reg.store.put_bytes(index_key("law"), forged.model_dump_json().encode())
+    assert reg.rebuild_index() == ["code", "law"]
+    assert _listed(reg) == EXPECTED  # every summary re-read from the manifests
+
+
+def test_a_dead_publishers_announcement_is_not_listed_and_expires(reg, tiny_package, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from memreg.schemas import IndexedVersion
+
+    now = datetime.now(timezone.utc)
+    index = _index(reg, "law")
+    announced = {"3.0.0": IndexedVersion(pending_since=now), "4.0.0": IndexedVersion(pending_since=now - timedelta(hours=2))}
+    reg.store.put_bytes(index_key("law"), index.model_copy(update={"versions": {**index.versions, **announced}})
+                        .model_dump_json().encode())
+    assert _listed(reg) == EXPECTED  # announced without a manifest: not a version
+    reg.package("law")  # the truth: the young announcement may be a live publisher, the old one is dead
+    assert sorted(_index(reg, "law").versions) == ["1.0.0", "1.1.0", "3.0.0"]
+    reg.publish(tiny_package, name="law", version="3.0.0", description="late")
+    assert ("law@3.0.0", "late", False, []) in _listed(reg)
+
+
+def test_yanks_and_tag_moves_reach_the_index(reg, monkeypatch):
+    reg.tag("law@1.0.0", "stable")
+    reg.yank("law@1.1.0")
+    assert _listed(reg) == [("code@0.1.0", "code", False, []), ("law@1.0.0", "first", False, ["stable"])]
+    reg.unyank("law@1.1.0")
+    reg.tag("law@1.1.0", "stable")
+    assert _listed(reg) == [("code@0.1.0", "code", False, []), ("law@1.1.0", "second", False, ["stable"])]
+    state = reg.package("law")
+    assert (state.tags, state.yanked, state.listed) == ({"stable": "1.1.0"}, set(), ["1.0.0", "1.1.0"])
+
+
+def test_a_reader_that_cannot_write_still_answers(reg, monkeypatch):
+    reg.store.delete(index_key("law"))
+
+    def refuse(*a, **k):
+        raise PermissionError("read-only credentials")
+
+    monkeypatch.setattr(reg.store, "swap", refuse)
+    assert _listed(reg) == EXPECTED
+
+
+def test_a_yank_killed_before_its_index_update_heals_on_show(reg, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(name_index, "set_yanked", lambda *a, **k: None)
+        reg.yank("law@1.1.0")
+    assert reg.resolve("law").version == "1.0.0"  # resolution reads the yank records, never the index
+    assert ("law@1.1.0", "second", False, []) in _listed(reg)  # list trusts the index: stale, as documented
+    assert reg.package("law").yanked == {"1.1.0"}  # show reads the truth and repairs the index
+    assert ("law@1.0.0", "first", False, []) in _listed(reg)
+
+
+def test_a_registry_without_indexes_lists_everything(reg):
+    for name in ("law", "code"):
+        reg.store.delete(index_key(name))  # as a registry written by a memreg before indexes
+    assert _listed(reg) == EXPECTED
+    assert [s.manifest.ref for s in reg.list(all_versions=True)] == ["code@0.1.0", "law@1.0.0", "law@1.1.0"]
