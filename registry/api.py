@@ -11,8 +11,6 @@ Layout (format v1):
 from __future__ import annotations
 
 import json
-import math
-import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,11 +23,11 @@ from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from memreg.registry.cache import Cache
 from memreg.registry.card import with_model_card
 from memreg.registry import index as name_index
+from memreg.registry.gc import LEASE_TTL, LEASES, UPLOAD_FLOOR, GcReport, check_grace, collect_garbage  # noqa: F401
 from memreg.registry.errors import (
     ConcurrentUpdateError,
     BlobNotFoundError,
     DigestMismatchError,
-    InvalidArgumentError,
     InvalidReferenceError,
     ManifestError,
     ManifestNotFoundError,
@@ -56,8 +54,6 @@ from memreg.schemas import (
 )
 
 MARKER = "memreg-registry.json"
-LEASES = "leases"  # leases/<uuid>.json: blobs a publish in flight relies on (see Registry.gc)
-LEASE_TTL = timedelta(hours=1)  # longer than a publish's check -> manifest -> re-check, and than a gc run
 VIRTUAL_LATEST = "latest"  # `name:latest` is the highest non-yanked version, never a stored tag
 
 
@@ -100,14 +96,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-@dataclass(frozen=True)
-class GcReport:
-    removed_blobs: list[str]
-    removed_bytes: int
-    kept_recent: int
-    removed_uploads: list[str]
 
 
 @dataclass(frozen=True)
@@ -553,80 +541,8 @@ class Registry:
 
     # gc ----------------------------------------------------------------------------------
     def gc(self, *, grace: timedelta = timedelta(hours=24), dry_run: bool = False) -> GcReport:
-        """Delete blobs that no manifest references and leftovers of interrupted uploads, older
-        than `grace` (a publisher may be uploading blobs whose manifest does not exist yet).
-
-        Never removed, whatever the grace: a blob any manifest mentions (read as raw text, so a
-        malformed manifest still protects its blobs), a blob named by a lease younger than
-        LEASE_TTL (a publish in flight relies on it; the leases are re-read right before each
-        delete), an upload temp file or multipart upload younger than UPLOAD_FLOOR."""
-        grace = check_grace(grace)
-        referenced = self._mentioned_blobs()
-        cutoff = _now() - grace
-        removed, removed_bytes, kept = [], 0, 0
-        for key in self.store.list("blobs"):
-            if key in referenced:
-                continue
-            try:
-                young, size = self.store.modified(key) > cutoff, self.store.size(key)
-            except FileNotFoundError:
-                continue  # another gc got there first
-            if young or key in self._leased_blobs(expire=not dry_run):
-                kept += 1
-                continue
-            removed_bytes += size
-            removed.append(key)
-            if not dry_run:
-                self.store.delete(key)
-        if not dry_run:
-            self._leased_blobs(expire=True)  # expired leases go even when no blob was a candidate
-        upload_cutoff = _now() - max(grace, UPLOAD_FLOOR)
-        uploads = [k for k, t in self.store.stale_uploads() if t <= upload_cutoff]
-        if not dry_run:
-            for k in uploads:
-                try:
-                    self.store.remove_stale_upload(k)
-                except FileNotFoundError:
-                    pass  # finished or removed meanwhile
-        return GcReport(removed, removed_bytes, kept, uploads)
-
-    def _mentioned_blobs(self) -> set[str]:
-        out = set()
-        for key in self.store.list("packages"):
-            if not key.endswith(".json") or "/tags/" in key or "/yanked/" in key:
-                continue
-            try:
-                raw = self.store.read(key)
-            except FileNotFoundError:
-                continue
-            out |= {f"blobs/sha256/{h[:2]}/{h}" for h in _DIGEST.findall(raw.decode(errors="replace"))}
-        return out
-
-    def _leased_blobs(self, *, expire: bool) -> set[str]:
-        out, cutoff = set(), _now() - LEASE_TTL
-        for key in self.store.list(LEASES):
-            try:
-                if self.store.modified(key) <= cutoff:
-                    if expire:
-                        self.store.delete(key)
-                    continue
-                out |= set(json.loads(self.store.read(key)).get("blobs", []))
-            except FileNotFoundError:
-                continue
-            except (ValueError, AttributeError):
-                warn(f"{self.url}/{key} is not a valid lease; ignored")
-        return out
-
-
-def check_grace(grace: timedelta) -> timedelta:
-    seconds = grace.total_seconds() if isinstance(grace, timedelta) else float("nan")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidArgumentError(f"grace {grace!r} must be a finite, non-negative duration, e.g. 24 hours")
-    return grace
-
-
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-UPLOAD_FLOOR = timedelta(hours=1)  # an upload temp file this young may belong to a live publisher
+        """Delete unreferenced blobs and stale uploads older than `grace`; see registry/gc.py."""
+        return collect_garbage(self.store, grace=grace, dry_run=dry_run)
 
 
 def _blob_problem(entry: FileEntry, found: tuple[int, str] | None) -> str | None:

@@ -1,0 +1,110 @@
+"""Garbage collection: blobs no manifest references and leftovers of interrupted uploads.
+
+A publisher uploads blobs before its manifest exists, so gc only removes what is older than a grace
+period, and never what a publish in flight has leased (leases/<id>.json, written before the publisher
+re-checks its blobs and kept LEASE_TTL) or an upload temp file younger than UPLOAD_FLOOR.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from memreg.registry.errors import InvalidArgumentError
+from memreg.registry.reading import warn
+from memreg.registry.store import Store
+
+LEASES = "leases"  # leases/<uuid>.json: blobs a publish in flight relies on
+LEASE_TTL = timedelta(hours=1)  # longer than a publish's check -> manifest -> re-check, and than a gc run
+UPLOAD_FLOOR = timedelta(hours=1)  # an upload temp file this young may belong to a live publisher
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+@dataclass(frozen=True)
+class GcReport:
+    removed_blobs: list[str]
+    removed_bytes: int
+    kept_recent: int
+    removed_uploads: list[str]
+
+
+def check_grace(grace: timedelta) -> timedelta:
+    seconds = grace.total_seconds() if isinstance(grace, timedelta) else float("nan")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidArgumentError(f"grace {grace!r} must be a finite, non-negative duration, e.g. 24 hours")
+    return grace
+
+
+def collect_garbage(store: Store, *, grace: timedelta, dry_run: bool) -> GcReport:
+    """Delete blobs that no manifest references and leftovers of interrupted uploads, older
+    than `grace` (a publisher may be uploading blobs whose manifest does not exist yet).
+
+    Never removed, whatever the grace: a blob any manifest mentions (read as raw text, so a
+    malformed manifest still protects its blobs), a blob named by a lease younger than
+    LEASE_TTL (a publish in flight relies on it; the leases are re-read right before each
+    delete), an upload temp file or multipart upload younger than UPLOAD_FLOOR."""
+    grace = check_grace(grace)
+    referenced = _mentioned_blobs(store)
+    cutoff = _now() - grace
+    removed, removed_bytes, kept = [], 0, 0
+    for key in store.list("blobs"):
+        if key in referenced:
+            continue
+        try:
+            young, size = store.modified(key) > cutoff, store.size(key)
+        except FileNotFoundError:
+            continue  # another gc got there first
+        if young or key in _leased_blobs(store, expire=not dry_run):
+            kept += 1
+            continue
+        removed_bytes += size
+        removed.append(key)
+        if not dry_run:
+            store.delete(key)
+    if not dry_run:
+        _leased_blobs(store, expire=True)  # expired leases go even when no blob was a candidate
+    upload_cutoff = _now() - max(grace, UPLOAD_FLOOR)
+    uploads = [k for k, t in store.stale_uploads() if t <= upload_cutoff]
+    if not dry_run:
+        for k in uploads:
+            try:
+                store.remove_stale_upload(k)
+            except FileNotFoundError:
+                pass  # finished or removed meanwhile
+    return GcReport(removed, removed_bytes, kept, uploads)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _mentioned_blobs(store: Store) -> set[str]:
+    out = set()
+    for key in store.list("packages"):
+        if not key.endswith(".json") or "/tags/" in key or "/yanked/" in key:
+            continue
+        try:
+            raw = store.read(key)
+        except FileNotFoundError:
+            continue
+        out |= {f"blobs/sha256/{h[:2]}/{h}" for h in _DIGEST.findall(raw.decode(errors="replace"))}
+    return out
+
+
+def _leased_blobs(store: Store, *, expire: bool) -> set[str]:
+    out, cutoff = set(), _now() - LEASE_TTL
+    for key in store.list(LEASES):
+        try:
+            if store.modified(key) <= cutoff:
+                if expire:
+                    store.delete(key)
+                continue
+            out |= set(json.loads(store.read(key)).get("blobs", []))
+        except FileNotFoundError:
+            continue
+        except (ValueError, AttributeError):
+            warn(f"{store.url}/{key} is not a valid lease; ignored")
+    return out
