@@ -272,7 +272,7 @@ class S3Store(Store):
 
     def read(self, key: str) -> bytes:
         try:
-            return self.fs.cat_file(self._path(key))
+            return self.fs.cat_file(self._path(key), max_concurrency=1)  # small documents: no HEAD for a size first
         except FileNotFoundError:
             raise
         except Exception as e:  # noqa: BLE001 - translated into one actionable line
@@ -346,8 +346,9 @@ class S3Store(Store):
         from fsspec.asyn import sync
 
         async def gather() -> list:
-            # s3fs's own cat() first HEADs every path to expand globs: one GET each is enough
-            return await asyncio.gather(*(self.fs._cat_file(self._path(k)) for k in keys), return_exceptions=True)
+            # s3fs's cat() HEADs every path (glob expansion, then a size for ranged reads): one GET each is enough
+            return await asyncio.gather(*(self.fs._cat_file(self._path(k), max_concurrency=1) for k in keys),
+                                        return_exceptions=True)
 
         out: dict[str, bytes | None] = {}
         for key, value in zip(keys, sync(self.fs.loop, gather)):
