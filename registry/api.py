@@ -303,18 +303,8 @@ class Registry:
 
     def _listing(self, name: str) -> tuple[list[str], set[str]]:
         """One listing of packages/<name>/: its versions (lowest first) and its yanked versions."""
-        check_name(name)
-        versions, yanked = [], set()
-        for key in self.store.list(f"packages/{name}"):
-            parts, where = key.split("/"), f"{self.url}/{key}"
-            stem = parts[-1][: -len(".json")] if parts[-1].endswith(".json") else None
-            if len(parts) == 3 and stem is None:
-                warn(f"{where}: not <version>.json; ignored")
-            elif len(parts) == 3 and valid(check_version, stem, where, "not <version>.json"):
-                versions.append(stem)
-            elif len(parts) == 4 and parts[2] == "yanked" and stem and valid(check_version, stem, where, "not <version>.json"):
-                yanked.add(stem)
-        return sorted(versions, key=version_key), yanked
+        manifests, yanked, _ = name_index.list_package(self.store, name)
+        return sorted(manifests, key=version_key), yanked
 
     def tags(self, name: str) -> dict[str, str]:
         out = {}

@@ -163,6 +163,24 @@ def rebuild(store: Store) -> list[str]:
     return done
 
 
+def list_package(store: Store, name: str) -> tuple[dict[str, str], set[str], list[str]]:
+    """One listing of packages/<name>/: {version: manifest key}, yanked versions, tag names.
+    Entries that are none of these are skipped with a warning naming them."""
+    manifests, yanked, tags = {}, set(), []
+    for key in store.list(f"packages/{check_name(name)}"):
+        parts, where = key.split("/"), f"{store.url}/{key}"
+        stem = parts[-1][: -len(".json")] if parts[-1].endswith(".json") else None
+        if len(parts) == 3 and stem is None:
+            warn(f"{where}: not <version>.json; ignored")
+        elif len(parts) == 3 and valid(check_version, stem, where, "not <version>.json"):
+            manifests[stem] = key
+        elif len(parts) == 4 and parts[2] == "yanked" and stem and valid(check_version, stem, where, "not <version>.json"):
+            yanked.add(stem)
+        elif len(parts) == 4 and parts[2] == "tags" and stem:
+            tags.append(stem)
+    return manifests, yanked, tags
+
+
 # the pieces ------------------------------------------------------------------------------------
 def _manifest_key(name: str, version: str) -> str:
     return f"packages/{name}/{version}.json"
@@ -205,18 +223,7 @@ def _settle_pending(store: Store, name: str, index: NameIndex, docs: dict[str, b
 
 def _from_truth(store: Store, name: str, index: NameIndex) -> tuple[NameIndex, PackageState]:
     """Rebuild from one listing of the package; manifests are read only where `index` has no summary."""
-    manifests, yanked, tags = {}, set(), []
-    for key in store.list(f"packages/{name}"):
-        parts, where = key.split("/"), f"{store.url}/{key}"
-        stem = parts[-1][: -len(".json")] if parts[-1].endswith(".json") else None
-        if len(parts) == 3 and stem is None:
-            warn(f"{where}: not <version>.json; ignored")
-        elif len(parts) == 3 and valid(check_version, stem, where, "not <version>.json"):
-            manifests[stem] = key
-        elif len(parts) == 4 and parts[2] == "yanked" and stem and valid(check_version, stem, where, "not <version>.json"):
-            yanked.add(stem)
-        elif len(parts) == 4 and parts[2] == "tags" and stem:
-            tags.append(stem)
+    manifests, yanked, tags = list_package(store, name)
     need = [k for v, k in manifests.items() if (e := index.versions.get(v)) is None or e.summary is None
             or e.summary.tokenizer not in index.fingerprints]
     docs = store.read_many(need + [f"packages/{name}/tags/{t}.json" for t in tags])
