@@ -63,7 +63,7 @@ def train(
 
     Several processes (one machine or many): launch the same command with accelerate. On 2 CPU processes (accelerate's --cpu launcher starts one process without MPI, so use its torchrun launcher): accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no -m memreg train CORPUS --teacher BIG --init SMALL --out DIR. On GPUs: accelerate launch --num_processes N -m memreg train ... --device cuda (torchrun --nproc_per_node N -m memreg train ... works too).
 
-    The datastore is split across the processes; the teacher adaptation and the training are data parallel (gradients averaged, N times the blocks per step, so N times fewer steps per epoch); process 0 alone tokenizes, builds the index and the kNN targets, evaluates and writes the package.
+    The datastore is split across the processes; the teacher adaptation and the training are data parallel (gradients averaged, N times the blocks per step, so N times fewer steps per epoch); each process computes the kNN targets of its own share of the rows; process 0 alone tokenizes, builds the index, evaluates and writes the package.
     """
     from pydantic import ValidationError
 

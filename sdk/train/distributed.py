@@ -8,8 +8,10 @@ CUDA) and splits the work:
   micro-batches, gradients are averaged with all_reduce before every optimizer step (the same
   update as DDP), so one step sees WORLD_SIZE times as many blocks and the step count is divided
   accordingly; process 0 writes the checkpoints;
-* tokenizing, the faiss index, the kNN targets, the evaluation and the package: process 0, while
-  the others wait at a barrier, then read its cached result.
+* kNN targets: process 0 creates the target files and picks the temperature; then every process
+  searches its own batches of rows (every WORLD_SIZE-th) against the whole index and writes them;
+* tokenizing, the faiss index, the evaluation and the package: process 0, while the others wait
+  at a barrier, then read its cached result.
 
 A single process (no WORLD_SIZE, or 1) runs exactly as before: no process group.
 """

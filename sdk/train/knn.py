@@ -111,26 +111,37 @@ def choose_temperature(
     return float(f"{best:.6g}")
 
 
+def create_targets(out: Path, n: int, support: int) -> None:
+    """The empty (N, S) ids/probs files every process then fills its own rows of (idempotent)."""
+    if not (out / "ids.npy").exists():
+        np.lib.format.open_memmap(out / "ids.npy", mode="w+", dtype=np.int32, shape=(n, support)).flush()
+        np.lib.format.open_memmap(out / "probs.npy", mode="w+", dtype=np.float16, shape=(n, support)).flush()
+
+
 def build_targets(
     index, keys: np.ndarray, values: np.ndarray, out: Path, *, k: int, temperature: float, vocab_size: int,
-    support: int, batch_size: int, progress: Callable[[int], None] | None = None,
+    support: int, batch_size: int, progress: Callable[[int], None] | None = None, rank: int = 0, world_size: int = 1,
 ) -> dict[str, float]:
     """Write ids.npy (N, S) int32 and probs.npy (N, S) float16 into `out`, resumable by batches.
-    Returns the mean effective number of neighbours and of tokens (exp of entropy) per position."""
+
+    With several processes each takes every world_size-th batch of rows (its own progress file);
+    the batches are the same as a single process's, so the targets are the same. Returns the
+    mean effective number of neighbours and of tokens (exp of entropy) over this process's rows;
+    its sums stay in its progress file for merge_stats."""
     n = len(keys)
     s = min(support, vocab_size)
-    ids_path, probs_path, progress_path = out / "ids.npy", out / "probs.npy", out / "progress.json"
-    if not ids_path.exists():
-        np.lib.format.open_memmap(ids_path, mode="w+", dtype=np.int32, shape=(n, s)).flush()
-        np.lib.format.open_memmap(probs_path, mode="w+", dtype=np.float16, shape=(n, s)).flush()
-    out_ids = np.load(ids_path, mmap_mode="r+")
-    out_probs = np.load(probs_path, mmap_mode="r+")
+    create_targets(out, n, s)  # a single process; several: process 0 made them before the barrier
+    out_ids = np.load(out / "ids.npy", mmap_mode="r+")
+    out_probs = np.load(out / "probs.npy", mmap_mode="r+")
+    progress_path = out / ("progress.json" if world_size == 1 else f"progress-{rank}-of-{world_size}.json")
     state = json.loads(progress_path.read_text()) if progress_path.exists() else {"rows_done": 0}
     done, stats = state["rows_done"], state.get("stats", {})
-    if progress is not None and done:
-        progress(done)
+    mine = range(rank * batch_size, n, world_size * batch_size)  # first row of each batch of ours
+    todo = [b for b in mine if b >= done]
+    if progress is not None and len(mine) > len(todo):
+        progress(sum(min(batch_size, n - b) for b in mine if b < done))
     values_ram = np.asarray(values)
-    for start in range(done, n, batch_size):
+    for start in todo:
         rows = np.arange(start, min(start + batch_size, n))
         dists, ids = search(index, keys, rows, k)
         tokens, probs = knn_sparse(dists, ids, rows, values_ram, k=k, temperature=temperature, stats=stats)
@@ -141,6 +152,15 @@ def build_targets(
         if progress is not None:
             progress(len(rows))
     return effective_counts(stats)
+
+
+def merge_stats(out: Path, world_size: int) -> dict[str, float]:
+    """effective_counts over every process's rows, from their progress files."""
+    total: dict[str, float] = {}
+    for rank in range(world_size):
+        for key, value in json.loads((out / f"progress-{rank}-of-{world_size}.json").read_text())["stats"].items():
+            total[key] = total.get(key, 0.0) + value
+    return effective_counts(total)
 
 
 def open_targets(folder: Path) -> tuple[np.ndarray, np.ndarray]:

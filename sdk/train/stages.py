@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from memreg.registry.fsutil import atomic_write_json
 from memreg.train import corpus as corpus_mod
 from memreg.train.errors import InvalidTrainSettingError
 from memreg.train.runner import Meta, StageRunner
@@ -192,29 +193,40 @@ def index(run: StageRunner, dmeta: Meta) -> Meta:
 
 
 def knn(run: StageRunner, k: int, vocab_size: int) -> Meta:
+    """kNN targets. Several processes share the rows: process 0 creates the files and chooses the
+    temperature while the others wait, then each searches its own batches (the same batches as one
+    process would, so the same targets), and process 0 merges the statistics."""
     from memreg.train.datastore import open_datastore
-    from memreg.train.knn import build_targets, choose_temperature
+    from memreg.train.knn import build_targets, choose_temperature, create_targets, merge_stats
 
     keys, values = open_datastore(run.stage_dir("datastore"))
+    dist = run.dist
 
-    def body() -> Meta:
+    def body() -> Meta | None:
         folder = run.stage_dir("knn")
         index, nprobe, recall = _search_index(run, keys, k)
         temp_file = folder / "temperature.json"
-        if run.cfg.temperature != "auto":
-            temperature = float(run.cfg.temperature)
-        elif temp_file.exists():
-            temperature = json.loads(temp_file.read_text())["temperature"]
-        else:
-            temperature = choose_temperature(index, keys, values, k=k, vocab_size=vocab_size, seed=run.cfg.seed)
-            temp_file.write_text(json.dumps({"temperature": temperature}))
-            run.note(f"kNN temperature {temperature:g} chosen on a sample of the datastore (squared L2 distances)")
+        if dist.is_main:
+            create_targets(folder, len(keys), min(run.cfg.knn_support, vocab_size))
+            if run.cfg.temperature == "auto" and not temp_file.exists():
+                t = choose_temperature(index, keys, values, k=k, vocab_size=vocab_size, seed=run.cfg.seed)
+                atomic_write_json(temp_file, {"temperature": t})
+                run.note(f"kNN temperature {t:g} chosen on a sample of the datastore (squared L2 distances)")
+        dist.barrier()
+        temperature = (float(run.cfg.temperature) if run.cfg.temperature != "auto"
+                       else json.loads(temp_file.read_text())["temperature"])
         effective = build_targets(index, keys, values, folder, k=k, temperature=temperature, vocab_size=vocab_size,
                                   support=run.cfg.knn_support, batch_size=run.cfg.search_batch_size,
-                                  progress=run.progress.advance)
-        return {"k": k, "temperature": temperature, "nprobe": nprobe, "sample_recall": recall, **effective}
+                                  progress=run.progress.advance, rank=dist.rank, world_size=dist.world_size)
+        dist.barrier()
+        if not dist.is_main:
+            return None
+        if dist.world_size > 1:
+            effective = merge_stats(folder, dist.world_size)
+        return {"k": k, "temperature": temperature, "nprobe": nprobe, "sample_recall": recall,
+                "processes": dist.world_size, **effective}
 
-    return run.run("knn", body, label="knn targets", total=len(keys), unit="tok")
+    return run.run("knn", body, label="knn targets", total=len(keys), unit="tok", all_processes=True)
 
 
 def _search_index(run: StageRunner, keys, k: int) -> tuple[object, int | None, float | None]:

@@ -4,6 +4,7 @@ all-reduced over gloo); process 0 writes a package transformers opens."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -69,8 +70,18 @@ def test_two_process_accelerate_launch_matches_the_single_process_datastore(tmp_
     assert sorted(p.name for p in next(work.glob("datastore-*")).glob("progress-*")) == [
         "progress-0-of-2.json", "progress-1-of-2.json"]
 
+    # kNN targets: each process searched its own batches of rows; together they equal one process's
+    from memreg.train.knn import open_targets
+
+    knn2, knn1 = next(work.glob("knn-*")), next(single.work_dir.glob("knn-*"))
+    for got, want in zip(open_targets(knn2), open_targets(knn1)):
+        assert np.array_equal(got, want)
+    assert sorted(p.name for p in knn2.glob("progress-*")) == ["progress-0-of-2.json", "progress-1-of-2.json"]
+    meta2, meta1 = (json.loads((d / "meta.json").read_text()) for d in (knn2, knn1))
+    assert meta2["effective_neighbours"] == pytest.approx(meta1["effective_neighbours"], rel=1e-9)
+
     card = PackageCard.model_validate_json((out / "memreg.json").read_text())
-    assert card.training.extra["processes"] == {"datastore": 2, "train": 2}
+    assert card.training.extra["processes"] == {"datastore": 2, "knn": 2, "train": 2}
     assert card.training.datastore_size == single.datastore_size
     assert card.training.steps == 6 and card.metrics.recommended_weight is not None
     model = AutoModelForCausalLM.from_pretrained(out)
