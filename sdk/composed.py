@@ -214,7 +214,9 @@ class ComposedLM(nn.Module):
 
     # ------------------------------------------------------------------ generation
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs: Any):
-        """Greedy, sampling (temperature, top_k, top_p) and beam search; see `memreg.generation.generate`."""
+        """Greedy, sampling and beam search with transformers' decoding options (generation_config=,
+        repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_new_tokens, stop_strings with
+        tokenizer=, stopping_criteria, streamer, …); see `memreg.generation.generate`."""
         from memreg.generation import generate
 
         return generate(self, input_ids, attention_mask, **kwargs)

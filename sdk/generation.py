@@ -3,9 +3,11 @@
 Why an own loop rather than transformers' `GenerationMixin.generate`: the latter drives the model
 through internals that change between releases (cache keyword names, cache classes, position
 bookkeeping), and a mixture has one cache per member. This loop calls only `ComposedLM.forward`,
-and reuses transformers' public pieces: `LogitsProcessorList` and its warpers (temperature,
-top-k, top-p) and the streamer protocol (`TextStreamer`: `put` the prompt, then each token,
-then `end`). Keyword names and defaults follow `generate` (except `top_k`, off unless given).
+and reuses transformers' public pieces: `GenerationConfig`, its logits processors (repetition
+penalty, n-gram and bad-word bans, min_new_tokens) and warpers (temperature, top-k, top-p), its
+stopping criteria (`stop_strings`, any `stopping_criteria`) and the streamer protocol
+(`TextStreamer`: `put` the prompt, then each token, then `end`). Keyword names and defaults follow
+`generate` (except `top_k`, off unless given); an option it does not implement is refused by name.
 
 Shapes: B prompts, L prompt length (left-padded), V vocabulary, N beams.
 """
@@ -54,11 +56,35 @@ def _special_ids(model: ComposedLM) -> tuple[list[int], int | None]:
 
 
 def _processors(
-    logits_processor: Any, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None
+    logits_processor: Any, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
+    *, repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
+    bad_words_ids: Any = None, min_new_tokens: int | None = None, prompt_len: int = 0, eos: list[int] | None = None,
 ):
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    """transformers' public processors, in the order its generate() applies them. They act on the
+    mixture's log-probabilities (the composed model's logits): shift-invariant ones (n-gram and
+    bad-word bans, min_new_tokens, top-k/p) behave as on the base's raw logits; a repetition
+    penalty scales log-probabilities, which are all negative, so it is not the base's number."""
+    from transformers import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        NoBadWordsLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
-    procs = LogitsProcessorList(list(logits_processor or []))
+    procs = LogitsProcessorList()
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(penalty=float(repetition_penalty)))
+    if no_repeat_ngram_size:
+        procs.append(NoRepeatNGramLogitsProcessor(int(no_repeat_ngram_size)))
+    if bad_words_ids:
+        procs.append(NoBadWordsLogitsProcessor(bad_words_ids, eos_token_id=eos or None))
+    if min_new_tokens and eos:
+        procs.append(MinNewTokensLengthLogitsProcessor(prompt_len, int(min_new_tokens), eos))
+    procs.extend(list(logits_processor or []))
     if do_sample:
         if temperature is not None and temperature != 1.0:
             procs.append(TemperatureLogitsWarper(temperature))
@@ -69,8 +95,38 @@ def _processors(
     return procs
 
 
-@torch.no_grad()
+# GenerationConfig fields that carry no decoding choice (metadata, or ids handled by _special_ids)
+_CONFIG_METADATA = {"transformers_version", "_from_model_config", "bos_token_id", "decoder_start_token_id",
+                    "cache_implementation", "_commit_hash", "return_legacy_cache"}
+
+
 def generate(
+    model: ComposedLM,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    generation_config: Any = None,
+    **kwargs: Any,
+) -> torch.Tensor | GenerateOutput:
+    """Continue left-padded prompts `input_ids` (B, L); returns (B * num_return_sequences, L + new).
+
+    `generation_config` (a transformers GenerationConfig) gives the options it sets away from
+    their defaults; keyword arguments override it, as in transformers. An option this loop does
+    not implement is refused by name, never ignored."""
+    if generation_config is not None:
+        import inspect
+
+        known = set(inspect.signature(_generate).parameters)
+        from_config = {k: v for k, v in generation_config.to_diff_dict().items() if k not in _CONFIG_METADATA}
+        unsupported = sorted(k for k in from_config if k not in known)
+        if unsupported:
+            raise TypeError(f"generation_config sets options memreg's decoding does not support: {', '.join(unsupported)}")
+        kwargs = {**from_config, **kwargs}
+    return _generate(model, input_ids, attention_mask, **kwargs)
+
+
+@torch.no_grad()
+def _generate(
     model: ComposedLM,
     input_ids: torch.Tensor | None,
     attention_mask: torch.Tensor | None = None,
@@ -92,9 +148,15 @@ def generate(
     use_cache: bool = True,
     output_scores: bool = False,
     return_dict_in_generate: bool = False,
+    repetition_penalty: float | None = None,
+    no_repeat_ngram_size: int | None = None,
+    bad_words_ids: list[list[int]] | None = None,
+    min_new_tokens: int | None = None,
+    stop_strings: str | list[str] | None = None,
+    stopping_criteria: Any = None,
+    tokenizer: Any = None,
     **unknown: Any,
 ) -> torch.Tensor | GenerateOutput:
-    """Continue left-padded prompts `input_ids` (B, L); returns (B * num_return_sequences, L + new)."""
     if unknown:
         raise TypeError(f"generate() got unsupported arguments: {', '.join(sorted(unknown))}")
     if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
@@ -117,8 +179,13 @@ def generate(
         pad = pad_token_id
     if pad is None:
         pad = eos[0] if eos else 0
-    procs = _processors(logits_processor, do_sample, temperature, top_k, top_p)
+    procs = _processors(logits_processor, do_sample, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
+                        no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
+                        min_new_tokens=min_new_tokens, prompt_len=input_ids.shape[1], eos=eos)
+    criteria = _criteria(stopping_criteria, stop_strings, tokenizer or model.tokenizer)
     if num_beams > 1:
+        if criteria:
+            raise ValueError("stop_strings and stopping_criteria need num_beams=1 in memreg's decoding")
         if do_sample:
             raise ValueError("beam search with sampling is not supported: use num_beams=1 with do_sample=True")
         if streamer is not None:
@@ -136,8 +203,20 @@ def generate(
         mask = mask.repeat_interleave(num_return_sequences, 0)
     return _sample(
         model, input_ids, mask, max_new_tokens, do_sample, eos, pad, procs, streamer, generator,
-        use_cache, output_scores, return_dict_in_generate,
+        use_cache, output_scores, return_dict_in_generate, criteria,
     )
+
+
+def _criteria(stopping_criteria: Any, stop_strings: str | list[str] | None, tokenizer: Any):
+    """transformers' StoppingCriteriaList: the caller's criteria plus StopStringCriteria."""
+    from transformers import StoppingCriteriaList, StopStringCriteria
+
+    criteria = StoppingCriteriaList(list(stopping_criteria or []))
+    if stop_strings:
+        if tokenizer is None:
+            raise ValueError("stop_strings needs a tokenizer: pass tokenizer=… to generate()")
+        criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
+    return criteria
 
 
 class _Stepper:
@@ -161,7 +240,8 @@ class _Stepper:
         return out.logits[:, -1]
 
 
-def _sample(model, ids, mask, max_new, do_sample, eos, pad, procs, streamer, generator, use_cache, output_scores, as_dict):
+def _sample(model, ids, mask, max_new, do_sample, eos, pad, procs, streamer, generator, use_cache, output_scores, as_dict,
+            criteria=None):
     stepper = _Stepper(model, use_cache)
     eos_t = torch.tensor(eos, device=ids.device, dtype=torch.long)
     unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
@@ -185,6 +265,8 @@ def _sample(model, ids, mask, max_new, do_sample, eos, pad, procs, streamer, gen
             streamer.put(tok.cpu())
         if eos:
             unfinished &= ~torch.isin(tok, eos_t)
+        if criteria:
+            unfinished &= ~criteria(ids, step_scores).to(unfinished.device)
         if step == max_new - 1 or not unfinished.any():
             break
         logp = stepper.next(ids, mask)

@@ -143,3 +143,70 @@ def test_bad_arguments_are_refused(composed, tok, prompts):
         composed.generate(**enc, do_sample=True, temperature=0)
     with pytest.raises(TypeError, match="unsupported"):
         composed.generate(**enc, penalty_alpha=0.6)
+
+
+# transformers' decoding options, checked against transformers itself ----------------------------
+@pytest.fixture(scope="module")
+def zero(tok):
+    """Every memory at weight 0: the composed model must decode exactly as its base."""
+    v = len(tok)
+    base = gpt2(v, 0)
+    return base, compose(base, [(gpt2(v, 2, layers=1), tok)], [0.0], tokenizer=tok)
+
+
+@pytest.mark.parametrize("options", [
+    dict(no_repeat_ngram_size=1),
+    dict(min_new_tokens=9),
+    dict(bad_words_ids=[[98], [66, 74]]),  # (the eos token is never a bad word in transformers)
+    dict(no_repeat_ngram_size=3, min_new_tokens=4, bad_words_ids=[[216]]),
+])
+def test_decoding_options_equal_base_generate_at_weight_zero(zero, tok, prompts, options):
+    base, composed = zero
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    plain = dict(max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=24)
+    want = base.generate(**enc, **plain, **options)
+    got = composed.generate(enc["input_ids"], enc["attention_mask"], **plain, **options)
+    assert torch.equal(got, want)
+    without = composed.generate(enc["input_ids"], enc["attention_mask"], **plain)
+    assert torch.equal(without, base.generate(**enc, **plain))
+    assert not torch.equal(got, without)  # the option changed the output: the test can fail
+
+
+def test_generation_config_and_stop_strings_equal_base_generate(zero, tok, prompts):
+    from transformers import GenerationConfig
+
+    base, composed = zero
+    enc = tok(prompts[:1], return_tensors="pt")
+    free = composed.generate(enc["input_ids"], max_new_tokens=12)
+    stop = tok.decode(free[0, enc["input_ids"].shape[1] + 3 : enc["input_ids"].shape[1] + 5])  # text of tokens 4-5
+    cfg = GenerationConfig(max_new_tokens=12, no_repeat_ngram_size=2, stop_strings=[stop], do_sample=False,
+                           pad_token_id=tok.pad_token_id)
+    want = base.generate(**enc, generation_config=cfg, tokenizer=tok)
+    got = composed.generate(enc["input_ids"], generation_config=cfg, tokenizer=tok)
+    assert torch.equal(got, want)
+    assert got.shape[1] < free.shape[1] and stop in tok.decode(got[0, enc["input_ids"].shape[1]:])
+    # keyword arguments override the config, as in transformers
+    assert composed.generate(enc["input_ids"], generation_config=cfg, tokenizer=tok, max_new_tokens=2).shape[1] \
+        == enc["input_ids"].shape[1] + 2
+
+
+def test_repetition_penalty_scales_the_mixture_log_probs(composed, tok, prompts):
+    enc = tok(prompts[:1], return_tensors="pt")
+    out = composed.generate(enc["input_ids"], max_new_tokens=12, repetition_penalty=1e6)
+    seen = enc["input_ids"][0].tolist()
+    for t in out[0, enc["input_ids"].shape[1]:].tolist():
+        assert t not in seen  # a huge penalty on log-probs (all negative) bans every token seen so far
+        seen.append(t)
+
+
+def test_unsupported_options_are_named_not_ignored(composed, tok, prompts):
+    from transformers import GenerationConfig
+
+    enc = tok(prompts[:1], return_tensors="pt")
+    with pytest.raises(TypeError, match="diversity_penalty"):
+        composed.generate(enc["input_ids"], generation_config=GenerationConfig(num_beams=4, num_beam_groups=2,
+                                                                               diversity_penalty=0.5))
+    from memreg.generation import _criteria
+
+    with pytest.raises(ValueError, match="tokenizer"):
+        _criteria(None, ["stop"], None)  # stop strings need a tokenizer (the composed model may have none)
