@@ -139,6 +139,21 @@ class ComposedLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    # What transformers' pipelines ask of a model before they call generate(): the base's config and
+    # generation defaults stand for the composition (the members share a tokenizer).
+    @property
+    def config(self) -> Any:
+        return self.base.config
+
+    @property
+    def generation_config(self) -> Any:
+        from transformers import GenerationConfig
+
+        return getattr(self.base, "generation_config", None) or GenerationConfig.from_model_config(self.base.config)
+
+    def can_generate(self) -> bool:
+        return True
+
     # ------------------------------------------------------------------ forward
     def member_log_probs(
         self,

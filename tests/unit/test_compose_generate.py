@@ -210,3 +210,13 @@ def test_unsupported_options_are_named_not_ignored(composed, tok, prompts):
 
     with pytest.raises(ValueError, match="tokenizer"):
         _criteria(None, ["stop"], None)  # stop strings need a tokenizer (the composed model may have none)
+
+
+def test_text_generation_pipeline_runs_the_composed_model(composed, tok, prompts):
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=composed, tokenizer=tok)
+    got = pipe(prompts[0], max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    enc = tok([prompts[0]], return_tensors="pt")
+    want = tok.decode(composed.generate(enc["input_ids"], max_new_tokens=6)[0], skip_special_tokens=True)
+    assert got == want and len(got) > len(prompts[0])
