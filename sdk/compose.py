@@ -14,10 +14,11 @@ Phases, each finished before the next starts (so a refusal costs no weight reads
 from __future__ import annotations
 
 import json
+import re
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -143,6 +144,9 @@ def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memo
         rec = card.metrics.recommended_weight
         resolved = folder.resolve()
         return _Memory(name, f"path:{resolved}", tok, rows, rec, lambda: _load_folder(resolved, dtype))
+    if not isinstance(spec, Path) and _HUB_ID.fullmatch(text):  # org/name: a Hugging Face Hub repository
+        mem = _describe(_hub_snapshot(text), registry, registry_box, dtype)
+        return replace(mem, name=f"memory {text} (Hub)")
     if isinstance(spec, Path) or os.sep in text or text.startswith((".", "~")):
         raise MemoryNotFoundError(
             f"{text!r} is not a package folder: give a folder with config.json, *.safetensors and tokenizer files, "
@@ -171,6 +175,30 @@ def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memo
         lambda: _load_folder(box[0] if box else reg.pull(ref), dtype),
         pulled,
     )
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]  # weights, config, tokenizer, card: no code
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local folder of a Hub repository: the cache if it holds one (no request), else a
+    download (unless HF_HUB_OFFLINE). Safetensors and text files only, never pickles or code."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True))
+    except Exception as cached_error:  # noqa: BLE001 - not in the cache: try the Hub once
+        if constants.HF_HUB_OFFLINE:
+            raise MemoryNotFoundError(f"{repo_id!r} is not a folder, and the Hub cache has no snapshot of it "
+                                      f"(HF_HUB_OFFLINE is set): download it first or give a folder") from cached_error
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+    except Exception as e:  # noqa: BLE001 - one line: what was tried and what to do
+        raise MemoryNotFoundError(
+            f"{repo_id!r} is not a folder, not in the Hub cache, and the Hub did not serve it "
+            f"({type(e).__name__}): check the repository id and the network, or give a folder or a registry reference"
+        ) from None
 
 
 def _tokenizer_folder_of(model: torch.nn.Module) -> Path | None:

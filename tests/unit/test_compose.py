@@ -194,3 +194,27 @@ def test_registry_memory_is_checked_from_its_manifest_before_the_pull(tok, model
     assert pulled == []  # refused from the manifest, nothing downloaded
     c = compose(models["base"], ["law@1.0.0"], tokenizer=tok, registry=reg)
     assert pulled == ["law@1.0.0"] and c.weights == [0.25] and c.vocab_size == v
+
+
+@torch.no_grad()
+def test_a_hub_id_memory_is_read_from_the_hub_cache(tok, models, batch, tmp_path, monkeypatch):
+    """org/name: the snapshot in the Hugging Face cache (laid out as huggingface_hub writes it) is
+    used without a request; a repository the cache lacks, offline, is one clear error."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--acme--law-memory"
+    save_package(models["m1"], tok, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    ids, mask = batch
+    hub = compose(models["base"], ["acme/law-memory"], [0.4], tokenizer=tok)
+    direct = compose(models["base"], [(models["m1"], tok)], [0.4], tokenizer=tok)
+    assert _rel(hub(ids, mask).logits, direct(ids, mask).logits, mask) < 1e-5  # loaded as float32, the fixture is float64
+    from memreg.compose import MemoryNotFoundError
+
+    with pytest.raises(MemoryNotFoundError, match="acme/other.*Hub cache"):
+        compose(models["base"], ["acme/other"], [0.4], tokenizer=tok)
