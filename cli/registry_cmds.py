@@ -6,6 +6,7 @@ Thin: parse, call memreg.registry, print. None of them imports torch or transfor
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
@@ -34,6 +35,21 @@ def _summary(m, *, yanked: bool = False, tags: list[str] | None = None) -> dict:
         "size": s.size, "tokenizer": s.tokenizer,
         "recommended_weight": s.recommended_weight, "yanked": yanked, "tags": tags or [],
     }
+
+
+def _model_fingerprint(model: str):
+    """The tokenizer fingerprint of a model folder, or of a Hub id (its cached or downloaded tokenizer)."""
+    from memreg.registry import fingerprint
+
+    if Path(model).expanduser().is_dir() or not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", model):
+        return fingerprint(model)
+    from transformers import AutoTokenizer
+
+    try:
+        return fingerprint(AutoTokenizer.from_pretrained(model))
+    except OSError as e:
+        raise typer.BadParameter(f"{model} is neither a folder nor a Hub model whose tokenizer is cached or "
+                                 f"reachable ({str(e).splitlines()[0]})", param_hint="--compatible-with") from None
 
 
 def _human(n: float) -> str:
@@ -139,9 +155,7 @@ def list_(
         if compatible_with.startswith("sha256:"):
             fp = compatible_with
         else:
-            from memreg.registry import fingerprint
-
-            fp = fingerprint(compatible_with)  # whole: a memory differing only in its pad id matches too
+            fp = _model_fingerprint(compatible_with)  # whole: a memory differing only in its pad id matches too
     rows = reg.list(domain=domain, fingerprint=fp, all_versions=all_versions)
     if json_:
         print_json([_summary(r.manifest, yanked=r.yanked, tags=r.tags) for r in rows])
