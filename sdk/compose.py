@@ -131,6 +131,8 @@ def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memo
                        _rows_of(spec), None, lambda: spec)
     text = os.fspath(spec)
     folder = Path(text).expanduser()
+    if folder.is_dir() and (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+        return _describe_adapter(folder, dtype)
     if folder.is_dir():
         from memreg.registry.package import read_card
 
@@ -175,6 +177,43 @@ def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memo
         lambda: _load_folder(box[0] if box else reg.pull(ref), dtype),
         pulled,
     )
+
+
+def _describe_adapter(folder: Path, dtype: Any) -> _Memory:
+    """A saved PEFT adapter (adapter_config.json + adapter_model.safetensors): its base model with
+    the adapter merged in. The tokenizer is the adapter folder's if it has one, else its base's."""
+    try:
+        base_ref = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise MemoryNotFoundError(f"{folder}/adapter_config.json names no base_model_name_or_path: "
+                                  "save the adapter with PEFT's save_pretrained") from None
+    if not (folder / "adapter_model.safetensors").exists():
+        raise MemoryNotFoundError(f"{folder} has no adapter_model.safetensors (memreg never unpickles .bin weights): "
+                                  "save the adapter with safe_serialization=True")
+    base_dir = Path(base_ref).expanduser()
+    if _has_tokenizer_files(folder):
+        tok: Any = folder
+    elif base_dir.is_dir() and _has_tokenizer_files(base_dir):
+        tok = base_dir
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(base_ref)  # a Hub id: the cache, else the Hub
+    rows = _config_rows(base_dir) if base_dir.is_dir() else None
+    resolved = folder.resolve()
+    return _Memory(f"memory {folder} (PEFT adapter on {base_ref})", f"adapter:{resolved}", tok, rows, None,
+                   lambda: _load_adapter(resolved, base_ref, dtype))
+
+
+def _load_adapter(folder: Path, base_ref: str, dtype: Any) -> torch.nn.Module:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise MemregError(f"{folder} is a PEFT adapter: install peft to attach it (pip install 'memreg[peft]')") from None
+    from memreg.models import load_causal_lm
+
+    merged = PeftModel.from_pretrained(load_causal_lm(base_ref, dtype=dtype), str(folder)).merge_and_unload()
+    return merged.eval()
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")

@@ -218,3 +218,30 @@ def test_a_hub_id_memory_is_read_from_the_hub_cache(tok, models, batch, tmp_path
 
     with pytest.raises(MemoryNotFoundError, match="acme/other.*Hub cache"):
         compose(models["base"], ["acme/other"], [0.4], tokenizer=tok)
+
+
+@torch.no_grad()
+def test_a_saved_peft_adapter_is_a_memory(tok, models, batch, tmp_path):
+    """A LoRA adapter folder (adapter_config.json + adapter_model.safetensors, no tokenizer) attaches:
+    its base model with the adapter merged, checked against the base model's tokenizer."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from memreg.compose import MemoryNotFoundError
+
+    v = len(tok)
+    mem_base = save_package(gpt2(v, 21, layers=1).float(), tok, tmp_path / "mem-base")
+    from transformers import AutoModelForCausalLM
+
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(mem_base),
+                          LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))  # not the identity
+    peft.save_pretrained(tmp_path / "adapter")
+    assert not (tmp_path / "adapter" / "tokenizer.json").exists()
+    ids, mask = batch
+    got = compose(models["base"], [str(tmp_path / "adapter")], [0.5], tokenizer=tok)(ids, mask).logits
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(mem_base), tmp_path / "adapter").merge_and_unload()
+    want = compose(models["base"], [(merged, tok)], [0.5], tokenizer=tok)(ids, mask).logits
+    plain = compose(models["base"], [str(mem_base)], [0.5], tokenizer=tok)(ids, mask).logits
+    assert _rel(got, want, mask) < 1e-5 and _rel(got, plain, mask) > 1e-3  # the adapter is really applied
+    (tmp_path / "adapter" / "adapter_model.safetensors").rename(tmp_path / "adapter" / "adapter_model.bin")
+    with pytest.raises(MemoryNotFoundError, match="never unpickles"):
+        compose(models["base"], [str(tmp_path / "adapter")], [0.5], tokenizer=tok)
