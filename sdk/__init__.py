@@ -20,13 +20,15 @@ _LAZY: dict[str, str] = {
     "compose": "memreg.compose",
     "ComposedLM": "memreg.compose",
     "fit_weights": "memreg.compose",
+    "save_composition": "memreg.compose",
+    "load_composition": "memreg.compose",
     "TrainConfig": "memreg.train",
     "target_log_probs": "memreg.evaluate",
     "perplexity": "memreg.evaluate",
 }
 
 if TYPE_CHECKING:  # mirrors _LAZY for type checkers and IDEs
-    from memreg.compose import ComposedLM, compose, fit_weights
+    from memreg.compose import ComposedLM, compose, fit_weights, load_composition, save_composition
     from memreg.evaluate import perplexity, target_log_probs
     from memreg.registry import Registry, check_compatible, fingerprint
     from memreg import train

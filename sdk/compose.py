@@ -79,6 +79,13 @@ class _Memory:
     # registry memories: pull, then what the pulled files say (tokenizer folder, embedding rows)
     pulled: Callable[[], tuple[Path, int | None]] | None = None
 
+    @property
+    def source(self) -> str | None:
+        """How to name this memory again (save_composition): a folder, a Hub id or an exact registry
+        reference; None for a model passed in memory."""
+        kind, _, value = self.key.partition(":")
+        return value if kind in ("path", "adapter", "ref", "hub") else None
+
 
 def parse_memory_spec(spec: str) -> tuple[str, float | None]:
     """`REF[=WEIGHT]` as the command line takes it: ('law@1.0.0', 0.3) or ('./folder', None)."""
@@ -148,7 +155,7 @@ def _describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> _Memo
         return _Memory(name, f"path:{resolved}", tok, rows, rec, lambda: _load_folder(resolved, dtype))
     if not isinstance(spec, Path) and _HUB_ID.fullmatch(text):  # org/name: a Hugging Face Hub repository
         mem = _describe(_hub_snapshot(text), registry, registry_box, dtype)
-        return replace(mem, name=f"memory {text} (Hub)")
+        return replace(mem, name=f"memory {text} (Hub)", key=f"hub:{text}")
     if isinstance(spec, Path) or os.sep in text or text.startswith((".", "~")):
         raise MemoryNotFoundError(
             f"{text!r} is not a package folder: give a folder with config.json, *.safetensors and tokenizer files, "
@@ -379,7 +386,51 @@ def compose(
     if settled is None:  # 5. "auto"
         fitted = fit_weights(composed, held_out, context=context, stride=stride)
         composed.set_weights(fitted.weights)
+    composed.sources = {  # what save_composition writes down
+        "base": os.fspath(base) if isinstance(base, (str, os.PathLike)) else None,
+        "memories": [m.source for m in mems],
+        "registry": registry_box[0].url if registry_box else (registry if isinstance(registry, str) else None),
+    }
     return composed
+
+
+COMPOSITION_FILE = "memreg-composition.json"
+
+
+def save_composition(composed: ComposedLM, folder: str | os.PathLike) -> Path:
+    """Write how to rebuild `composed` (base, memories, weights, registry) into FOLDER/memreg-composition.json:
+    references, not weights, so a colleague rebuilds it with load_composition from the same sources
+    (registry references are exact versions, so the mixture is the same)."""
+    sources = getattr(composed, "sources", None) or {}
+    missing = [n for n, src in zip(composed.names, sources.get("memories", [])) if src is None]
+    if not sources or sources.get("base") is None or missing:
+        what = "the base" if not missing else ", ".join(missing)
+        raise ValueError(f"cannot save this composition: {what} was passed as a loaded model; compose from "
+                         "folders, Hub ids or registry references to save it")
+    doc = {"format_version": 1, "base": sources["base"], "registry": sources.get("registry"),
+           "memories": [{"source": src, "weight": w} for src, w in zip(sources["memories"], composed.weights)]}
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    from memreg.registry.fsutil import atomic_write_json
+
+    atomic_write_json(out / COMPOSITION_FILE, doc, indent=2)
+    return out / COMPOSITION_FILE
+
+
+def load_composition(folder: str | os.PathLike, **kwargs: Any) -> ComposedLM:
+    """compose() again from a folder written by save_composition (keyword arguments as compose's)."""
+    path = Path(folder) / COMPOSITION_FILE
+    try:
+        doc = json.loads(path.read_text())
+        memories, weights = [m["source"] for m in doc["memories"]], [float(m["weight"]) for m in doc["memories"]]
+    except FileNotFoundError:
+        raise MemoryNotFoundError(f"{folder} holds no {COMPOSITION_FILE}: write one with save_composition") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise MemregError(f"{path} is not a composition file: {e}") from None
+    if doc.get("format_version") != 1:
+        raise MemregError(f"{path} has format_version {doc.get('format_version')!r}: this memreg reads 1")
+    kwargs.setdefault("registry", doc.get("registry"))
+    return compose(doc["base"], memories, weights, **kwargs)
 
 
 def _base(base: Any, tokenizer: Any, dtype: Any) -> tuple[torch.nn.Module, Any, Any]:

@@ -15,8 +15,10 @@ processors and streamers, and takes `generate`'s usual keyword arguments.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,6 +155,20 @@ class ComposedLM(nn.Module):
 
     def can_generate(self) -> bool:
         return True
+
+    # A composition is shared as the references it was built from (memreg-composition.json), not weights.
+    sources: dict | None = None
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        from memreg.compose import save_composition
+
+        return save_composition(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> "ComposedLM":
+        from memreg.compose import load_composition
+
+        return load_composition(folder, **kwargs)
 
     # ------------------------------------------------------------------ forward
     def member_log_probs(

@@ -245,3 +245,27 @@ def test_a_saved_peft_adapter_is_a_memory(tok, models, batch, tmp_path):
     (tmp_path / "adapter" / "adapter_model.safetensors").rename(tmp_path / "adapter" / "adapter_model.bin")
     with pytest.raises(MemoryNotFoundError, match="never unpickles"):
         compose(models["base"], [str(tmp_path / "adapter")], [0.5], tokenizer=tok)
+
+
+@torch.no_grad()
+def test_a_composition_saves_as_references_and_loads_back(tok, models, batch, tmp_path):
+    from memreg.composed import ComposedLM
+
+    v = len(tok)
+    base_dir = save_package(models["base"], tok, tmp_path / "base")
+    a = save_package(llama(v, 31), tok, tmp_path / "a")
+    b = save_package(gpt2(v, 32, layers=1), tok, tmp_path / "b")
+    lm = compose(str(base_dir), [str(a), str(b)], [0.3, 0.15])
+    path = lm.save_pretrained(tmp_path / "mix")
+    assert not list((tmp_path / "mix").glob("*.safetensors"))  # references, not weights
+    again = ComposedLM.from_pretrained(tmp_path / "mix")
+    assert again.weights == [0.3, 0.15]
+    ids, mask = batch
+    torch.testing.assert_close(again(ids, mask).logits, lm(ids, mask).logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="loaded model"):
+        compose(models["base"], [(models["m1"], tok)], [0.2], tokenizer=tok).save_pretrained(tmp_path / "no")
+    path.write_text("{}")
+    from memreg.registry.errors import MemregError
+
+    with pytest.raises(MemregError, match="not a composition file"):
+        ComposedLM.from_pretrained(tmp_path / "mix")
