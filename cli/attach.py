@@ -85,9 +85,9 @@ def _ppl(lp) -> float:
 def _window(model, context: int | None, stride: int | None) -> dict[str, int]:
     """Sliding-window sizes: a window never exceeds what every member's position table holds."""
     if context is None:
-        limits = [getattr(m.config, "n_positions", None) or getattr(m.config, "max_position_embeddings", None)
-                  for m in model.members]
-        context = min([1024, *[int(x) for x in limits if x]])
+        from memreg.models import context_length
+
+        context = min([1024, *[n for m in model.members if (n := context_length(m.config))]])
     return {"context": context, "stride": stride or max(1, context // 2)}
 
 

@@ -55,6 +55,12 @@ def _check_loading_info(ref: Any, info: dict[str, Any]) -> None:
                                    "rather than filled with a random init: re-save the model with save_pretrained")
 
 
+def context_length(config: Any) -> int | None:
+    """The longest sequence a model's position table holds (GPT-2 names it n_positions), or None."""
+    n = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
 def load_tokenizer(ref: str | os.PathLike):
     """`AutoTokenizer.from_pretrained(ref)`, never remote code; `ref` may be a `.gguf` file."""
     from transformers import AutoTokenizer

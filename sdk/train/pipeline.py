@@ -161,12 +161,12 @@ def _check_tokenizers(teacher_tok: Any, tok: Any, config: TrainConfig) -> None:
 
 
 def _block_size(config: TrainConfig, auto_config: Any, refs: dict[str, str]) -> int:
+    from memreg.models import context_length
+
     limits = {}
     for role, ref in refs.items():
-        c = auto_config.from_pretrained(ref, trust_remote_code=False)
-        n = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
-        if n:
-            limits[role] = int(n)
+        if n := context_length(auto_config.from_pretrained(ref, trust_remote_code=False)):
+            limits[role] = n
     if config.block_size is None:
         return min([DEFAULT_BLOCK, *limits.values()])
     for role, n in limits.items():
