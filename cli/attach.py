@@ -197,7 +197,7 @@ def eval_cmd(
         result["perplexity_composed"] = _ppl(mixture_log_probs(base_lp, mem_lps, model.member_weights))
     if fit and memory:
         fitted = fit_weights(lps)
-        named = _per_memory(model, fitted.weights)
+        named = model.per_memory(fitted.weights)
         result["fitted_weights"] = dict(zip(model.names, named))
         result["perplexity_fitted"] = fitted.perplexity
     if sweep and memory:
@@ -210,11 +210,6 @@ def eval_cmd(
         print_json(result)
         return
     _print_eval(result)
-
-
-def _per_memory(model, distinct_weights: list[float]) -> list[float]:
-    counts = [model.member_of_memory.count(j) for j in range(len(model.members))]
-    return [distinct_weights[j - 1] / counts[j] for j in model.member_of_memory]
 
 
 def _print_eval(result: dict[str, Any]) -> None:

@@ -520,9 +520,6 @@ def fit_weights(
             raise ValueError("fit_weights(composed, data): give held-out text or token ids")
         lps = member_target_log_probs(source, data, context=context, stride=stride)
         fitted = em_weights(lps, max_iter=max_iter, tol=tol)
-        # one weight per distinct member -> one per memory (a memory composed twice splits its share)
-        counts = [source.member_of_memory.count(j) for j in range(len(source.members))]
-        per_memory = [fitted.weights[j - 1] / counts[j] for j in source.member_of_memory]
-        return FittedWeights(per_memory, fitted.base_weight, fitted.perplexity, fitted.base_perplexity,
+        return FittedWeights(source.per_memory(fitted.weights), fitted.base_weight, fitted.perplexity, fitted.base_perplexity,
                              fitted.tokens, fitted.iterations, fitted.converged)
     return em_weights(list(source), max_iter=max_iter, tol=tol)

@@ -123,6 +123,12 @@ class ComposedLM(nn.Module):
             out[j - 1] += w
         return out
 
+    def per_memory(self, member_weights: Sequence[float]) -> list[float]:
+        """One weight per distinct member (base excluded) -> one per memory: a memory composed
+        twice splits its member's share, so the mixture is the same."""
+        counts = [self.member_of_memory.count(j) for j in range(len(self.members))]
+        return [member_weights[j - 1] / counts[j] for j in self.member_of_memory]
+
     def set_weights(self, weights: Sequence[float]) -> None:
         weights = check_weights(weights)
         if len(weights) != len(self.weights):
