@@ -1,0 +1,204 @@
+"""Where a memory comes from, described before its weights are read: a registry reference, a
+package folder, a Hugging Face Hub id (its cached snapshot), a saved PEFT adapter, or a model already
+loaded. Each description says what to check (tokenizer, embedding rows), what the manifest or card
+recommends, and how to load the weights once the checks pass (see compose.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memreg.registry.errors import MemregError
+
+
+class MemoryNotFoundError(MemregError, FileNotFoundError):
+    """A memory given as a path that is not a package folder."""
+
+
+@dataclass
+class Memory:
+    """What is known about one memory before its weights are read."""
+
+    name: str
+    key: str  # same key = same weights, loaded once
+    tokenizer: Any  # a TokenizerFingerprint, a tokenizer folder or object, or None (unknown)
+    rows: int | None
+    recommended: float | None
+    load: Callable[[], torch.nn.Module]
+    # registry memories: pull, then what the pulled files say (tokenizer folder, embedding rows)
+    pulled: Callable[[], tuple[Path, int | None]] | None = None
+
+    @property
+    def source(self) -> str | None:
+        """How to name this memory again (save_composition): a folder, a Hub id or an exact registry
+        reference; None for a model passed in memory."""
+        kind, _, value = self.key.partition(":")
+        return value if kind in ("path", "adapter", "ref", "hub") else None
+
+
+def _open_registry(registry: Any):
+    if registry is not None and hasattr(registry, "resolve"):
+        return registry
+    from memreg.registry import Registry
+
+    return Registry.open(registry)
+
+
+def _config_rows(folder: Path) -> int | None:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    rows = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    return int(rows) if rows else None
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return (folder / "tokenizer.json").exists() or (folder / "vocab.json").exists()
+
+
+def _load_folder(folder: Path, dtype: Any = None) -> torch.nn.Module:
+    from memreg.models import load_causal_lm
+
+    # safetensors (memory-mapped), never remote code; a missing or unexpected tensor is an error
+    return load_causal_lm(folder, dtype=dtype, strict=True)
+
+
+def describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> Memory:
+    if isinstance(spec, tuple):  # (loaded model, its tokenizer)
+        model, tok = spec
+        return Memory(f"memory {type(model).__name__}", f"id:{id(model)}", tok, rows_of(model), None, lambda: model)
+    if isinstance(spec, torch.nn.Module):  # its tokenizer is known only if it was loaded from a folder
+        return Memory(f"memory {type(spec).__name__}", f"id:{id(spec)}", tokenizer_folder_of(spec),
+                       rows_of(spec), None, lambda: spec)
+    text = os.fspath(spec)
+    folder = Path(text).expanduser()
+    if folder.is_dir() and (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+        return _describe_adapter(folder, dtype)
+    if folder.is_dir():
+        from memreg.registry.package import read_card
+
+        card = read_card(folder)
+        if card.name and card.version:
+            name = f"memory {card.name}@{card.version} ({folder})"
+        else:
+            name = f"memory {folder}"
+        tok = folder if _has_tokenizer_files(folder) else card.tokenizer
+        rows = _config_rows(folder)
+        rec = card.metrics.recommended_weight
+        resolved = folder.resolve()
+        return Memory(name, f"path:{resolved}", tok, rows, rec, lambda: _load_folder(resolved, dtype))
+    if not isinstance(spec, Path) and _HUB_ID.fullmatch(text):  # org/name: a Hugging Face Hub repository
+        mem = describe(_hub_snapshot(text), registry, registry_box, dtype)
+        return replace(mem, name=f"memory {text} (Hub)", key=f"hub:{text}")
+    if isinstance(spec, Path) or os.sep in text or text.startswith((".", "~")):
+        raise MemoryNotFoundError(
+            f"{text!r} is not a package folder: give a folder with config.json, *.safetensors and tokenizer files, "
+            "or a registry reference such as law@1.0.0"
+        )
+    if not registry_box:
+        registry_box.append(_open_registry(registry))
+    reg = registry_box[0]
+    manifest = reg.resolve(text)  # refuses bad references before any I/O
+    ref = manifest.ref
+    if manifest.version in reg.yanked(manifest.name):  # only an exact version or a tag reaches one
+        warnings.warn(f"{ref} is yanked (`memreg show {ref}` says why)", UserWarning, stacklevel=4)
+
+    box: list[Path] = []  # pulled once: checked, then loaded from the same folder
+
+    def pulled() -> tuple[Path, int | None]:
+        box.append(reg.pull(ref))
+        return box[0], _config_rows(box[0])
+
+    return Memory(
+        f"memory {ref}",
+        f"ref:{ref}",
+        manifest.tokenizer,  # only for a refusal that costs no download; the pulled files decide
+        manifest.model.embedding_rows,
+        manifest.metrics.recommended_weight,
+        lambda: _load_folder(box[0] if box else reg.pull(ref), dtype),
+        pulled,
+    )
+
+
+def _describe_adapter(folder: Path, dtype: Any) -> Memory:
+    """A saved PEFT adapter (adapter_config.json + adapter_model.safetensors): its base model with
+    the adapter merged in. The tokenizer is the adapter folder's if it has one, else its base's."""
+    try:
+        base_ref = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise MemoryNotFoundError(f"{folder}/adapter_config.json names no base_model_name_or_path: "
+                                  "save the adapter with PEFT's save_pretrained") from None
+    if not (folder / "adapter_model.safetensors").exists():
+        raise MemoryNotFoundError(f"{folder} has no adapter_model.safetensors (memreg never unpickles .bin weights): "
+                                  "save the adapter with safe_serialization=True")
+    base_dir = Path(base_ref).expanduser()
+    if _has_tokenizer_files(folder):
+        tok: Any = folder
+    elif base_dir.is_dir() and _has_tokenizer_files(base_dir):
+        tok = base_dir
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(base_ref)  # a Hub id: the cache, else the Hub
+    rows = _config_rows(base_dir) if base_dir.is_dir() else None
+    resolved = folder.resolve()
+    return Memory(f"memory {folder} (PEFT adapter on {base_ref})", f"adapter:{resolved}", tok, rows, None,
+                   lambda: _load_adapter(resolved, base_ref, dtype))
+
+
+def _load_adapter(folder: Path, base_ref: str, dtype: Any) -> torch.nn.Module:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise MemregError(f"{folder} is a PEFT adapter: install peft to attach it (pip install 'memreg[peft]')") from None
+    from memreg.models import load_causal_lm
+
+    merged = PeftModel.from_pretrained(load_causal_lm(base_ref, dtype=dtype), str(folder)).merge_and_unload()
+    return merged.eval()
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]  # weights, config, tokenizer, card: no code
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local folder of a Hub repository: the cache if it holds one (no request), else a
+    download (unless HF_HUB_OFFLINE). Safetensors and text files only, never pickles or code."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True))
+    except Exception as cached_error:  # noqa: BLE001 - not in the cache: try the Hub once
+        if constants.HF_HUB_OFFLINE:
+            raise MemoryNotFoundError(f"{repo_id!r} is not a folder, and the Hub cache has no snapshot of it "
+                                      f"(HF_HUB_OFFLINE is set): download it first or give a folder") from cached_error
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+    except Exception as e:  # noqa: BLE001 - one line: what was tried and what to do
+        raise MemoryNotFoundError(
+            f"{repo_id!r} is not a folder, not in the Hub cache, and the Hub did not serve it "
+            f"({type(e).__name__}): check the repository id and the network, or give a folder or a registry reference"
+        ) from None
+
+
+def tokenizer_folder_of(model: torch.nn.Module) -> Path | None:
+    folder = Path(str(getattr(getattr(model, "config", None), "_name_or_path", "") or "-"))
+    return folder if folder.is_dir() and _has_tokenizer_files(folder) else None
+
+
+def rows_of(model: torch.nn.Module) -> int:
+    from memreg.composed import _embedding_rows
+
+    return _embedding_rows(model)
+
+
