@@ -1,7 +1,7 @@
 """Is a memreg memory worth attaching? Converged rows, decontaminated splits, the paper's controls,
 paired bootstrap intervals, costs, and a real pretrained model. One command, CPU.
 
-    python bench/quality.py            # about an hour on 2 cores from cold (see quality.md); writes bench/results/quality.{json,md} + plots
+    python bench/quality.py            # 98.6 min from cold on 2 cores shared with other jobs (README); writes bench/results/quality.{json,md} + plots
     python bench/quality.py --quick    # smoke check at a tiny size (< 10 min), writes quality_quick.*
     python bench/quality.py --quick --real   # the smoke check with the SmolLM2 track too (+ ~8 min)
     python bench/quality.py --no-real  # without the SmolLM2 track
