@@ -59,11 +59,11 @@ def main() -> None:
     rows = []
     for base in (LARGE, SMALL):
         out = json.loads(memreg("eval", str(base), "--memory", f"{name}:stable", "--data", str(heldout), *reg,
-                                "--json", capture=True))
+                                "--json", capture=True))["data"]  # the --json envelope
         rows.append((base.name, out))
     # weight 1 is the memory alone; the small base is the memory's untrained init
     alone = json.loads(memreg("eval", str(SMALL), "--memory", f"{name}:stable=1", "--data", str(heldout), *reg,
-                              "--json", capture=True))
+                              "--json", capture=True))["data"]
     print_table(rows, alone, heldout)
 
 

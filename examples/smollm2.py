@@ -53,10 +53,10 @@ def main() -> None:
            "--description", f"{args.domain} texts of a Debian machine, for SmolLM2-135M")
     memreg("publish", str(package), "--tag", "stable", *reg)
     base = json.loads(memreg("eval", gguf, "--memory", f"{name}:stable", "--data", str(heldout), *reg, "--json",
-                             capture=True))
+                             capture=True))["data"]  # the --json envelope
     (init,) = (work / "stages").glob("init-*/model")  # the truncated, untrained init
     alone = json.loads(memreg("eval", str(init), "--memory", f"{name}:stable=1", "--data", str(heldout), *reg,
-                              "--json", capture=True))
+                              "--json", capture=True))["data"]
     split = json.loads((heldout.parent / "split.json").read_text())
     card = json.loads((package / "memreg.json").read_text())
     rows = {
