@@ -307,18 +307,15 @@ class Registry:
         return sorted(manifests, key=version_key), yanked
 
     def tags(self, name: str) -> dict[str, str]:
-        out = {}
-        for key in self.store.list(f"packages/{name}/tags"):
-            try:
-                ptr = parse(TagPointer, self.store.read(key), f"{self.url}/{key}")
-            except (ManifestError, FileNotFoundError) as e:
-                warn(f"{e}; ignored")
-                continue
-            if ptr.name != name or key != f"packages/{name}/tags/{ptr.tag}.json":
-                warn(f"{self.url}/{key} points {ptr.name}:{ptr.tag}, not the tag its path names; ignored")
-                continue
-            out[ptr.tag] = ptr.version
-        return out
+        """Tag -> version, from the tag pointers (read in one batch); bad ones skipped with a warning."""
+        tags = []
+        for key in self.store.list(f"packages/{check_name(name)}/tags"):
+            if key.endswith(".json"):
+                tags.append(key.rsplit("/", 1)[1][: -len(".json")])
+            else:
+                warn(f"{self.url}/{key}: not <tag>.json; ignored")
+        docs = self.store.read_many([f"packages/{name}/tags/{t}.json" for t in tags])
+        return name_index.read_tags(self.store, name, tags, docs)
 
     def manifests(self) -> list[Manifest]:
         """Every valid manifest of the registry; each bad one is skipped with a warning naming it."""

@@ -241,13 +241,15 @@ def _from_truth(store: Store, name: str, index: NameIndex) -> tuple[NameIndex, P
     versions |= {v: e for v, e in index.versions.items()
                  if v not in manifests and e.summary is None and e.pending_since and e.pending_since > cutoff}
     fresh = NameIndex(name=name, versions=versions, yanked=sorted(yanked, key=version_key),
-                      tags=_read_tags(store, name, tags, docs), fingerprints=fps)
+                      tags=read_tags(store, name, tags, docs), fingerprints=fps)
     state = _state(fresh)
     state.listed = sorted(manifests, key=version_key)
     return fresh, state
 
 
-def _read_tags(store: Store, name: str, tags: list[str], docs: dict[str, bytes | None]) -> dict[str, str]:
+def read_tags(store: Store, name: str, tags: list[str], docs: dict[str, bytes | None]) -> dict[str, str]:
+    """Tag -> version from the pointers read into `docs`; one whose content names another package
+    or tag than its path is skipped with a warning, as is one that is not a valid pointer."""
     out = {}
     for tag in tags:
         key = f"packages/{name}/tags/{tag}.json"
