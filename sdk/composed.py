@@ -198,32 +198,40 @@ class ComposedLM(nn.Module):
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]  # (B, T)
         out_lp: list[torch.Tensor] = []
         new_caches: list[Any] = []
-        for j, model in enumerate(self.members):
-            keys = self._forward_keys[j]
-            kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if "position_ids" in keys:
-                kwargs["position_ids"] = position_ids
-            if use_cache or cache is not None:
-                kwargs["use_cache"] = True
-                member_cache = cache.members[j] if cache is not None else None
-                if member_cache is not None:
-                    kwargs["cache" if "cache" in keys else "past_key_values"] = member_cache
-            else:
-                kwargs["use_cache"] = False
-            out = model(**kwargs)
-            logits = out.logits[..., : self.vocab_size]  # (B, T, V): padded rows sliced off first
-            if logits.dtype in (torch.float16, torch.bfloat16):
-                logits = logits.float()
-            out_lp.append(torch.log_softmax(logits, dim=-1))
-            if use_cache or cache is not None:  # transformers 5 names it `cache`, 4.x `past_key_values`
-                has_new_name = "cache" in getattr(type(out), "__dataclass_fields__", {})
-                new_caches.append(out.cache if has_new_name else getattr(out, "past_key_values", None))
-        widest = out_lp[0].dtype
-        for lp in out_lp[1:]:
-            widest = torch.promote_types(widest, lp.dtype)
-        out_lp = [lp.to(widest) for lp in out_lp]  # e.g. a float64 memory on a float32 base
-        new = ComposedCache(new_caches, attention_mask) if (use_cache or cache is not None) else None
+        keep_cache = use_cache or cache is not None
+        for j in range(len(self.members)):
+            member_cache = cache.members[j] if cache is not None else None
+            lp, new_member_cache = self.member_forward(j, input_ids, attention_mask, position_ids, member_cache,
+                                                       use_cache=keep_cache)
+            out_lp.append(lp)
+            if keep_cache:
+                new_caches.append(new_member_cache)
+        out_lp = same_dtype(out_lp)
+        new = ComposedCache(new_caches, attention_mask) if keep_cache else None
         return out_lp, new
+
+    def member_forward(
+        self, j: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        member_cache: Any = None, *, use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
+        """One member's normalised log-probabilities (B, T, V) and its new cache (None without use_cache).
+
+        attention_mask covers past + T positions, position_ids (B, T) the new ones."""
+        keys = self._forward_keys[j]
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
+        if "position_ids" in keys:
+            kwargs["position_ids"] = position_ids
+        if use_cache and member_cache is not None:
+            kwargs["cache" if "cache" in keys else "past_key_values"] = member_cache
+        out = self.members[j](**kwargs)
+        logits = out.logits[..., : self.vocab_size]  # (B, T, V): padded rows sliced off first
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        if not use_cache:
+            return torch.log_softmax(logits, dim=-1), None
+        # transformers 5 names it `cache`, 4.x `past_key_values`
+        has_new_name = "cache" in getattr(type(out), "__dataclass_fields__", {})
+        return torch.log_softmax(logits, dim=-1), (out.cache if has_new_name else getattr(out, "past_key_values", None))
 
     def forward(
         self,
@@ -257,6 +265,14 @@ class ComposedLM(nn.Module):
         from memreg.generation import generate
 
         return generate(self, input_ids, attention_mask, **kwargs)
+
+
+def same_dtype(log_probs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Members' log-probabilities in their widest dtype (e.g. a float64 memory on a float32 base)."""
+    widest = log_probs[0].dtype
+    for lp in log_probs[1:]:
+        widest = torch.promote_types(widest, lp.dtype)
+    return [lp.to(widest) for lp in log_probs]
 
 
 def _embedding_rows(model: nn.Module) -> int:

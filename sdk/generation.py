@@ -43,7 +43,10 @@ def _token_ids(value: int | Sequence[int] | None) -> list[int]:
     return [int(v) for v in value]
 
 
-def _special_ids(model: ComposedLM) -> tuple[list[int], int | None]:
+def _special_ids(model: ComposedLM, eos_token_id: Any = None, pad_token_id: int | None = None) -> tuple[list[int], int]:
+    """(eos ids, pad id): the caller's, else the tokenizer's, else the base's config; pad falls back to eos."""
+    if eos_token_id is not None:
+        eos_token_id = _token_ids(eos_token_id)
     tok = model.tokenizer
     eos = getattr(tok, "eos_token_id", None) if tok is not None else None
     pad = getattr(tok, "pad_token_id", None) if tok is not None else None
@@ -52,7 +55,9 @@ def _special_ids(model: ComposedLM) -> tuple[list[int], int | None]:
         eos = getattr(cfg, "eos_token_id", None)
     if pad is None and cfg is not None:
         pad = getattr(cfg, "pad_token_id", None)
-    return _token_ids(eos), pad
+    eos = eos_token_id if eos_token_id is not None else _token_ids(eos)
+    pad = pad_token_id if pad_token_id is not None else pad
+    return eos, (pad if pad is not None else eos[0] if eos else 0)
 
 
 def _processors(
@@ -125,6 +130,7 @@ def generate(
     return _generate(model, input_ids, attention_mask, **kwargs)
 
 
+# The keyword list mirrors transformers' generate(), hence the long signature; the body stays short.
 @torch.no_grad()
 def _generate(
     model: ComposedLM,
@@ -155,43 +161,29 @@ def _generate(
     stop_strings: str | list[str] | None = None,
     stopping_criteria: Any = None,
     tokenizer: Any = None,
+    assistant_model: Any = None,
+    num_assistant_tokens: int = 5,
+    num_assistant_tokens_schedule: str = "heuristic",
     **unknown: Any,
 ) -> torch.Tensor | GenerateOutput:
-    if unknown:
-        raise TypeError(f"generate() got unsupported arguments: {', '.join(sorted(unknown))}")
-    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError("generate() needs input_ids of shape (batch, length) with at least one token")
-    if temperature is not None and temperature <= 0:
-        raise ValueError(f"temperature {temperature} must be > 0 (for greedy decoding use do_sample=False)")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p {top_p} must be in (0, 1]")
-    if num_beams < 1 or num_return_sequences < 1:
-        raise ValueError("num_beams and num_return_sequences must be at least 1")
+    _check_options(unknown, input_ids, temperature, top_p, num_beams, num_return_sequences)
     if max_length is not None:
         max_new_tokens = max_length - input_ids.shape[1]
-    device = model.device
-    input_ids = input_ids.to(device)
-    mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).to(device).long()
-    eos, pad = _special_ids(model)
-    if eos_token_id is not None:
-        eos = _token_ids(eos_token_id)
-    if pad_token_id is not None:
-        pad = pad_token_id
-    if pad is None:
-        pad = eos[0] if eos else 0
+    input_ids = input_ids.to(model.device)
+    mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).to(model.device).long()
+    eos, pad = _special_ids(model, eos_token_id, pad_token_id)
     procs = _processors(logits_processor, do_sample, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
                         no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
                         min_new_tokens=min_new_tokens, prompt_len=input_ids.shape[1], eos=eos)
     criteria = _criteria(stopping_criteria, stop_strings, tokenizer or model.tokenizer)
+    if assistant_model is not None:
+        if num_beams > 1 or num_return_sequences > 1:
+            raise ValueError("assisted decoding gives one sequence per prompt: use num_beams=1, num_return_sequences=1")
+        return _assisted(model, input_ids, mask, max_new_tokens, do_sample, eos, procs, criteria, streamer, generator,
+                         output_scores, return_dict_in_generate, assistant_model, num_assistant_tokens,
+                         num_assistant_tokens_schedule)
     if num_beams > 1:
-        if criteria:
-            raise ValueError("stop_strings and stopping_criteria need num_beams=1 in memreg's decoding")
-        if do_sample:
-            raise ValueError("beam search with sampling is not supported: use num_beams=1 with do_sample=True")
-        if streamer is not None:
-            raise ValueError("a streamer needs num_beams=1: beams are only decided at the end")
-        if num_return_sequences > num_beams:
-            raise ValueError(f"num_return_sequences {num_return_sequences} cannot exceed num_beams {num_beams}")
+        _check_beam_options(criteria, do_sample, streamer, num_return_sequences, num_beams)
         return _beam_search(
             model, input_ids, mask, max_new_tokens, num_beams, num_return_sequences, length_penalty,
             eos, pad, procs, use_cache, output_scores, return_dict_in_generate,
@@ -205,6 +197,45 @@ def _generate(
         model, input_ids, mask, max_new_tokens, do_sample, eos, pad, procs, streamer, generator,
         use_cache, output_scores, return_dict_in_generate, criteria,
     )
+
+
+def _check_options(unknown: dict, input_ids: torch.Tensor | None, temperature: float | None, top_p: float | None,
+                   num_beams: int, num_return_sequences: int) -> None:
+    if unknown:
+        raise TypeError(f"generate() got unsupported arguments: {', '.join(sorted(unknown))}")
+    if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError("generate() needs input_ids of shape (batch, length) with at least one token")
+    if temperature is not None and temperature <= 0:
+        raise ValueError(f"temperature {temperature} must be > 0 (for greedy decoding use do_sample=False)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p {top_p} must be in (0, 1]")
+    if num_beams < 1 or num_return_sequences < 1:
+        raise ValueError("num_beams and num_return_sequences must be at least 1")
+
+
+def _check_beam_options(criteria: Any, do_sample: bool, streamer: Any, num_return_sequences: int, num_beams: int) -> None:
+    if criteria:
+        raise ValueError("stop_strings and stopping_criteria need num_beams=1 in memreg's decoding")
+    if do_sample:
+        raise ValueError("beam search with sampling is not supported: use num_beams=1 with do_sample=True")
+    if streamer is not None:
+        raise ValueError("a streamer needs num_beams=1: beams are only decided at the end")
+    if num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences {num_return_sequences} cannot exceed num_beams {num_beams}")
+
+
+def _assisted(model, ids, mask, max_new, do_sample, eos, procs, criteria, streamer, generator, output_scores, as_dict,
+              assistant, num_assistant_tokens, schedule):
+    """Speculative decoding with a drafter (memreg.assisted); `extra` reports drafted/accepted counts."""
+    from memreg.assisted import assisted_decode
+
+    out, scores, stats = assisted_decode(
+        model, ids, mask, max_new, assistant=assistant, do_sample=do_sample, eos=eos, procs=procs, criteria=criteria,
+        streamer=streamer, generator=generator, num_assistant_tokens=num_assistant_tokens, schedule=schedule)
+    if as_dict:
+        extra = {"drafted": stats.drafted, "accepted": stats.accepted, "rounds": stats.rounds}
+        return GenerateOutput(out, tuple(scores) if output_scores else None, extra=extra)
+    return out
 
 
 def _criteria(stopping_criteria: Any, stop_strings: str | list[str] | None, tokenizer: Any):
@@ -305,24 +336,10 @@ def _beam_search(model, ids, mask, max_new, nb, n_ret, length_penalty, eos, pad,
         next_tok = torch.full((b, nb), pad, dtype=torch.long, device=ids.device)
         next_src = torch.zeros(b, nb, dtype=torch.long, device=ids.device)
         for i in range(b):
-            if done[i]:
-                continue
-            k = 0
-            for rank in range(2 * nb):
-                s, t, r = float(top_scores[i, rank]), int(tok[i, rank]), int(src[i, rank])
-                if s == -math.inf:
-                    break
-                if t in eos_set:
-                    if rank < nb:  # an eos outside the top N does not end a hypothesis
-                        seq = torch.cat([ids[i * nb + r, prompt_len:], tok.new_tensor([t])])
-                        _add_hyp(hyps[i], nb, s / gen_len**length_penalty, seq)
-                    continue
-                next_scores[i, k], next_tok[i, k], next_src[i, k] = s, t, r
-                k += 1
-                if k == nb:
-                    break
-            best_running = float(next_scores[i, 0]) / gen_len**length_penalty
-            done[i] = len(hyps[i]) == nb and hyps[i][-1][0] >= best_running
+            if not done[i]:
+                done[i] = _advance_prompt(i, top_scores[i].tolist(), tok[i].tolist(), src[i].tolist(), ids, nb,
+                                          prompt_len, hyps[i], eos_set, gen_len, length_penalty,
+                                          (next_scores[i], next_tok[i], next_src[i]))
         beam_idx = (torch.arange(b, device=ids.device)[:, None] * nb + next_src).view(-1)
         ids = torch.cat([ids[beam_idx], next_tok.view(-1, 1)], dim=1)
         mask = torch.cat([mask[beam_idx], torch.ones_like(mask[:, :1])], dim=1)
@@ -347,6 +364,28 @@ def _beam_search(model, ids, mask, max_new, nb, n_ret, length_penalty, eos, pad,
         seq_scores = torch.tensor([s for _, (s, _) in best], dtype=torch.float64)
         return GenerateOutput(out, tuple(scores) if output_scores else None, seq_scores)
     return out
+
+
+def _advance_prompt(i, top_scores, tok, src, ids, nb, prompt_len, hyps, eos_set, gen_len, length_penalty, out) -> bool:
+    """Prompt i's 2N sorted candidates -> its N running beams (written into `out`), finished
+    hypotheses into `hyps`; True when no running beam can beat the N-th best finished one."""
+    next_scores, next_tok, next_src = out
+    k = 0
+    for rank in range(2 * nb):
+        s, t, r = top_scores[rank], tok[rank], src[rank]
+        if s == -math.inf:
+            break
+        if t in eos_set:
+            if rank < nb:  # an eos outside the top N does not end a hypothesis
+                seq = torch.cat([ids[i * nb + r, prompt_len:], ids.new_tensor([t])])
+                _add_hyp(hyps, nb, s / gen_len**length_penalty, seq)
+            continue
+        next_scores[k], next_tok[k], next_src[k] = s, t, r
+        k += 1
+        if k == nb:
+            break
+    best_running = float(next_scores[0]) / gen_len**length_penalty
+    return len(hyps) == nb and hyps[-1][0] >= best_running
 
 
 def _add_hyp(hyps: list[tuple[float, torch.Tensor]], nb: int, score: float, seq: torch.Tensor) -> None:
