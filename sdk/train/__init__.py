@@ -3,7 +3,7 @@
     from memreg.train import TrainConfig, train
     result = train(TrainConfig(corpus=["docs/"], teacher="big", init="small", out="law-memory"))
 
-One module per stage: corpus, datastore, index, knn, loss + trainer, package; `pipeline` runs them
+One module per stage: corpus, datastore, index, knn, loss + trainer, packaging; `pipeline` runs them
 with caching and resume. Importing this package is light; torch and faiss load when a stage runs.
 """
 

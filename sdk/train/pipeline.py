@@ -23,7 +23,7 @@ from memreg.train.errors import (
     InvalidTrainSettingError,
     TokenizerMismatchError,
 )
-from memreg.train.package import CARD_FILE
+from memreg.train.packaging import CARD_FILE
 from memreg.train.progress import TrainProgress
 from memreg.train.runner import Meta, StageRunner, claim_work_dir
 
@@ -234,7 +234,7 @@ def _write_package(run: StageRunner, tok: Any, cdigest: str, metas: dict[str, Me
                    report: corpus_mod.CorpusReport, wall: float) -> PackageCard:
     from memreg.models import load_causal_lm
     from memreg.train.card import package_card
-    from memreg.train.package import write_package
+    from memreg.train.packaging import write_package
 
     run.progress.stage("package", total=1, unit="pkg")
     model = load_causal_lm(metas["train"]["model"])

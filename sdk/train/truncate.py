@@ -114,7 +114,7 @@ def write_truncated_init(ref: str, n: int, out: Path) -> dict[str, Any]:
     from transformers import AutoConfig
 
     from memreg.models import load_causal_lm, load_tokenizer, resolve_model_ref
-    from memreg.train.package import replace_folder, save_model_folder
+    from memreg.train.packaging import replace_folder, save_model_folder
 
     ref = resolve_model_ref(ref)  # a .gguf file: its converted folder
     config = AutoConfig.from_pretrained(os.fspath(ref), trust_remote_code=False)

@@ -32,7 +32,7 @@ DOCUMENTS = [
     ("registry/packages/law/tags/stable.json", TagPointer, "tag", lambda m: m.model_dump_json(indent=2)),
     ("registry/packages/law/yanked/0.1.0.json", YankRecord, "yank", lambda m: m.model_dump_json(indent=2)),
     ("package/memreg.json", PackageCard, "package-card",
-     lambda m: m.model_dump_json(indent=2, exclude_none=True) + "\n"),  # memreg.train.package.write_package
+     lambda m: m.model_dump_json(indent=2, exclude_none=True) + "\n"),  # memreg.train.packaging.write_package
 ]
 # model name -> {top-level field added to format 1 after the goldens were written: its default}
 ADDED_SINCE_GOLDEN: dict[str, dict[str, object]] = {}
