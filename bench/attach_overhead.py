@@ -24,6 +24,8 @@ tokenizer models/memreg-tokenizer, 8192 tokens):
    base + kNN-LM against base + memory decoder, with a breakdown (key forward / search / rest).
 4. peak resident memory (VmHWM of a fresh child process each): base alone, base + memory, base +
    kNN-LM, against the bytes of the memory's weights.
+5. `--drafting`: decoding with the memory drafting and with prompt lookup, on trained memories
+   (bench/drafting.py; writes bench/results/drafting.json instead).
 Repetitions are interleaved (A B, B A, ...); medians are reported.
 Writes bench/results/attach_overhead.json.
 """
@@ -287,6 +289,11 @@ def run_child(args, mode: str, **extra) -> dict:
 
 # ----------------------------------------------------------------------------------- main
 def main() -> None:
+    if "--drafting" in sys.argv:  # 5. decoding with drafts: bench/drafting.py (trained memories, not random pairs)
+        from drafting import main as drafting_main
+
+        drafting_main([a for a in sys.argv[1:] if a != "--drafting"])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pair", default="gpt2", choices=["gpt2", "qwen"])
     ap.add_argument("--base-layers", type=int, default=4)

@@ -4,7 +4,10 @@ The memory is the natural drafter: it is smaller than the base and already a mem
 log-probabilities at the drafted positions are computed once, while drafting, and reused in the
 mixture. Verifying K drafts then costs one forward of the other members over K+1 tokens instead
 of K+1 one-token forwards. Any other causal LM with the same tokenizer can draft too
-(`assistant_model=`); it is then run in addition to every member.
+(`assistant_model=`); it is then run in addition to every member. Drafts can also cost nothing:
+prompt lookup (`prompt_lookup_num_tokens=`) proposes what followed the current n-gram earlier in
+the text, which pays off on repetitive domain text (licences, changelogs, code); every member
+then verifies.
 
 Every emitted token comes from the mixture, never from the drafter alone:
 - greedy: a draft is kept while it is the mixture's argmax at its position; the first one that is
@@ -87,10 +90,17 @@ def pick_sampled(p_scores: torch.Tensor, q_scores: torch.Tensor, drafts: list[in
 
 
 class _Drafter:
-    """The model that proposes tokens: a member of the composition (index) or an outside model."""
+    """Where drafts come from: a member of the composition (its index), an outside model, or the
+    text so far (prompt lookup: the tokens that followed the last earlier occurrence of the
+    current n-gram; free to propose, so every member verifies)."""
 
-    def __init__(self, model: ComposedLM, assistant: Any) -> None:
-        self.member = None
+    def __init__(self, model: ComposedLM, assistant: Any, lookup_ngram: int | None = None) -> None:
+        self.member: int | None = None
+        self.outside: ComposedLM | None = None
+        self.lookup_ngram = lookup_ngram
+        self.cache: Any = None
+        if lookup_ngram is not None:
+            return
         if isinstance(assistant, str):
             if assistant not in model.names:
                 raise ValueError(f"assistant_model {assistant!r} is not one of the memories {model.names}")
@@ -102,19 +112,30 @@ class _Drafter:
         if self.member == 0:
             raise ValueError("the base cannot draft for itself: pass a memory or a smaller model as assistant_model")
         # an outside drafter runs through a one-member composition: same slicing and log-softmax
-        self.outside = None if self.member is not None else ComposedLM(assistant, [], [], vocab_size=model.vocab_size)
-        self.cache: Any = None
+        if self.member is None:
+            self.outside = ComposedLM(assistant, [], [], vocab_size=model.vocab_size)
+
+
+def lookup_drafts(ids: list[int], k: int, max_ngram: int) -> list[int]:
+    """Up to k tokens that followed the latest earlier occurrence of the last n ids (n from
+    max_ngram down to 1), as transformers' prompt lookup decoding proposes them."""
+    for n in range(min(max_ngram, len(ids) - 1), 0, -1):
+        tail = ids[-n:]
+        for start in range(len(ids) - n - 1, -1, -1):
+            if ids[start : start + n] == tail:
+                return ids[start + n : start + n + k]
+    return []
 
 
 class AssistedDecoder:
     """State of one assisted generation: the ids so far, one cache per member, the drafter's cache."""
 
     def __init__(self, model: ComposedLM, ids: torch.Tensor, mask: torch.Tensor, assistant: Any, procs: Any,
-                 do_sample: bool, generator: torch.Generator | None) -> None:
+                 do_sample: bool, generator: torch.Generator | None, lookup_ngram: int | None = None) -> None:
         if ids.shape[0] != 1:
             raise ValueError(f"assisted decoding takes one prompt at a time, got a batch of {ids.shape[0]}")
         self.model, self.procs, self.do_sample, self.generator = model, procs, do_sample, generator
-        self.drafter = _Drafter(model, assistant)
+        self.drafter = _Drafter(model, assistant, lookup_ngram)
         self.ids, self.mask = ids, mask  # (1, L): the last id is not in any cache yet
         self.caches: list[Any] = [None] * len(model.members)
         self.stats = DraftStats()
@@ -139,7 +160,7 @@ class AssistedDecoder:
 
     def _prefill(self) -> None:
         prompt = self.ids[:, :-1]
-        for j in self._verifiers() + [self.drafter.member]:
+        for j in self._verifiers() + ([] if self.drafter.lookup_ngram else [self.drafter.member]):
             self._forward(j, prompt)
 
     def _verifiers(self) -> list[int]:
@@ -149,6 +170,8 @@ class AssistedDecoder:
     def draft(self, k: int) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
         """Propose k tokens: (drafts, the drafter's processed scores (k, V), a drafting member's
         log-probabilities after the pending token and each draft (k+1, V), else None)."""
+        if self.drafter.lookup_ngram:
+            return self._lookup(k)
         self.mask = torch.cat([self.mask, self.mask.new_ones(1, k + 1)], dim=1)  # up to the token after the drafts
         lps = [self._forward(self.drafter.member, self.ids[:, -1:])[0, -1]]
         ids, drafts, q_scores = self.ids, [], []
@@ -162,6 +185,14 @@ class AssistedDecoder:
             lps.append(self._forward(self.drafter.member, ids[:, -1:])[0, -1])
         q_stack = torch.stack(q_scores) if q_scores else lps[0].new_zeros(0, lps[0].shape[-1])
         return drafts, q_stack, (torch.stack(lps) if self.drafter.member is not None else None)
+
+    def _lookup(self, k: int) -> tuple[list[int], torch.Tensor, None]:
+        """Drafts from the text so far; the drafter's distribution is a point mass on each draft."""
+        drafts = lookup_drafts(self.ids[0].tolist(), k, self.drafter.lookup_ngram) if k else []
+        self.mask = torch.cat([self.mask, self.mask.new_ones(1, len(drafts) + 1)], dim=1)
+        q = torch.full((len(drafts), self.model.vocab_size), -torch.inf, dtype=torch.float64)
+        q[torch.arange(len(drafts)), drafts] = 0.0
+        return drafts, q, None
 
     def verify(self, drafts: list[int], member_lps: torch.Tensor | None) -> torch.Tensor:
         """The mixture's processed scores (K+1, V) after the pending token and after each draft."""
@@ -179,6 +210,7 @@ class AssistedDecoder:
     def step(self, k: int) -> tuple[list[int], torch.Tensor]:
         """One round: draft k, verify, keep n; returns the n+1 new tokens and their scores (n+1, V)."""
         drafts, q_scores, member_lps = self.draft(k)
+        k = len(drafts)  # prompt lookup may find fewer
         p_scores = self.verify(drafts, member_lps)
         if self.do_sample:
             n, tok = pick_sampled(p_scores, q_scores, drafts, self.generator)
@@ -205,13 +237,21 @@ def _seq_length(cache: Any) -> int:
 def assisted_decode(model: ComposedLM, ids: torch.Tensor, mask: torch.Tensor, max_new: int, *, assistant: Any,
                     do_sample: bool, eos: list[int], procs: Any, criteria: Any, streamer: Any,
                     generator: torch.Generator | None, num_assistant_tokens: int = 5,
-                    schedule: str = "heuristic") -> tuple[torch.Tensor, list[torch.Tensor], DraftStats]:
-    """Continue one prompt (1, L) by up to max_new tokens; returns (ids, per-token scores, stats)."""
+                    schedule: str = "heuristic", lookup_ngram: int | None = None,
+                    ) -> tuple[torch.Tensor, list[torch.Tensor], DraftStats]:
+    """Continue one prompt (1, L) by up to max_new tokens; returns (ids, per-token scores, stats).
+
+    `assistant` drafts (a memory, its name, or an outside model), or with `lookup_ngram` the text
+    so far does (prompt lookup, always a constant draft length, as in transformers)."""
+    if lookup_ngram is not None:
+        if lookup_ngram < 1:
+            raise ValueError(f"max_matching_ngram_size {lookup_ngram} must be at least 1")
+        schedule = "constant"
     if schedule not in ("heuristic", "constant"):
         raise ValueError(f"num_assistant_tokens_schedule {schedule!r}: use 'heuristic' or 'constant'")
     if num_assistant_tokens < 1:
         raise ValueError(f"num_assistant_tokens {num_assistant_tokens} must be at least 1")
-    dec = AssistedDecoder(model, ids, mask.long(), assistant, procs, do_sample, generator)
+    dec = AssistedDecoder(model, ids, mask.long(), assistant, procs, do_sample, generator, lookup_ngram)
     if streamer is not None:
         streamer.put(ids.cpu())
     out, scores, k, done = ids, [], num_assistant_tokens, max_new <= 0

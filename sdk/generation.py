@@ -6,7 +6,9 @@ bookkeeping), and a mixture has one cache per member. This loop calls only `Comp
 and reuses transformers' public pieces: `GenerationConfig`, its logits processors (repetition
 penalty, n-gram and bad-word bans, min_new_tokens) and warpers (temperature, top-k, top-p), its
 stopping criteria (`stop_strings`, any `stopping_criteria`) and the streamer protocol
-(`TextStreamer`: `put` the prompt, then each token, then `end`). Keyword names and defaults follow
+(`TextStreamer`: `put` the prompt, then each token, then `end`). `assistant_model=` (a memory, its
+name or another model) and `prompt_lookup_num_tokens=` switch to speculative decoding
+(`memreg.assisted`), whose output is still the mixture's. Keyword names and defaults follow
 `generate` (except `top_k`, off unless given); an option it does not implement is refused by name.
 
 Shapes: B prompts, L prompt length (left-padded), V vocabulary, N beams.
@@ -164,6 +166,8 @@ def _generate(
     assistant_model: Any = None,
     num_assistant_tokens: int = 5,
     num_assistant_tokens_schedule: str = "heuristic",
+    prompt_lookup_num_tokens: int | None = None,
+    max_matching_ngram_size: int | None = None,
     **unknown: Any,
 ) -> torch.Tensor | GenerateOutput:
     _check_options(unknown, input_ids, temperature, top_p, num_beams, num_return_sequences)
@@ -176,12 +180,16 @@ def _generate(
                         no_repeat_ngram_size=no_repeat_ngram_size, bad_words_ids=bad_words_ids,
                         min_new_tokens=min_new_tokens, prompt_len=input_ids.shape[1], eos=eos)
     criteria = _criteria(stopping_criteria, stop_strings, tokenizer or model.tokenizer)
-    if assistant_model is not None:
+    if assistant_model is not None or prompt_lookup_num_tokens:
         if num_beams > 1 or num_return_sequences > 1:
             raise ValueError("assisted decoding gives one sequence per prompt: use num_beams=1, num_return_sequences=1")
+        if assistant_model is not None and prompt_lookup_num_tokens:
+            raise ValueError("give assistant_model or prompt_lookup_num_tokens, not both: one source of drafts")
+        drafts = dict(assistant=assistant_model, num_assistant_tokens=prompt_lookup_num_tokens or num_assistant_tokens,
+                      schedule=num_assistant_tokens_schedule,
+                      lookup_ngram=(max_matching_ngram_size or 2) if prompt_lookup_num_tokens else None)
         return _assisted(model, input_ids, mask, max_new_tokens, do_sample, eos, procs, criteria, streamer, generator,
-                         output_scores, return_dict_in_generate, assistant_model, num_assistant_tokens,
-                         num_assistant_tokens_schedule)
+                         output_scores, return_dict_in_generate, drafts)
     if num_beams > 1:
         _check_beam_options(criteria, do_sample, streamer, num_return_sequences, num_beams)
         return _beam_search(
@@ -225,13 +233,13 @@ def _check_beam_options(criteria: Any, do_sample: bool, streamer: Any, num_retur
 
 
 def _assisted(model, ids, mask, max_new, do_sample, eos, procs, criteria, streamer, generator, output_scores, as_dict,
-              assistant, num_assistant_tokens, schedule):
-    """Speculative decoding with a drafter (memreg.assisted); `extra` reports drafted/accepted counts."""
+              drafts: dict):
+    """Speculative decoding (memreg.assisted); `extra` reports drafted/accepted counts."""
     from memreg.assisted import assisted_decode
 
     out, scores, stats = assisted_decode(
-        model, ids, mask, max_new, assistant=assistant, do_sample=do_sample, eos=eos, procs=procs, criteria=criteria,
-        streamer=streamer, generator=generator, num_assistant_tokens=num_assistant_tokens, schedule=schedule)
+        model, ids, mask, max_new, do_sample=do_sample, eos=eos, procs=procs, criteria=criteria,
+        streamer=streamer, generator=generator, **drafts)
     if as_dict:
         extra = {"drafted": stats.drafted, "accepted": stats.accepted, "rounds": stats.rounds}
         return GenerateOutput(out, tuple(scores) if output_scores else None, extra=extra)

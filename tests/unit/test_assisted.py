@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_lms import LICENSES, gpt2, real_text, train_tokenizer
 
-from memreg.assisted import crop_cache, pick_greedy, pick_sampled, residual
+from memreg.assisted import crop_cache, lookup_drafts, pick_greedy, pick_sampled, residual
 from memreg.compose import compose
 
 
@@ -64,6 +64,31 @@ def test_greedy_with_processors_and_an_outside_drafter_equals_plain(composed, pa
     for enc in prompts:
         plain, out = _plain_and_assisted(composed, enc, parts[2], **kw)
         assert out.sequences.tolist() == plain.tolist()
+
+
+def test_greedy_with_prompt_lookup_equals_plain_greedy(composed, tok):
+    text = Path(LICENSES[0]).read_text()[:300]
+    enc = tok([text + text[:60]], return_tensors="pt")  # the end repeats the start: lookup finds drafts
+    assert enc["input_ids"].shape[1] + 24 <= 256  # the tiny models' positions
+    for k, n in ((3, 2), (10, 1), (4, 3)):
+        plain = composed.generate(**enc, max_new_tokens=24, output_scores=True, return_dict_in_generate=True)
+        out = composed.generate(**enc, max_new_tokens=24, prompt_lookup_num_tokens=k, max_matching_ngram_size=n,
+                                output_scores=True, return_dict_in_generate=True)
+        assert out.sequences.tolist() == plain.sequences.tolist()
+        for a, b in zip(out.scores, plain.scores):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        assert out.extra["accepted"] > 0  # drafts were found and kept
+    with pytest.raises(ValueError, match="not both"):
+        composed.generate(**enc, prompt_lookup_num_tokens=3, assistant_model=composed.names[0])
+
+
+def test_lookup_drafts_continue_the_latest_earlier_occurrence():
+    ids = [5, 6, 7, 8, 9, 5, 6, 1, 2, 5, 6]
+    assert lookup_drafts(ids, 3, 2) == [1, 2, 5]  # "5 6" last seen before at 5..6 -> 1 2 5
+    assert lookup_drafts(ids, 10, 2) == [1, 2, 5, 6]
+    assert lookup_drafts([1, 2, 3, 4], 3, 2) == []  # nothing repeats
+    assert lookup_drafts([3, 1, 2, 4, 3], 2, 3) == [1, 2]  # falls back to a 1-gram
+    assert lookup_drafts([7], 3, 2) == []
 
 
 def test_the_memory_can_be_named_and_its_scores_match_plain_decoding(composed, prompts):
@@ -168,6 +193,18 @@ def test_pick_sampled_emits_tokens_distributed_as_the_mixture_not_the_drafter():
     freq = counts / n
     assert (freq - p).abs().sum() < 0.03  # sampling noise: ~0.01 total variation at n = 20,000
     assert (freq - q).abs().sum() > 0.5
+
+
+def test_pick_sampled_with_a_point_mass_draft_gives_the_mixture():
+    """Prompt lookup proposes one fixed token (q is a point mass): kept with probability p(x)."""
+    p = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    q_scores = torch.tensor([[-torch.inf, -torch.inf, 0.0]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(7)
+    counts = torch.zeros(3, dtype=torch.float64)
+    for _ in range(10_000):
+        kept, tok = pick_sampled(torch.stack([p.log(), p.log()]), q_scores, [2], g)
+        counts[2 if kept else tok] += 1
+    assert (counts / 10_000 - p).abs().sum() < 0.04
 
 
 # ----------------------------------------------------------------------------- cache cropping
