@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from memreg.registry.errors import ConcurrentUpdateError, ManifestError
+from memreg.registry.layout import manifest_key, tag_key
 from memreg.registry.reading import checked_manifest, parse, valid, warn
 from memreg.registry.refs import check_name, check_version, version_key
 from memreg.registry.store import Store
@@ -67,7 +68,7 @@ def read_all(store: Store) -> dict[str, PackageState]:
              if valid(check_name, n, f"{store.url}/packages/{n}/", "not a valid package name")]
     raw = store.read_many([index_key(n) for n in names])
     indexes = {n: _parse_index(store, n, raw[index_key(n)]) for n in names}
-    pending = [_manifest_key(n, v) for n, ix in indexes.items() if ix is not None
+    pending = [manifest_key(n, v) for n, ix in indexes.items() if ix is not None
                for v, e in ix.versions.items() if e.summary is None]
     docs = store.read_many(pending)
     out = {}
@@ -136,7 +137,7 @@ def set_yanked(store: Store, name: str, version: str, yanked: bool) -> None:
 def sync_tag(store: Store, name: str, tag: str) -> None:
     """Copy one tag pointer (the truth, read now) into the index, or drop the tag if it is gone."""
     try:
-        target = parse(TagPointer, store.read(f"packages/{name}/tags/{tag}.json"), tag).version
+        target = parse(TagPointer, store.read(tag_key(name, tag)), tag).version
     except (FileNotFoundError, ManifestError):
         target = None
 
@@ -182,10 +183,6 @@ def list_package(store: Store, name: str) -> tuple[dict[str, str], set[str], lis
 
 
 # the pieces ------------------------------------------------------------------------------------
-def _manifest_key(name: str, version: str) -> str:
-    return f"packages/{name}/{version}.json"
-
-
 def _parse_index(store: Store, name: str, raw: bytes | None) -> NameIndex | None:
     """The index, or None when it is missing or unreadable (then it is rebuilt)."""
     if raw is None:
@@ -205,7 +202,7 @@ def _summarise(store: Store, name: str, version: str, raw: bytes | None) -> Mani
     if raw is None:
         return None
     try:
-        return checked_manifest(raw, name, version, f"{store.url}/{_manifest_key(name, version)}")
+        return checked_manifest(raw, name, version, f"{store.url}/{manifest_key(name, version)}")
     except ManifestError as e:
         warn(str(e))
         return None
@@ -215,7 +212,7 @@ def _settle_pending(store: Store, name: str, index: NameIndex, docs: dict[str, b
     """Pending entries whose manifest now exists become published; the rest stay pending."""
     versions, fps = dict(index.versions), dict(index.fingerprints)
     for v, e in index.versions.items():
-        if e.summary is None and (m := _summarise(store, name, v, docs.get(_manifest_key(name, v)))):
+        if e.summary is None and (m := _summarise(store, name, v, docs.get(manifest_key(name, v)))):
             versions[v] = IndexedVersion(summary=VersionSummary.of(m))
             fps[m.tokenizer.digest] = m.tokenizer
     return index.model_copy(update={"versions": versions, "fingerprints": fps})
@@ -226,7 +223,7 @@ def _from_truth(store: Store, name: str, index: NameIndex) -> tuple[NameIndex, P
     manifests, yanked, tags = list_package(store, name)
     need = [k for v, k in manifests.items() if (e := index.versions.get(v)) is None or e.summary is None
             or e.summary.tokenizer not in index.fingerprints]
-    docs = store.read_many(need + [f"packages/{name}/tags/{t}.json" for t in tags])
+    docs = store.read_many(need + [tag_key(name, t) for t in tags])
     versions: dict[str, IndexedVersion] = {}
     fps: dict[str, TokenizerFingerprint] = {}
     for v, key in manifests.items():
@@ -252,7 +249,7 @@ def read_tags(store: Store, name: str, tags: list[str], docs: dict[str, bytes | 
     or tag than its path is skipped with a warning, as is one that is not a valid pointer."""
     out = {}
     for tag in tags:
-        key = f"packages/{name}/tags/{tag}.json"
+        key = tag_key(name, tag)
         if docs.get(key) is None:
             continue
         try:

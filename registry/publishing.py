@@ -1,0 +1,193 @@
+"""Publishing a folder: hash -> upload missing blobs -> lease and re-check them -> create the
+manifest (the commit point) -> move tags.
+
+Versions are immutable, so publishing the same content again is a no-op that still heals blobs lost
+or corrupted in the store since; different content under an existing version is refused. Blobs are
+uploaded before their manifest exists, so a concurrent gc (registry/gc.py) could delete them: a
+lease names them first, and they are checked again once the manifest protects them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+
+from memreg.registry import index as name_index
+from memreg.registry.card import with_model_card
+from memreg.registry.errors import ManifestNotFoundError, VersionExistsError
+from memreg.registry.fsutil import file_digest
+from memreg.registry.gc import LEASES
+from memreg.registry.layout import blob_key, manifest_key
+from memreg.registry.package import LocalFile, model_info, read_card, scan_folder
+from memreg.registry.refs import check_name, check_version
+from memreg.registry.store import Store
+from memreg.registry.tagging import refuse_latest
+from memreg.schemas import DomainMetadata, FileEntry, Manifest, PackageCard
+
+if TYPE_CHECKING:
+    from memreg.registry.api import Registry
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    manifest: Manifest
+    created: bool  # False: the same content was already published (a no-op)
+    uploaded: int  # blobs uploaded
+    skipped: int  # blobs already present
+    tags: dict[str, str | None] = field(default_factory=dict)  # tag -> previous version
+    healed: int = 0  # blobs found missing or corrupt in the store and uploaded again
+
+
+def publish(reg: Registry, folder: str | Path, *, name: str | None, version: str | None, description: str | None,
+            domain: DomainMetadata | None, tags: Iterable[str], callback: Callback) -> PublishResult:
+    """Registry.publish (its defaults are there, in one place), one named step at a time: names and
+    tags are checked before any file is hashed."""
+    folder = Path(folder)
+    card = read_card(folder)
+    name = check_name(name or card.name or "")
+    version = check_version(version or card.version or "", name=name)
+    tags = [check_name(t, what="tag") for t in tags]
+    for t in tags:
+        refuse_latest(t)
+    files, entries, manifest = _describe(folder, card, name, version, description, domain, callback)
+    existing = _existing_manifest(reg, manifest)
+    if existing is not None:  # same content again: still heal blobs lost or corrupted since
+        healed = _protect_and_heal(reg.store, files, existing.model.files, reused=existing.model.files)
+        return PublishResult(existing, created=False, uploaded=healed, skipped=len(entries) - healed,
+                             tags=_move_tags(reg, existing, tags), healed=healed)
+    uploaded, reused = _upload_missing(reg.store, files, entries, callback)
+    healed = _protect_and_heal(reg.store, files, entries, reused=reused)
+    committed, created = _commit(reg, manifest)
+    if created:
+        # A gc that listed the leases just before ours was written may still have deleted a blob
+        # between our check and the manifest: look again now that the manifest protects them.
+        healed += _heal_missing(reg.store, files, entries)
+    name_index.published(reg.store, committed)
+    return PublishResult(committed, created=created, uploaded=uploaded + healed,
+                         skipped=len(entries) - uploaded - healed, tags=_move_tags(reg, committed, tags), healed=healed)
+
+
+def _describe(folder: Path, card: PackageCard, name: str, version: str, description: str | None,
+              domain: DomainMetadata | None, callback: Callback) -> tuple[list[LocalFile], list[FileEntry], Manifest]:
+    """Hash the folder's files and build the manifest that will describe them, model card included."""
+    from memreg.registry.fingerprinting import fingerprint
+
+    files = scan_folder(folder)
+    callback.set_size(2 * sum(f.size for f in files))  # hashing, then uploading
+    entries = [FileEntry(path=f.path, digest=file_digest(f.local, callback), size=f.size) for f in files]
+    manifest = Manifest(
+        name=name,
+        version=version,
+        description=description if description is not None else (card.description or ""),
+        created_at=datetime.now(timezone.utc),
+        memreg_version=_memreg_version(),
+        domain=domain or card.domain,
+        tokenizer=fingerprint(folder),
+        model=model_info(folder, entries),
+        training=card.training,
+        metrics=card.metrics,
+    )
+    return with_model_card(folder, files, entries, manifest)  # README.md: the card
+
+
+def _upload_missing(store: Store, files: list[LocalFile], entries: list[FileEntry],
+                    callback: Callback) -> tuple[int, list[FileEntry]]:
+    """Upload the blobs the store lacks; the number uploaded and the entries found already there."""
+    uploaded, reused = 0, []
+    for f, entry in zip(files, entries):
+        if store.exists(blob_key(entry)):
+            reused.append(entry)  # re-checked by _protect_and_heal, after the lease that protects it from gc
+            callback.relative_update(entry.size)
+            continue
+        store.put_file(blob_key(entry), f.local, callback=callback.branched(str(f.local), blob_key(entry)) or DEFAULT_CALLBACK)
+        callback.relative_update(entry.size)
+        uploaded += 1
+    return uploaded, reused
+
+
+def _commit(reg: Registry, manifest: Manifest) -> tuple[Manifest, bool]:
+    """Create the manifest, the commit point: (the manifest now published, whether we created it).
+    A publisher that lost the race to the same content has still published it."""
+    name_index.announce(reg.store, manifest.name, manifest.version)  # before the manifest: see registry/index.py
+    try:
+        reg.store.create(manifest_key(manifest.name, manifest.version), manifest.model_dump_json(indent=2).encode())
+    except FileExistsError:
+        existing = _existing_manifest(reg, manifest)  # lost a race: same content is still fine
+        if existing is None:  # pragma: no cover - _existing_manifest raises on different content
+            raise
+        return existing, False
+    return manifest, True
+
+
+def _protect_and_heal(store: Store, files: list[LocalFile], entries: list[FileEntry], *,
+                      reused: list[FileEntry]) -> int:
+    """Write a lease naming every blob this publish relies on (gc keeps leased blobs), then
+    check them: a reused blob must hold our exact bytes (size and digest, see
+    Store.same_content), any other must exist with our size. Re-upload what fails."""
+    _write_lease(store, entries)
+    local = {f.path: f.local for f in files}
+    reused_keys = {blob_key(e) for e in reused}
+    healed = 0
+    for entry in entries:
+        key = blob_key(entry)
+        if key in reused_keys:
+            ok = store.same_content(key, local[entry.path], entry.hex, entry.size)
+        else:
+            ok = _has_size(store, key, entry.size)
+        if not ok:
+            store.put_file(key, local[entry.path])
+            healed += 1
+    return healed
+
+
+def _heal_missing(store: Store, files: list[LocalFile], entries: list[FileEntry]) -> int:
+    local = {f.path: f.local for f in files}
+    missing = [e for e in entries if not _has_size(store, blob_key(e), e.size)]
+    for entry in missing:
+        store.put_file(blob_key(entry), local[entry.path])
+    return len(missing)
+
+
+def _has_size(store: Store, key: str, size: int) -> bool:
+    try:
+        return store.size(key) == size
+    except FileNotFoundError:
+        return False
+
+
+def _write_lease(store: Store, entries: list[FileEntry]) -> None:
+    """A lease is a small document under leases/ naming blobs a publish is about to reference.
+    It is left in place and expires after LEASE_TTL (gc removes it): a gc whose snapshot of the
+    manifests predates this publish's manifest still sees the lease."""
+    doc = {"created_at": datetime.now(timezone.utc).isoformat(), "blobs": sorted({blob_key(e) for e in entries})}
+    store.put_bytes(f"{LEASES}/{uuid.uuid4().hex}.json", json.dumps(doc).encode())
+
+
+def _existing_manifest(reg: Registry, new: Manifest) -> Manifest | None:
+    try:
+        old = reg.manifest(new.name, new.version)
+    except ManifestNotFoundError:
+        return None
+    if old.content_key() != new.content_key():
+        raise VersionExistsError(
+            f"{new.ref} already exists in {reg.url} with different content; versions are immutable: "
+            "publish under a new version (e.g. bump the patch number)"
+        )
+    return old
+
+
+def _move_tags(reg: Registry, manifest: Manifest, tags: list[str]) -> dict[str, str | None]:
+    return {t: reg.tag(manifest.ref, t).previous for t in tags}
+
+
+def _memreg_version() -> str:
+    from memreg import __version__
+
+    return __version__
