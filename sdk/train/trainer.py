@@ -6,10 +6,18 @@ state as JSON) and resume. The order of blocks is a seeded permutation per epoch
 step alone, so a resumed run replays exactly the batches an uninterrupted one would have seen.
 With a validation function the loop evaluates every `eval_every` steps, keeps the best weights in
 `best-step-N/` and stops after `patience` evaluations without improvement (`stopping.py`).
+
+The model and optimizer go through `accelerate.Accelerator` (imported only here, when training runs):
+under several processes that is torch DDP (gradients averaged by bucketed all-reduces during the
+last micro-batch's backward, `no_sync` on the others); on one process it is the plain loop, with the
+same numbers as before (float32: memreg sets no mixed precision and no torch.compile, whatever an
+accelerate config says). With dropout (GPT-2's default) each process draws its own masks, so W
+processes with grad_accum G train like one process with grad_accum W*G only without dropout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,6 +40,7 @@ if TYPE_CHECKING:
     from memreg.train.distributed import Dist
 
 KEEP_CHECKPOINTS = 2
+_PARTS = ("loss", "kl", "ce")
 
 
 @dataclass(frozen=True)
@@ -126,9 +135,9 @@ def train_loop(
     With `validate` (model in eval mode -> {"val_loss": ..., ...}), the model is scored before the
     first step and every `eval_every` steps; the best point's weights are kept in `best-step-N/`,
     and with `patience` the run stops after that many evaluations without improvement. With `dist`
-    of several processes: process r takes micro-batches (step*grad_accum + micro)*W + r, gradients
-    are averaged before each step, every process evaluates (same weights, same decision) and
-    process 0 writes the checkpoints."""
+    of several processes: process r takes micro-batches (step*grad_accum + micro)*W + r, DDP
+    averages the gradients, every process takes part in the (split) validation and gets the same
+    result, so they stop at the same step; process 0 writes the checkpoints."""
     from memreg.train.distributed import Dist
 
     dist = dist or Dist()
@@ -136,6 +145,7 @@ def train_loop(
     model.to(device).train()
     opt, lr_sched = make_optimizer(model, lr=lr, weight_decay=weight_decay, sched=sched)
     step, stopping, pending = _resume(model, opt, lr_sched, ckpt_dir, EarlyStopping(patience))
+    accelerator, ddp_model, ddp_opt = _accelerate(model, opt, device=device, grad_accum=grad_accum, dist=dist)
     if on_step is not None and step:
         on_step(step, sched.total_steps, {})
     started = time.monotonic()
@@ -154,13 +164,11 @@ def train_loop(
     metrics: dict[str, float] = {}
     reason = "resumed finished" if stopping.should_stop else "schedule"
     while step < sched.total_steps and not stopping.should_stop:
-        metrics = _optimizer_step(model, batches, opt, lr_sched, step, grad_accum=grad_accum, beta=beta,
-                                  vocab_size=vocab_size, device=device, dist=dist)
+        metrics = _optimizer_step(accelerator, ddp_model, batches, ddp_opt, lr_sched, step, grad_accum=grad_accum,
+                                  beta=beta, vocab_size=vocab_size, device=device, dist=dist)
         step += 1
-        for name in ("loss", "kl", "ce"):
-            pending[name] = pending.get(name, 0.0) + metrics[name]
-        pending["n"] = pending.get("n", 0.0) + 1
-        out_of_time = max_seconds is not None and time.monotonic() - started > max_seconds
+        _add(pending, metrics)
+        out_of_time = max_seconds is not None and _any(accelerator, time.monotonic() - started > max_seconds)
         if validate is not None and (step % eval_every == 0 or step == sched.total_steps or out_of_time):
             evaluate(step)
         stop = stopping.should_stop or out_of_time
@@ -175,28 +183,66 @@ def train_loop(
     return TrainOutcome(step, metrics, stopping, reason, best)
 
 
-def _optimizer_step(model, batches: BlockBatches, opt, lr_sched, step: int, *, grad_accum: int, beta: float,
-                    vocab_size: int, device: str, dist: "Dist") -> dict[str, float]:
-    totals = {"loss": 0.0, "kl": 0.0, "ce": 0.0}
+def _accelerate(model: torch.nn.Module, opt, *, device: str, grad_accum: int, dist: "Dist"):
+    """(accelerator, model, optimizer) as the loop uses them: DDP under several processes (the process
+    group `Dist.from_env` joined), the model itself on one. The Accelerator divides each micro-batch's
+    loss by `grad_accum` in `backward`, as the loop did by hand. The scheduler stays outside: it counts
+    optimizer steps, which the schedule already divided by the number of processes."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
+
+    accelerator = Accelerator(
+        cpu=not str(device).startswith("cuda"), device_placement=False, mixed_precision="no", dynamo_backend="no",
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False))
+    if accelerator.num_processes != dist.world_size:
+        raise RuntimeError(f"accelerate sees {accelerator.num_processes} processes, memreg {dist.world_size}")
+    ddp_model, ddp_opt = accelerator.prepare(model, opt)
+    return accelerator, ddp_model, ddp_opt
+
+
+def _optimizer_step(accelerator, model, batches: BlockBatches, opt, lr_sched, step: int, *, grad_accum: int,
+                    beta: float, vocab_size: int, device: str, dist: "Dist") -> dict[str, float]:
+    """One optimizer step over grad_accum micro-batches per process; the loss parts returned are the
+    means over every micro-batch of every process (the same on all of them)."""
+    share = grad_accum * dist.world_size
+    totals = torch.zeros(3, dtype=torch.float64)
     for micro in range(grad_accum):
         batch = {k: v.to(device) for k, v in batches((step * grad_accum + micro) * dist.world_size + dist.rank).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-        parts = memdec_loss(logits, batch["labels"], batch["knn_ids"], batch["knn_probs"], beta=beta, vocab_size=vocab_size)
-        (parts.loss / grad_accum).backward()
-        for name in totals:
-            totals[name] += float(getattr(parts, name).detach()) / grad_accum
-    dist.average_gradients(model)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        # gradients are all-reduced once, in the last micro-batch's backward
+        with accelerator.no_sync(model) if micro < grad_accum - 1 else contextlib.nullcontext():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+            parts = memdec_loss(logits, batch["labels"], batch["knn_ids"], batch["knn_probs"], beta=beta,
+                                vocab_size=vocab_size)
+            accelerator.backward(parts.loss)
+        for i, name in enumerate(_PARTS):
+            totals[i] += float(getattr(parts, name).detach()) / share
+    accelerator.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     lr_sched.step()
     opt.zero_grad(set_to_none=True)
-    return {**totals, "lr": lr_sched.get_last_lr()[0]}
+    if dist.world_size > 1:
+        totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
+    return {**{name: float(totals[i]) for i, name in enumerate(_PARTS)}, "lr": lr_sched.get_last_lr()[0]}
+
+
+def _any(accelerator, flag: bool) -> bool:
+    """True on every process when it is true on one (the time budget: the processes must agree)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum").item() > 0)
+
+
+def _add(pending: dict[str, float], metrics: dict[str, float]) -> None:
+    """Sum the step's training loss parts into those since the previous evaluation."""
+    for name in _PARTS:
+        pending[name] = pending.get(name, 0.0) + metrics[name]
+    pending["n"] = pending.get("n", 0.0) + 1
 
 
 def _means(pending: dict[str, float]) -> dict[str, float]:
     """Mean training loss parts since the previous evaluation (none before the first step)."""
     n = pending.get("n", 0.0)
-    return {f"train_{k}": pending[k] / n for k in ("loss", "kl", "ce")} if n else {}
+    return {f"train_{k}": pending[k] / n for k in _PARTS} if n else {}
 
 
 def _evaluate(model: torch.nn.Module, validate: Validate) -> dict[str, float]:
@@ -253,7 +299,7 @@ def save_checkpoint(model, opt, lr_sched, ckpt_dir: Path, step: int, *, stopping
 def _save_weights(model, folder: Path, *, atomic: bool = True) -> None:
     from safetensors.torch import save_model
 
-    from memreg.train.package import replace_folder
+    from memreg.train.packaging import replace_folder
 
     target = folder.with_name(f".tmp-{folder.name}") if atomic else folder
     shutil.rmtree(target, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Training: beta = 1 lowers KL(p_kNN || p_mem); checkpoints resume to the same weights."""
+"""Training: beta = 1 lowers KL(p_kNN || p_mem); checkpoints resume to the same weights; on one
+process the loop (through accelerate) is the plain torch loop, bit for bit."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from memreg.train.datastore import build_datastore, open_datastore  # noqa: E402
 from memreg.train.index import build_index, load_index  # noqa: E402
 from memreg.train.knn import build_targets, open_targets  # noqa: E402
 from memreg.train.loss import memdec_loss  # noqa: E402
-from memreg.train.trainer import BlockBatches, latest_checkpoint, schedule, train_loop  # noqa: E402
+from memreg.train.trainer import BlockBatches, latest_checkpoint, make_optimizer, schedule, train_loop  # noqa: E402
 
 BLOCK = 32
 
@@ -97,3 +98,34 @@ def test_resume_after_crash_gives_the_same_weights(prepared, tmp_path):
     train_loop(resumed, batches, tmp_path / "b", **kw)
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_one_process_trains_exactly_as_the_plain_torch_loop(prepared, tmp_path):
+    """accelerate on one process adds nothing: AdamW with the warm-up/decay schedule, each micro-batch's
+    loss divided by grad_accum, gradients clipped to norm 1, dropout drawn from the seeded generator."""
+    batches, vocab = _batches(prepared, batch_size=2), prepared[2]
+    sched = schedule(len(batches.spans), batch_size=2, grad_accum=3, steps=4, epochs=None, warmup_fraction=0.25)
+    hyper = dict(lr=2e-3, weight_decay=0.01)
+    model = _init(prepared)
+    out = train_loop(model, batches, tmp_path / "ck", sched=sched, beta=0.5, grad_accum=3, vocab_size=vocab, seed=5,
+                     checkpoint_every=100, **hyper)
+
+    plain = _init(prepared)
+    torch.manual_seed(5)
+    plain.train()
+    opt, lr_sched = make_optimizer(plain, sched=sched, **hyper)
+    for step in range(4):
+        ce = 0.0
+        for micro in range(3):
+            b = batches(step * 3 + micro)
+            logits = plain(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            parts = memdec_loss(logits, b["labels"], b["knn_ids"], b["knn_probs"], beta=0.5, vocab_size=vocab)
+            (parts.loss / 3).backward()
+            ce += float(parts.ce.detach()) / 3
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
+        opt.step()
+        lr_sched.step()
+        opt.zero_grad(set_to_none=True)
+    for (name, a), (_, b) in zip(plain.state_dict().items(), model.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    assert out.metrics["ce"] == ce  # the last step's mean over its micro-batches
