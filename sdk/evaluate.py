@@ -53,12 +53,17 @@ def target_log_probs(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     progress=None,
+    shard: tuple[int, int] = (0, 1),
 ) -> np.ndarray:
     """log p(x_t | x_<t) for t = 1 .. len(ids)-1, each token scored once with up to `context` tokens.
 
     Windows of `context` tokens advance by `stride`; each window scores only the tokens the previous
     one did not (the standard sliding-window evaluation). `vocab_size` slices padded embedding rows
     off before normalising. Returns float64 of length len(ids) - 1.
+
+    `shard` = (rank, world): score only the batches of windows b with b % world == rank and leave
+    the other positions NaN (several processes split the work; `Dist.merge_scores` joins the
+    parts). The batches are the ones a single process would run, so each scored value is the same.
     """
     ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     n = ids_t.numel()
@@ -67,7 +72,10 @@ def target_log_probs(
     device = device or next(model.parameters()).device
     windows = sliding_windows(n, context=context, stride=stride)
     out = np.full(n - 1, np.nan)
-    for b in range(0, len(windows), batch_size):
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard {shard}: the rank must be in 0 .. world - 1")
+    for b in range(rank * batch_size, len(windows), world * batch_size):
         batch = windows[b : b + batch_size]
         length = max(e - s for s, e, _ in batch)
         inp = torch.zeros(len(batch), length, dtype=torch.long)
@@ -86,7 +94,7 @@ def target_log_probs(
             out[first - 1 : e - 1] = logp[i, pos.to(logp.device), tgt].double().cpu().numpy()
         if progress is not None:
             progress(sum(e - first for _, e, first in batch))
-    assert not np.isnan(out).any(), "sliding windows left a token unscored"
+    assert world > 1 or not np.isnan(out).any(), "sliding windows left a token unscored"
     return out
 
 

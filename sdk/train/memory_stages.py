@@ -4,6 +4,9 @@ the held-out evaluation that picks the recommended weight.
 Validation = the held-out documents of the corpus (no near-copy of a training document, see
 `neardup.py`). During training the first `val_tokens` of them are scored in non-overlapping windows
 every `eval_every` steps; the final evaluation scores all of them with half-overlapping windows.
+Under several processes every scoring is split: each process scores its own batches of windows and
+the per-token log-probabilities are summed over the processes (`Dist.merge_scores`), so every process
+computes the perplexity (and takes the early-stopping decision) a single process would.
 """
 
 from __future__ import annotations
@@ -46,12 +49,30 @@ def eval_ids(run: StageRunner, cmeta: Meta, limit: int | None = None) -> np.ndar
 
 def score(model_or_ref: Any, ids: np.ndarray, *, run: StageRunner, context: int, stride: int, vocab_size: int,
           progress: bool = True) -> np.ndarray:
-    """Per-token log-probabilities of held-out ids under a model (a loaded one, or a ref to load)."""
+    """Per-token log-probabilities of held-out ids under a model (a loaded one, or a ref to load).
+    Every process scores its share of the windows; all of them get the whole array."""
+    return score_shares(model_or_ref, ids, run=run, context=context, stride=stride, vocab_size=vocab_size,
+                        progress=progress)[0]
+
+
+def score_shares(model_or_ref: Any, ids: np.ndarray, *, run: StageRunner, context: int, stride: int,
+                 vocab_size: int, progress: bool = True) -> tuple[np.ndarray, list[int]]:
+    """`score`, and how many of the tokens each process scored."""
     from memreg.evaluate import target_log_probs
 
     model = load_lm(model_or_ref, run.device) if isinstance(model_or_ref, (str, Path)) else model_or_ref
-    return target_log_probs(model, ids, context=context, stride=min(stride, context), vocab_size=vocab_size,
-                            device=run.device, progress=run.progress.advance if progress else None)
+    own = [0]
+
+    def advance(n: int) -> None:
+        own[0] += n
+        run.progress.advance(n)
+
+    part = target_log_probs(model, ids, context=context, stride=min(stride, context), vocab_size=vocab_size,
+                            device=run.device, progress=advance if progress else None, shard=run.dist.shard)
+    lp, shares = run.dist.merge_scores(part)
+    if progress:
+        run.progress.advance(len(lp) - own[0])  # the other processes' share
+    return lp, shares
 
 
 def train(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, init_ref: str, base_ref: str) -> Meta:
@@ -70,13 +91,10 @@ def train(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, init_
     def body() -> Meta | None:
         folder = run.stage_dir("train")
         validate = None
-        if val is not None:
-            path = folder / "base-val-logprobs.npy"
-            if run.dist.is_main:  # the base's held-out scores, once; the other processes read them
-                _cached_scores(path, lambda: score(base_ref, val, run=run, context=block_size, stride=block_size,
-                                                   vocab_size=vocab_size, progress=False))
-            run.dist.barrier()
-            validate = _validator(run, val, np.load(path), block_size, vocab_size)
+        if val is not None:  # the base's held-out scores, once (all processes score, process 0 writes)
+            base_lp = _cached_scores(run, folder / "base-val-logprobs.npy", lambda: score(
+                base_ref, val, run=run, context=block_size, stride=block_size, vocab_size=vocab_size, progress=False))
+            validate = _validator(run, val, base_lp, block_size, vocab_size)
         elif sched.early_stopping:
             run.note(f"no held-out text to stop on: training runs the full {cfg.max_epochs:g} epochs", warning=True)
         model = load_lm(init_ref, run.device)
@@ -110,12 +128,16 @@ def train(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, init_
     return run.run("train", body, label="train", total=sched.total_steps, unit="step", all_processes=True)
 
 
-def _cached_scores(path: Path, compute) -> np.ndarray:
-    if path.exists():
+def _cached_scores(run: StageRunner, path: Path, compute) -> np.ndarray:
+    """`compute()` (a collective: every process takes part) unless a previous run saved it."""
+    have = path.exists()
+    run.dist.barrier()  # every process has looked before process 0 may write: they all agree on `have`
+    if have:
         return np.load(path)
     lp = compute()
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
-        np.save(f, lp)
+    if run.dist.is_main:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no suffix
+            np.save(f, lp)
     return lp
 
 
@@ -137,7 +159,8 @@ def _validator(run: StageRunner, val: np.ndarray, base_lp: np.ndarray, block_siz
 def evaluate(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, models: dict[str, str],
              bases: dict[str, str]) -> Meta:
     """Score the held-out documents with every model in `models` (role -> ref; "memory" included);
-    sweep the weight grid for each role in `bases` (role -> the name the card gives that base)."""
+    sweep the weight grid for each role in `bases` (role -> the name the card gives that base).
+    Every process runs this: each scores its share of the windows (`score`); process 0 writes."""
     from memreg.evaluate import perplexity, weight_sweep
 
     cfg = run.cfg
@@ -149,8 +172,9 @@ def evaluate(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, mo
             run.note("no held-out text: the package carries no perplexity metrics (raise --eval-fraction or add documents)")
             return {"evaluations": [], "perplexity": {}, "recommended_weight": None}
         stride = cfg.eval_stride or max(1, block_size // 2)
-        lps = {role: score(ref, ids, run=run, context=block_size, stride=stride, vocab_size=vocab_size)
-               for role, ref in models.items()}
+        scored = {role: score_shares(ref, ids, run=run, context=block_size, stride=stride, vocab_size=vocab_size)
+                  for role, ref in models.items()}
+        lps = {role: lp for role, (lp, _) in scored.items()}
         evaluations = []
         for role, label in bases.items():
             sweep = weight_sweep(lps[role], lps["memory"], cfg.weight_grid)
@@ -161,9 +185,11 @@ def evaluate(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, mo
                 "sweep": {f"{w:g}": p for w, p in sweep.items()},
             })
         return {"evaluations": evaluations, "perplexity": {role: perplexity(lp) for role, lp in lps.items()},
-                "recommended_weight": _recommend(evaluations)}
+                "recommended_weight": _recommend(evaluations),
+                "tokens_per_process": scored["memory"][1]}  # each model's tokens, split the same way
 
-    return run.run("eval", body, label="evaluate", total=len(models) * max(0, n_eval - 1), unit="tok")
+    return run.run("eval", body, label="evaluate", total=len(models) * max(0, n_eval - 1), unit="tok",
+                   all_processes=True)
 
 
 def _best_weight(sweep: dict[float, float]) -> float:

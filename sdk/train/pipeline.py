@@ -121,8 +121,7 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
     memory_init = metas["init"]["model"]
     metas["train"] = memory_stages.train(run, block_size, vocab_size, metas["corpus"], memory_init, teacher_ref)
     scored, bases = _evaluated_models(config, teacher_ref, init_ref, metas)
-    metas["eval"] = run.main_first(lambda: memory_stages.evaluate(run, block_size, vocab_size, metas["corpus"],
-                                                                  scored, bases))
+    metas["eval"] = memory_stages.evaluate(run, block_size, vocab_size, metas["corpus"], scored, bases)  # all processes
     _warn_about_quality(run, metas)
     if dist.is_main:
         card = _write_package(run, tok, cdigest, metas, block_size, k, report, time.monotonic() - t0)
