@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +9,9 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_lms import LICENSES, gpt2, llama, real_text, train_tokenizer  # noqa: E402
+from tiny_lms import LICENSES, gpt2, llama, real_text, train_tokenizer
 
-from memreg.compose import compose  # noqa: E402
+from memreg.compose import compose
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +218,12 @@ def test_text_generation_pipeline_runs_the_composed_model(composed, tok, prompts
     enc = tok([prompts[0]], return_tensors="pt")
     want = tok.decode(composed.generate(enc["input_ids"], max_new_tokens=6)[0], skip_special_tokens=True)
     assert got == want and len(got) > len(prompts[0])
+
+
+def test_all_zero_token_type_ids_are_accepted_other_segment_ids_refused(composed, tok, prompts):
+    enc = tok(prompts[:1], return_tensors="pt")  # some tokenizers (transformers 4.x) add token_type_ids
+    types = torch.zeros_like(enc["input_ids"])
+    plain = composed.generate(enc["input_ids"], max_new_tokens=5)
+    assert composed.generate(enc["input_ids"], token_type_ids=types, max_new_tokens=5).tolist() == plain.tolist()
+    with pytest.raises(TypeError, match="token_type_ids"):
+        composed.generate(enc["input_ids"], token_type_ids=types + 1, max_new_tokens=5)
