@@ -64,22 +64,69 @@ class TrainResult:
 
 def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> TrainResult:
     """Build a memory decoder from `config.corpus`; write the package to `config.out`."""
-    import torch
-    from transformers import AutoConfig
-
-    from memreg.models import load_tokenizer, resolve_model_ref
     from memreg.train.distributed import Dist
 
     t0 = time.monotonic()
     dist = Dist.from_env(config.device)
     run = StageRunner(config, progress or TrainProgress(), dist)
-    # 0. a .gguf file becomes a model folder once (cached); refuse a tokenizer mismatch before any work
+    models = _resolve_models(config)  # 0. before any work: a tokenizer mismatch costs nothing
+    corpus = _read_corpus(run)  # 1. read everything once: the digest names the corpus ...
+    _key_stages_and_claim_work_dir(run, models, corpus.digest)  # ... and decides whether the work folder is ours
+    metas, k = _run_stages(run, models, corpus)  # 2. corpus -> teacher -> datastore -> ... -> eval
+    _warn_about_quality(run, metas)
+    card = _package(run, models, corpus, metas, k, t0)  # 3. the package folder
+    return TrainResult(
+        out=Path(config.out), work_dir=run.work, card=card, k=k, temperature=metas["knn"]["temperature"],
+        steps=metas["train"]["steps"], block_size=models.block_size, index=metas["index"]["factory"],
+        corpus_tokens=metas["corpus"]["train_tokens"], eval_tokens=metas["corpus"]["eval_tokens"],
+        datastore_size=metas["datastore"]["rows"], recommended_weight=card.metrics.recommended_weight,
+        skipped_files=list(corpus.report.skipped), notes=run.notes, warnings=run.warnings,
+        wall_seconds=time.monotonic() - t0,
+    )
+
+
+# ---------------------------------------------------------------------------------------- steps
+@dataclass(frozen=True)
+class _Models:
+    """The teacher and the init as every stage loads them, and what they share."""
+
+    teacher: str  # resolved: a .gguf file is its converted model folder
+    init: str
+    tokenizer: Any  # the init's, checked equal to the teacher's
+    block_size: int
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    """The documents, read once, and the digest that names them (in every stage key)."""
+
+    docs: list[corpus_mod.Document]
+    eval_docs: list[corpus_mod.Document] | None  # --eval-corpus; None: held out of `docs`
+    report: corpus_mod.CorpusReport
+    digest: str
+
+
+def _resolve_models(config: TrainConfig) -> _Models:
+    """A .gguf file becomes a model folder once (cached); a tokenizer mismatch or a block longer than
+    a model's context is refused here, before any corpus is read."""
+    from transformers import AutoConfig
+
+    from memreg.models import load_tokenizer, resolve_model_ref
+
     teacher_ref, init_ref = resolve_model_ref(config.teacher), resolve_model_ref(config.init)
     tok, teacher_tok = load_tokenizer(init_ref), load_tokenizer(teacher_ref)
     _check_tokenizers(teacher_tok, tok, config)
-    vocab_size = len(tok)
     block_size = _block_size(config, AutoConfig, {"teacher": teacher_ref, "init": init_ref})
-    # 1. corpus: read everything once (the digest names the corpus), then check the work folder
+    return _Models(teacher=teacher_ref, init=init_ref, tokenizer=tok, block_size=block_size)
+
+
+def _read_corpus(run: StageRunner) -> _Corpus:
+    """Every document of the corpus (and of --eval-corpus), with the digest that names them."""
+    config = run.cfg
     report = corpus_mod.CorpusReport()
     docs = list(corpus_mod.iter_documents(config.corpus, report))
     if report.skipped:
@@ -94,17 +141,30 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
     cdigest = corpus_mod.corpus_digest(docs if eval_docs is None else [*docs, *eval_docs])
     if eval_docs is not None:  # the same texts split another way are another corpus
         cdigest = "sha256:" + digest([cdigest, len(docs)])
+    return _Corpus(docs=docs, eval_docs=eval_docs, report=report, digest=cdigest)
+
+
+def _key_stages_and_claim_work_dir(run: StageRunner, models: _Models, cdigest: str) -> None:
+    """Key every stage by the corpus, the tokenizer, the models and the settings, and refuse a work
+    folder made for others (process 0 checks; the others wait for it)."""
     from memreg.registry.fingerprinting import fingerprint
 
-    tok_digest = fingerprint(tok).digest
-    models = {"teacher": _model_identity(teacher_ref), "init": _model_identity(init_ref)}
-    run.keys = stage_keys(config, corpus_digest=cdigest, tokenizer_digest=digest([tok_digest, models]),
-                          block_size=block_size, world_size=dist.world_size)
-    claim = {"corpus_digest": cdigest, "tokenizer": tok_digest, "models": models,
-             "settings": {**data_settings(config), "block_size": block_size}}
+    tok_digest = fingerprint(models.tokenizer).digest
+    identities = {"teacher": _model_identity(models.teacher), "init": _model_identity(models.init)}
+    run.keys = stage_keys(run.cfg, corpus_digest=cdigest, tokenizer_digest=digest([tok_digest, identities]),
+                          block_size=models.block_size, world_size=run.dist.world_size)
+    claim = {"corpus_digest": cdigest, "tokenizer": tok_digest, "models": identities,
+             "settings": {**data_settings(run.cfg), "block_size": models.block_size}}
     run.main_first(lambda: claim_work_dir(run, claim))
 
-    metas: dict[str, Meta] = {"corpus": run.main_first(lambda: stages.corpus(run, docs, tok, eval_docs))}
+
+def _run_stages(run: StageRunner, models: _Models, corpus: _Corpus) -> tuple[dict[str, Meta], int]:
+    """The stages in order (cached ones are skipped); returns each stage's metadata and the k used."""
+    import torch
+
+    block_size, vocab_size = models.block_size, models.vocab_size
+    metas: dict[str, Meta] = {
+        "corpus": run.main_first(lambda: stages.corpus(run, corpus.docs, models.tokenizer, corpus.eval_docs))}
     rows = metas["corpus"]["train_tokens"] - 1
     if rows < block_size:
         raise CorpusTooSmallError(
@@ -112,29 +172,30 @@ def train(config: TrainConfig, *, progress: TrainProgress | None = None) -> Trai
             f"{block_size + 1}: add text or lower --block-size"
         )
     k = _resolve_k(run, rows)
-    torch.manual_seed(config.seed)
-    metas["teacher"] = stages.teacher(run, block_size, vocab_size, teacher_ref)
+    torch.manual_seed(run.cfg.seed)
+    metas["teacher"] = stages.teacher(run, block_size, vocab_size, models.teacher)
     metas["datastore"] = stages.datastore(run, block_size, metas["teacher"]["model"])
     metas["index"] = run.main_first(lambda: stages.index(run, metas["datastore"]))
     metas["knn"] = stages.knn(run, k, vocab_size)  # every process searches its share of the rows
-    metas["init"] = run.main_first(lambda: memory_stages.init(run, init_ref))
-    memory_init = metas["init"]["model"]
-    metas["train"] = memory_stages.train(run, block_size, vocab_size, metas["corpus"], memory_init, teacher_ref)
-    scored, bases = _evaluated_models(config, teacher_ref, init_ref, metas)
-    metas["eval"] = memory_stages.evaluate(run, block_size, vocab_size, metas["corpus"], scored, bases)  # all processes
-    _warn_about_quality(run, metas)
-    if dist.is_main:
-        card = _write_package(run, tok, cdigest, metas, block_size, k, report, time.monotonic() - t0)
-    dist.barrier()
-    if not dist.is_main:
-        card = PackageCard.model_validate_json((Path(config.out) / CARD_FILE).read_text())
-    return TrainResult(
-        out=Path(config.out), work_dir=run.work, card=card, k=k, temperature=metas["knn"]["temperature"],
-        steps=metas["train"]["steps"], block_size=block_size, index=metas["index"]["factory"],
-        corpus_tokens=metas["corpus"]["train_tokens"], eval_tokens=metas["corpus"]["eval_tokens"],
-        datastore_size=metas["datastore"]["rows"], recommended_weight=card.metrics.recommended_weight,
-        skipped_files=list(report.skipped), notes=run.notes, warnings=run.warnings, wall_seconds=time.monotonic() - t0,
-    )
+    metas["init"] = run.main_first(lambda: memory_stages.init(run, models.init))
+    metas["train"] = memory_stages.train(run, block_size, vocab_size, metas["corpus"], metas["init"]["model"],
+                                         models.teacher)
+    scored, bases = _evaluated_models(run.cfg, models.teacher, models.init, metas)
+    metas["eval"] = run.main_first(lambda: memory_stages.evaluate(run, block_size, vocab_size, metas["corpus"],
+                                                                  scored, bases))
+    return metas, k
+
+
+def _package(run: StageRunner, models: _Models, corpus: _Corpus, metas: dict[str, Meta], k: int,
+             t0: float) -> PackageCard:
+    """Process 0 writes the package; the others read its card once it is there."""
+    if run.dist.is_main:
+        card = _write_package(run, models.tokenizer, corpus.digest, metas, models.block_size, k, corpus.report,
+                              time.monotonic() - t0)
+    run.dist.barrier()
+    if not run.dist.is_main:
+        card = PackageCard.model_validate_json((Path(run.cfg.out) / CARD_FILE).read_text())
+    return card
 
 
 def _eval_documents(config: TrainConfig, report: corpus_mod.CorpusReport) -> list[corpus_mod.Document] | None:
