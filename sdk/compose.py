@@ -73,6 +73,7 @@ def parse_memory_spec(spec: str) -> tuple[str, float | None]:
 
 
 def _check(base_tok: Any, base_rows: int, mem: Memory, force: bool) -> None:
+    # warnings at stacklevel 4: _check <- _check_tokenizers <- compose <- the caller's line
     from memreg.registry import check_compatible
 
     if base_tok is None or mem.tokenizer is None:
@@ -80,7 +81,7 @@ def _check(base_tok: Any, base_rows: int, mem: Memory, force: bool) -> None:
         reason = f"cannot check {mem.name} against the base: no tokenizer is known for {missing}"
         if not force:
             raise TokenizerMismatchError(f"{reason}; pass tokenizer= (or a folder with tokenizer files), or force=True")
-        warnings.warn(f"FORCED: {reason}; composing unchecked", UserWarning, stacklevel=3)
+        warnings.warn(f"FORCED: {reason}; composing unchecked", UserWarning, stacklevel=4)
         return
     verdict = check_compatible(base_tok, mem.tokenizer, rows_a=base_rows, rows_b=mem.rows, name_a="the base", name_b=mem.name)
     if verdict.ok:
@@ -90,7 +91,7 @@ def _check(base_tok: Any, base_rows: int, mem: Memory, force: bool) -> None:
     warnings.warn(
         f"FORCED: {verdict.reason}. The mixture of models with different tokenizers is almost surely meaningless.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
@@ -164,36 +165,21 @@ def compose(
     registry: a `Registry`, a URL, or None ($MEMREG_REGISTRY, else the local default).
     force: compose even when a tokenizer check fails (with a loud warning).
     """
-    if isinstance(memories, (str, os.PathLike, torch.nn.Module, tuple)):
-        memories = [memories]
-    memories = list(memories)  # none at all gives the base alone, as a ComposedLM
+    memories = _as_list(memories)  # none at all gives the base alone, as a ComposedLM
     if weights == "auto" and held_out is None:
         raise InvalidWeightsError("weights='auto' fits the weights on held-out text: pass held_out=TEXT or token ids")
 
     base_model, tokenizer, base_tok = _base(base, tokenizer, dtype)
-    base_rows = rows_of(base_model)
     registry_box: list = []
     mems = [describe(m, registry, registry_box, dtype) for m in memories]  # 1. describe
-    for m in mems:  # 2. check, before any memory weight is read
-        _check(base_tok, base_rows, m, force)
-    for m in mems:  # ... and again from the pulled files: a manifest's fingerprint is never trusted
-        if m.pulled is not None:
-            m.tokenizer, m.rows = m.pulled()
-            _check(base_tok, base_rows, m, force)
+    _check_tokenizers(base_tok, rows_of(base_model), mems, force)  # 2. check, before any memory weight is read
     settled = _settle_weights(weights, mems)  # 3. weights (errors before loading too)
-
-    loaded: dict[str, torch.nn.Module] = {}  # 4. load, once per distinct memory
-    models = []
-    for m in mems:
-        if m.key not in loaded:
-            loaded[m.key] = m.load().to(base_model.device)
-        models.append(loaded[m.key])
-    vocab = len(tokenizer) if tokenizer is not None else None
+    models = _load_once(mems, base_model.device)  # 4. load
     composed = ComposedLM(
         base_model,
         models,
         settled if settled is not None else [0.0] * len(models),
-        vocab_size=vocab,
+        vocab_size=len(tokenizer) if tokenizer is not None else None,
         tokenizer=tokenizer,
         names=[m.name.removeprefix("memory ") for m in mems],
     ).eval()
@@ -206,6 +192,33 @@ def compose(
         "registry": registry_box[0].url if registry_box else (registry if isinstance(registry, str) else None),
     }
     return composed
+
+
+def _as_list(memories: MemorySpec | Sequence[MemorySpec]) -> list[MemorySpec]:
+    """One memory or a sequence of them (a (model, tokenizer) tuple is one memory, not two)."""
+    if isinstance(memories, (str, os.PathLike, torch.nn.Module, tuple)):
+        return [memories]
+    return list(memories)
+
+
+def _check_tokenizers(base_tok: Any, base_rows: int, mems: list[Memory], force: bool) -> None:
+    """Each memory's tokenizer against the base's: from its description first, then, for a registry
+    memory, again from the files it pulled (a manifest's fingerprint is never trusted)."""
+    for m in mems:
+        _check(base_tok, base_rows, m, force)
+    for m in mems:
+        if m.pulled is not None:
+            m.tokenizer, m.rows = m.pulled()
+            _check(base_tok, base_rows, m, force)
+
+
+def _load_once(mems: list[Memory], device: torch.device) -> list[torch.nn.Module]:
+    """Each memory's weights on the base's device; the same memory twice is loaded once."""
+    loaded: dict[str, torch.nn.Module] = {}
+    for m in mems:
+        if m.key not in loaded:
+            loaded[m.key] = m.load().to(device)
+    return [loaded[m.key] for m in mems]
 
 
 COMPOSITION_FILE = "memreg-composition.json"

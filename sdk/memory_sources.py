@@ -74,6 +74,8 @@ def _load_folder(folder: Path, dtype: Any = None) -> torch.nn.Module:
 
 
 def describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> Memory:
+    """What is known about the memory `spec` names, before its weights are read. `registry_box` holds
+    the registry once one is opened (only a reference opens one), for the next memories to share."""
     if isinstance(spec, tuple):  # (loaded model, its tokenizer)
         model, tok = spec
         return Memory(f"memory {type(model).__name__}", f"id:{id(model)}", tok, rows_of(model), None, lambda: model)
@@ -85,18 +87,7 @@ def describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> Memory
     if folder.is_dir() and (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
         return _describe_adapter(folder, dtype)
     if folder.is_dir():
-        from memreg.registry.package import read_card
-
-        card = read_card(folder)
-        if card.name and card.version:
-            name = f"memory {card.name}@{card.version} ({folder})"
-        else:
-            name = f"memory {folder}"
-        tok = folder if _has_tokenizer_files(folder) else card.tokenizer
-        rows = _config_rows(folder)
-        rec = card.metrics.recommended_weight
-        resolved = folder.resolve()
-        return Memory(name, f"path:{resolved}", tok, rows, rec, lambda: _load_folder(resolved, dtype))
+        return _describe_folder(folder, dtype)
     if not isinstance(spec, Path) and _HUB_ID.fullmatch(text):  # org/name: a Hugging Face Hub repository
         mem = describe(_hub_snapshot(text), registry, registry_box, dtype)
         return replace(mem, name=f"memory {text} (Hub)", key=f"hub:{text}")
@@ -107,11 +98,31 @@ def describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> Memory
         )
     if not registry_box:
         registry_box.append(_open_registry(registry))
-    reg = registry_box[0]
+    return _describe_reference(registry_box[0], text, dtype)
+
+
+def _describe_folder(folder: Path, dtype: Any) -> Memory:
+    """A package folder: its memreg.json (if any) names it and recommends a weight."""
+    from memreg.registry.package import read_card
+
+    card = read_card(folder)
+    if card.name and card.version:
+        name = f"memory {card.name}@{card.version} ({folder})"
+    else:
+        name = f"memory {folder}"
+    tok = folder if _has_tokenizer_files(folder) else card.tokenizer
+    resolved = folder.resolve()
+    return Memory(name, f"path:{resolved}", tok, _config_rows(folder), card.metrics.recommended_weight,
+                  lambda: _load_folder(resolved, dtype))
+
+
+def _describe_reference(reg: Any, text: str, dtype: Any) -> Memory:
+    """A registry reference: described by its manifest (no download); pulled when checked again."""
     manifest = reg.resolve(text)  # refuses bad references before any I/O
     ref = manifest.ref
     if manifest.version in reg.yanked(manifest.name):  # only an exact version or a tag reaches one
-        warnings.warn(f"{ref} is yanked (`memreg show {ref}` says why)", UserWarning, stacklevel=4)
+        # stacklevel 5: _describe_reference <- describe <- compose's list comprehension <- compose <- the caller
+        warnings.warn(f"{ref} is yanked (`memreg show {ref}` says why)", UserWarning, stacklevel=5)
 
     box: list[Path] = []  # pulled once: checked, then loaded from the same folder
 
