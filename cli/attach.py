@@ -299,6 +299,10 @@ def tune(
     if json_:
         print_json(result)
         return
+    _print_tune(result)
+
+
+def _print_tune(result: dict[str, Any]) -> None:
     if "written" in result:
         w = result["written"]
         console.print(f"published {w['ref']} to {w['registry']} with recommended weight {w['recommended_weight']:.4f} "
@@ -306,11 +310,11 @@ def tune(
     for name, w in result["weights"].items():
         console.print(f"{name}\t{w:.4f}")
     console.print(
-        f"base gets {fitted.base_weight:.4f}; perplexity {fitted.base_perplexity:.2f} -> {fitted.perplexity:.2f} "
-        f"on {fitted.tokens} tokens"
-        + ("" if fitted.converged else f" (EM stopped after {fitted.iterations} iterations before converging)")
+        f"base gets {result['base_weight']:.4f}; perplexity {result['perplexity_base']:.2f} -> "
+        f"{result['perplexity_fitted']:.2f} on {result['tokens']} tokens"
+        + ("" if result["converged"] else f" (EM stopped after {result['iterations']} iterations before converging)")
     )
-    if not math.isfinite(fitted.perplexity):
+    if not math.isfinite(result["perplexity_fitted"]):
         err_console.print("warning: a member gives probability 0 to some held-out token")
 
 

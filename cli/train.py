@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
 from memreg.cli import output
-from memreg.cli.output import print_json
+from memreg.cli.options import JsonOpt, QuietOpt
+from memreg.cli.output import console, print_json
 from memreg.train.config import DEFAULT_LR, DEFAULT_MAX_EPOCHS
+
+if TYPE_CHECKING:
+    from memreg.train import TrainConfig, TrainResult
 
 CorpusArg = Annotated[list[str], typer.Argument(help="text files, folders, globs, JSONL with a 'text' field, or a save_to_disk dataset", show_default=False)]
 ModelOpt = Annotated[str, typer.Option(help="Hugging Face id, local folder or .gguf file (no remote code)", show_default=False)]
@@ -54,8 +58,8 @@ def train(
     description: Annotated[Optional[str], typer.Option(help="one-line description for memreg.json")] = None,
     language: Annotated[Optional[str], typer.Option(help="BCP-47 language of the corpus, e.g. en")] = None,
     license: Annotated[Optional[str], typer.Option(help="licence of the corpus / memory (SPDX id)")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON (no bars)")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train a memory decoder on CORPUS and write a package folder that `memreg publish` takes.
 
@@ -65,36 +69,40 @@ def train(
 
     The datastore is split across the processes; the teacher adaptation and the training are data parallel (gradients averaged, N times the blocks per step, so N times fewer steps per epoch); each process computes the kNN targets of its own share of the rows; process 0 alone tokenizes, builds the index, evaluates and writes the package.
     """
+    options = dict(locals())  # the parameters alone: every option but --json/--quiet is a TrainConfig field
+    output.start("train", json_mode=json_)  # errors as JSON only under this call's --json
+    result = _train(options, bars=not (quiet or json_))
+    if json_:
+        print_json(result.to_json())
+        return
+    _summary(result)
+
+
+def _train(options: dict[str, Any], *, bars: bool) -> TrainResult:
+    """memreg.train on the command's options; a bad setting or a refused run is one line and exit 1."""
     from pydantic import ValidationError
 
     from memreg.registry.errors import MemregError
+    from memreg.train import train as run_train
 
-    output.start("train", json_mode=json_out)  # errors as JSON only under this call's --json
     try:
-        from memreg.train import TrainConfig, train as run_train
-
-        config = TrainConfig(
-            corpus=corpus, teacher=teacher, init=init, init_layers=init_layers, out=out, work_dir=work_dir, domain=domain or [], k=k,
-            temperature=temperature if temperature == "auto" else _float("--temperature", temperature),
-            beta=beta, block_size=block_size, steps=steps, epochs=epochs, max_epochs=max_epochs, patience=patience,
-            eval_every=eval_every, val_tokens=val_tokens, max_minutes=max_minutes, lr=lr, batch_size=batch_size,
-            grad_accum=grad_accum, adapt_teacher_steps=adapt_teacher_steps, adapt_teacher_lr=adapt_teacher_lr,
-            eval_fraction=eval_fraction, eval_corpus=eval_corpus, index=index, search=search, nprobe=nprobe,
-            recall_goal=recall_goal, seed=seed, device=device, name=name,
-            version=version, description=description, language=language, license=license,
-        )
-        progress = _RichProgress(enabled=not (quiet or json_out))
-        with progress:
-            result = run_train(config, progress=progress)
+        config = _config(options)
+        with _RichProgress(enabled=bars) as progress:
+            return run_train(config, progress=progress)
     except ValidationError as exc:
         err = exc.errors()[0]
         _fail(f"--{'-'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}")
     except MemregError as exc:
         _fail(str(exc))
-    if json_out:
-        print_json(result.to_json())
-        return
-    _summary(result)
+
+
+def _config(options: dict[str, Any]) -> TrainConfig:
+    from memreg.train import TrainConfig
+
+    settings = {name: value for name, value in options.items() if name not in ("json_", "quiet")}
+    temperature = settings["temperature"]
+    return TrainConfig(**{**settings, "domain": settings["domain"] or [],
+                          "temperature": temperature if temperature == "auto" else _float("--temperature", temperature)})
 
 
 def _float(option: str, value: str) -> float:
@@ -102,10 +110,9 @@ def _float(option: str, value: str) -> float:
         return float(value)
     except ValueError:
         _fail(f"{option} {value!r} is not a number: give a positive number or 'auto'")
-    raise AssertionError
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     if os.environ.get("MEMREG_DEBUG") == "1" and sys.exc_info()[0] is not None:
         raise
     if output.json_mode():
@@ -115,11 +122,9 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _summary(result: Any) -> None:
-    from rich.console import Console
+def _summary(result: TrainResult) -> None:
     from rich.table import Table
 
-    console = Console()
     extra = result.card.training.extra if result.card.training else {}
     sched = extra.get("schedule") or {}
     console.print(f"memory decoder written to [bold]{result.out}[/] (k={result.k}, T={result.temperature:g}, "
