@@ -181,8 +181,7 @@ def _run_stages(run: StageRunner, models: _Models, corpus: _Corpus) -> tuple[dic
     metas["train"] = memory_stages.train(run, block_size, vocab_size, metas["corpus"], metas["init"]["model"],
                                          models.teacher)
     scored, bases = _evaluated_models(run.cfg, models.teacher, models.init, metas)
-    metas["eval"] = run.main_first(lambda: memory_stages.evaluate(run, block_size, vocab_size, metas["corpus"],
-                                                                  scored, bases))
+    metas["eval"] = memory_stages.evaluate(run, block_size, vocab_size, metas["corpus"], scored, bases)  # all processes
     return metas, k
 
 
