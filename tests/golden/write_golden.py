@@ -16,6 +16,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "format1"
+# A script, not a test: pytest's `pythonpath` setting (pyproject.toml) does not apply to
+# `python tests/golden/write_golden.py`, so train_helpers' folder is put on the path here.
 sys.path.insert(0, str(HERE.parent / "unit"))
 
 # Registry documents copied verbatim: (key in the registry, file under format1/registry/).

@@ -11,8 +11,7 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_lms import LICENSES, STDLIB, gpt2, llama, real_text, save_package, train_tokenizer  # noqa: E402
+from tiny_lms import LICENSES, STDLIB, gpt2, llama, real_text, save_package, train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from, at every position of a prompt and at every greedy step.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,7 @@ import torch
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 import s3fs  # noqa: F401  (a missing dependency must fail, not skip)
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture  # noqa: E402
+from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture
 
 _one_thread = single_thread_fixture()
 WEIGHT = 0.3

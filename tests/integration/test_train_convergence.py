@@ -5,19 +5,16 @@ truncated init (`--init-layers`) work end to end."""
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture  # noqa: E402
+from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture
 
-from memreg.train import TrainConfig, train  # noqa: E402
-from memreg.train.pipeline import _warn_about_quality  # noqa: E402
+from memreg.train import TrainConfig, train
+from memreg.train.pipeline import _warn_about_quality
 
 _one_thread = single_thread_fixture()
 CORPUS = ["BSD", "Artistic", "Apache-2.0", "MPL-2.0", "CC0-1.0", "GPL-2"]

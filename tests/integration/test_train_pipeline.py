@@ -4,6 +4,7 @@ opens and whose memreg.json validates; interrupted runs resume to the same weigh
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,11 +16,10 @@ import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 import typer  # noqa: F401  (a missing dependency must fail, not skip)
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture  # noqa: E402
+from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture
 
-from memreg.schemas import PackageCard  # noqa: E402
-from memreg.train import TrainConfig, TrainProgress, train  # noqa: E402
+from memreg.schemas import PackageCard
+from memreg.train import TrainConfig, TrainProgress, train
 
 _one_thread = single_thread_fixture()
 CORPUS = ["BSD", "Artistic", "Apache-2.0", "MPL-2.0", "CC0-1.0"]
@@ -178,9 +178,8 @@ def test_adapted_teacher_changes_the_keys_lowers_training_ce_and_is_cached(setup
         train(config(tmp_path / "adapted", 26))
 
 
-SIGKILL_RUN = f"""
+SIGKILL_RUN = """
 import json, os, signal, sys
-sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1] / "unit")!r}]
 import torch
 from test_train_pipeline import _CrashAt
 from memreg.train import TrainConfig, train
@@ -196,6 +195,13 @@ train(TrainConfig(**cfg), progress=KillAt(stage, after))
 """
 
 
+def _child_env() -> dict[str, str]:
+    """This process's environment (read now: the fixtures set $MEMREG_HOME), with the folders of this
+    module and of train_helpers on PYTHONPATH: pytest's `pythonpath` setting reaches this process only."""
+    folders = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "unit"), os.environ.get("PYTHONPATH")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(f for f in folders if f)}
+
+
 def test_sigkill_mid_stage_then_rerun_gives_the_same_weights(setup, tmp_path):
     import subprocess
 
@@ -208,7 +214,7 @@ def test_sigkill_mid_stage_then_rerun_gives_the_same_weights(setup, tmp_path):
     killed = {**cfg, "out": str(tmp_path / "b"), "work_dir": str(tmp_path / "work-b")}
     for stage, after in (("knn targets", 300), ("train", 7)):
         proc = subprocess.run([sys.executable, "-c", SIGKILL_RUN, json.dumps([killed, stage, after])],
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600, env=_child_env())
         assert proc.returncode == -9, proc.stderr[-2000:]
         assert not (tmp_path / "b" / "model.safetensors").exists()
     train(TrainConfig(**killed))

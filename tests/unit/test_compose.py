@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import io
-import sys
 import warnings
 from pathlib import Path
 
@@ -13,12 +12,11 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_lms import LICENSES, STDLIB, gpt2, llama, real_text, save_package, train_tokenizer  # noqa: E402
+from tiny_lms import LICENSES, STDLIB, gpt2, llama, real_text, save_package, train_tokenizer
 
-from memreg.compose import MissingWeightError, compose  # noqa: E402
-from memreg.mixture import InvalidWeightsError  # noqa: E402
-from memreg.registry.errors import TokenizerMismatchError  # noqa: E402
+from memreg.compose import MissingWeightError, compose
+from memreg.mixture import InvalidWeightsError
+from memreg.registry.errors import TokenizerMismatchError
 
 
 @pytest.fixture(scope="module")

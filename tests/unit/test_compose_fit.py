@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,9 @@ from memreg.evaluate import mixture_perplexity
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_lms import LICENSES, gpt2, llama, real_text, train_tokenizer  # noqa: E402
+from tiny_lms import LICENSES, gpt2, llama, real_text, train_tokenizer
 
-from memreg.compose import compose, fit_weights, member_target_log_probs  # noqa: E402
+from memreg.compose import compose, fit_weights, member_target_log_probs
 
 
 def test_em_recovers_the_weights_of_a_synthetic_mixture():
