@@ -119,11 +119,11 @@ def generate(
 
     `generation_config` (a transformers GenerationConfig) gives the options it sets away from
     their defaults; keyword arguments override it, as in transformers. An option this loop does
-    not implement is refused by name, never ignored. All-zero `token_type_ids` (what many
-    tokenizers return next to input_ids) are dropped: decoder-only LMs read them as no-ops."""
-    token_types = kwargs.pop("token_type_ids", None)
-    if token_types is not None and bool(torch.as_tensor(token_types).any()):
-        raise TypeError("generate() got token_type_ids with non-zero values: memreg's decoding does not use segment ids")
+    not implement is refused by name, never ignored."""
+    if kwargs.get("token_type_ids") is not None:  # GPT-2 adds them to its embeddings: never drop them silently
+        raise TypeError("generate() got token_type_ids, which memreg's decoding does not feed to the members: "
+                        "tokenize with return_token_type_ids=False")
+    kwargs.pop("token_type_ids", None)
     if generation_config is not None:
         import inspect
 

@@ -42,7 +42,10 @@ def train_tokenizer(texts: list[str], vocab_size: int = 320, pad: str = "<pad>")
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token=pad)
+    # model_input_names as GPT-2's and Llama's tokenizers have them: transformers 4.x's generic class
+    # would also return token_type_ids, which a causal LM's tokenizer never does
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token=pad,
+                                   model_input_names=["input_ids", "attention_mask"])
 
 
 def gpt2(vocab: int, seed: int, *, layers: int = 2, width: int = 32, rows: int | None = None):
