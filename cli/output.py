@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from fsspec.callbacks import Callback
 from rich.console import Console
+
+if TYPE_CHECKING:  # fsspec loads with the registry, not for `memreg --help`
+    from fsspec.callbacks import Callback
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -59,23 +61,23 @@ def warn(message: str) -> None:
         err_console.print(f"warning: {message}", markup=False)
 
 
-class RichCallback(Callback):
+def _rich_callback(progress: Any, task: Any) -> Callback:
     """An fsspec Callback drawing one rich progress bar of bytes (on stderr)."""
+    from fsspec.callbacks import Callback
 
-    def __init__(self, progress: Any, task: Any) -> None:
-        super().__init__()
-        self._progress, self._task = progress, task
+    class RichCallback(Callback):
+        def set_size(self, size: int) -> None:
+            super().set_size(size)
+            progress.update(task, total=size)
 
-    def set_size(self, size: int) -> None:
-        super().set_size(size)
-        self._progress.update(self._task, total=size)
+        def relative_update(self, inc: int = 1) -> None:
+            super().relative_update(inc)
+            progress.update(task, advance=inc)
 
-    def relative_update(self, inc: int = 1) -> None:
-        super().relative_update(inc)
-        self._progress.update(self._task, advance=inc)
+        def branched(self, path_1: str, path_2: str, **kwargs: Any) -> None:
+            return None  # one bar for the whole operation
 
-    def branched(self, path_1: str, path_2: str, **kwargs: Any) -> None:
-        return None  # one bar for the whole operation
+    return RichCallback()
 
 
 @contextmanager
@@ -91,7 +93,7 @@ def byte_progress(description: str, *, enabled: bool = True) -> Iterator[Callbac
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         TimeRemainingColumn(), console=err_console, transient=True,
     ) as progress:
-        yield RichCallback(progress, progress.add_task(description, total=None))
+        yield _rich_callback(progress, progress.add_task(description, total=None))
 
 
 def _force_bars() -> bool:
