@@ -112,6 +112,23 @@ class S3Store(Store):
         except Exception as e:  # noqa: BLE001
             raise self._unreachable(e) from e
 
+    def etags(self, prefix: str) -> dict[str, str]:
+        """One ListObjectsV2 page per 1,000 keys: each key with the ETag a GET of it reports."""
+        bucket, path = self._bucket_key(prefix)
+        base = path.rstrip("/") + "/"
+        strip = len(self._bucket_key("")[1])  # the registry's folder inside the bucket, "" or "reg/"
+        out: dict[str, str] = {}
+        token: dict[str, str] = {}
+        while True:
+            try:
+                page = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=base, **token)
+            except Exception as e:  # noqa: BLE001
+                raise self._unreachable(e) from e
+            out |= {c["Key"][strip:]: c["ETag"] for c in page.get("Contents", [])}
+            if not page.get("IsTruncated"):
+                return out
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
     def etag_of(self, data: bytes) -> str:
         return f'"{hashlib.md5(data).hexdigest()}"'  # S3's ETag of a single-part upload  # noqa: S324
 

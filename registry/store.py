@@ -113,6 +113,11 @@ class Store:
         """The etag `read_with_etag` would report for a document holding exactly `data`."""
         return _content_etag(data)
 
+    def etags(self, prefix: str) -> dict[str, str]:
+        """Key -> the etag `read_with_etag` would report, for the documents below prefix. S3 lists them
+        (one request per 1,000 keys); here they are computed from the documents, read at once."""
+        return {k: self.etag_of(d) for k, d in self.read_many(self.list(prefix)).items() if d is not None}
+
     def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
         """Several small documents at once (None where missing). Threads here; S3 overrides it
         with one s3fs gather, so the cost is about one round trip, not one per key."""
