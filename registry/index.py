@@ -2,7 +2,9 @@
 
 Without them `list --all` reads every manifest, and even listing the keys of 10,000 versions is ten
 sequential LIST pages. With them `list` is one delimiter listing (the package names) and one
-concurrent batch of reads (one index per package), whatever the number of versions.
+concurrent batch of reads (one index per package), whatever the number of versions; and the
+registry catalog (registry/catalog.py), a copy of every index checked against a listing of their
+etags, spares those reads wherever its copy is the current index.
 
 The manifests, yank records and tag pointers stay the truth; an index is a cache that writers keep
 current by compare-and-swap, and readers rebuild (from a listing of the package) when it is missing
@@ -28,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from memreg.registry import catalog
+from memreg.registry.catalog import PREFIX, index_key
 from memreg.registry.errors import ConcurrentUpdateError, ManifestError
 from memreg.registry.layout import manifest_key, tag_key
 from memreg.registry.reading import checked_manifest, parse, valid, warn
@@ -35,13 +39,8 @@ from memreg.registry.refs import check_name, check_version, version_key
 from memreg.registry.store import Store
 from memreg.schemas import IndexedVersion, Manifest, NameIndex, TagPointer, TokenizerFingerprint, VersionSummary
 
-PREFIX = "index"
 WRITE_ATTEMPTS = 64
 PENDING_TTL = timedelta(hours=1)  # a pending entry older than this with no manifest is a dead publisher's
-
-
-def index_key(name: str) -> str:
-    return f"{PREFIX}/{name}.json"
 
 
 @dataclass
@@ -62,25 +61,31 @@ class PackageState:
 
 # readers ---------------------------------------------------------------------------------------
 def read_all(store: Store) -> dict[str, PackageState]:
-    """Every package, from its index (`list`): one listing of names, one batch of index reads, one
+    """Every package, from its index (`list`): one listing of names, the indexes (from the catalog
+    where its copy is the current index, registry/catalog.py; one batch of reads for the others), one
     batch for pending versions; a missing or unreadable index is rebuilt from its package."""
     names = [n for n in store.children("packages")
              if valid(check_name, n, f"{store.url}/packages/{n}/", "not a valid package name")]
-    raw = store.read_many([index_key(n) for n in names])
+    raw, stale = catalog.read_indexes(store, names)
     indexes = {n: _parse_index(store, n, raw[index_key(n)]) for n in names}
     pending = [manifest_key(n, v) for n, ix in indexes.items() if ix is not None
                for v, e in ix.versions.items() if e.summary is None]
     docs = store.read_many(pending)
-    out = {}
+    out, current = {}, {}  # current: name -> the bytes its index now holds, for the catalog
     for name in sorted(names):
         index = indexes[name]
         if index is None:
             out[name] = read_one(store, name)  # rebuilt from the truth and written back
+            stale = True
             continue
         fresh = _settle_pending(store, name, index, docs)
         out[name] = _state(fresh)
+        current[name] = raw[index_key(name)]
         if fresh != index:
-            _write_back(store, name, raw[index_key(name)], fresh)
+            written = _write_back(store, name, raw[index_key(name)], fresh)
+            current[name], stale = (written, True) if written else (current[name], stale)
+    if stale:
+        catalog.refresh(store, current)
     return out
 
 
@@ -94,8 +99,8 @@ def read_one(store: Store, name: str) -> PackageState:
         raw = None
     old = _parse_index(store, name, raw) if raw is not None else None
     fresh, state = _from_truth(store, name, old or NameIndex(name=name))
-    if fresh != old:
-        _write_back(store, name, raw, fresh)
+    if fresh != old and (written := _write_back(store, name, raw, fresh)):
+        catalog.note(store, name, written)
     return state
 
 
@@ -110,7 +115,9 @@ def announce(store: Store, name: str, version: str) -> None:
         entry = IndexedVersion(pending_since=datetime.now(timezone.utc))
         return index.model_copy(update={"versions": {**index.versions, version: entry}})
 
-    _update(store, name, change)
+    # not copied into the catalog: its copy of this index is stale until `published` copies the
+    # settled index, so until then `list` reads the index itself (registry/catalog.py)
+    _update(store, name, change, note=False)
 
 
 def published(store: Store, manifest: Manifest) -> None:
@@ -151,16 +158,19 @@ def sync_tag(store: Store, name: str, tag: str) -> None:
 
 
 def rebuild(store: Store) -> list[str]:
-    """Rewrite every package's index from the truth (`memreg verify --repair`); the names rewritten."""
-    done = []
+    """Rewrite every package's index from the truth, then the catalog from the indexes (`memreg
+    verify --repair`); the names whose index was rewritten."""
+    done, names = [], []
     for name in sorted(store.children("packages")):
         try:
             check_name(name)
         except Exception:  # noqa: BLE001 - a stray folder: read_all warns about it
             continue
+        names.append(name)
         fresh, _ = _from_truth(store, name, NameIndex(name=name))
-        if _update(store, name, lambda _old: fresh, rebuild_missing=False):
+        if _update(store, name, lambda _old: fresh, rebuild_missing=False, note=False):
             done.append(name)
+    catalog.rewrite(store, names)
     return done
 
 
@@ -271,10 +281,11 @@ def _state(index: NameIndex) -> PackageState:
 
 
 def _update(store: Store, name: str, change: Callable[[NameIndex], NameIndex | None], *,
-            rebuild_missing: bool = True) -> bool:
+            rebuild_missing: bool = True, note: bool = True) -> bool:
     """Apply `change` to the index by compare-and-swap, retrying lost races. A missing or unreadable
     index is first rebuilt from the truth, so a writer never replaces it with one that knows only its
-    own change. Returns whether something was written; ConcurrentUpdateError after WRITE_ATTEMPTS."""
+    own change; what was written is then copied into the catalog (`note`, best effort). Returns
+    whether something was written; ConcurrentUpdateError after WRITE_ATTEMPTS."""
     for attempt in range(WRITE_ATTEMPTS):
         try:
             raw, etag = store.read_with_etag(index_key(name))
@@ -286,11 +297,15 @@ def _update(store: Store, name: str, change: Callable[[NameIndex], NameIndex | N
         new = change(current)
         if new is None:
             return False
+        data = new.model_dump_json().encode()
         try:
-            store.swap(index_key(name), new.model_dump_json().encode(), expected=etag)
-            return True
+            store.swap(index_key(name), data, expected=etag)
         except ConcurrentUpdateError:
             time.sleep(random.uniform(0, 0.01 * min(attempt + 1, 10)))  # spread the racers out
+            continue
+        if note:
+            catalog.note(store, name, data)
+        return True
     raise ConcurrentUpdateError(f"{store.url}/{index_key(name)} kept changing under {WRITE_ATTEMPTS} attempts; try again")
 
 
@@ -301,10 +316,13 @@ def _best_effort(store: Store, name: str, change: Callable[[NameIndex], NameInde
         warn(f"could not update {store.url}/{index_key(name)} ({e}); `memreg verify --repair` rebuilds it")
 
 
-def _write_back(store: Store, name: str, old: bytes | None, fresh: NameIndex) -> None:
-    """A reader's repair: only if nobody changed the index since it was read; never an error."""
+def _write_back(store: Store, name: str, old: bytes | None, fresh: NameIndex) -> bytes | None:
+    """A reader's repair: only if nobody changed the index since it was read; never an error. The
+    bytes written, or None."""
+    data = fresh.model_dump_json().encode()
     try:
-        store.swap(index_key(name), fresh.model_dump_json().encode(), expected=None if old is None else store.etag_of(old))
+        store.swap(index_key(name), data, expected=None if old is None else store.etag_of(old))
     except Exception:  # noqa: BLE001 - read-only credentials, a lost race, a flaky store: the answer stands
-        pass
+        return None
+    return data
 

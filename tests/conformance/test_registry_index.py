@@ -11,6 +11,7 @@ import pytest
 
 from memreg.registry import Registry
 from memreg.registry import index as name_index
+from memreg.registry.catalog import KEY as CATALOG
 from memreg.registry.index import index_key
 from memreg.schemas import DomainMetadata, NameIndex
 
@@ -63,9 +64,12 @@ def test_publish_indexes_so_list_reads_no_manifest(reg, monkeypatch):
     assert sorted(_index(reg, "law").versions) == ["1.0.0", "1.1.0"]
     reads = _reads(reg, monkeypatch)
     assert _listed(reg) == EXPECTED
-    assert sorted(reads) == [index_key("code"), index_key("law")]  # one batch: the two indexes, no manifest
+    # no manifest: the indexes' copies in the catalog, whose etags S3 lists (a folder reads the indexes to hash them)
+    assert set(reads) <= {CATALOG, index_key("code"), index_key("law")}
+    if reg.store.url.startswith("s3://"):
+        assert reads == []  # the catalog is read with its etag; no index is read
     assert [s.manifest.ref for s in reg.list(all_versions=True)] == ["code@0.1.0", "law@1.0.0", "law@1.1.0"]
-    assert len(reads) == 4
+    assert not [k for k in reads if k.startswith("packages/")]
 
 
 def test_a_publisher_killed_before_the_index_update_is_found_and_indexed(reg, tiny_package, monkeypatch):

@@ -123,3 +123,18 @@ def test_publisher_killed_mid_upload_leaves_nothing_visible(shared_url, tiny_pac
                             "--version", "1.0.0", "--registry", shared_url], capture_output=True, text=True, cwd=REPO)
     assert rerun.returncode == 0, rerun.stderr
     assert reg.verify().ok and reg.versions("law") == ["1.0.0"]
+
+
+def test_concurrent_publishers_of_distinct_names_all_appear_in_list(shared_url, tiny_package):
+    """Each publisher copies its own name's index into the one catalog by compare-and-swap: a copy
+    lost to the race only sends `list` to that index, so every name is listed either way."""
+    procs = [_spawn(["publish", str(tiny_package), "--name", f"team-{i}", "--version", "1.0.0",
+                     "--registry", shared_url, "--json"]) for i in range(N)]
+    results = _all(procs)
+    assert all(p.returncode == 0 for p in procs), results
+    reg = Registry.open(shared_url)
+    assert [s.manifest.ref for s in reg.list()] == [f"team-{i}@1.0.0" for i in range(N)]
+    from memreg.registry import catalog
+
+    copies = json.loads(reg.store.read(catalog.KEY))["indexes"]  # the reader refreshed what a race lost
+    assert sorted(copies) == [f"team-{i}" for i in range(N)]
