@@ -5,12 +5,15 @@ Row p of the datastore is training position p: key = hidden state at p, value = 
 training stream is cut into blocks of `block_size` inputs (the last one shorter); the memory decoder
 later trains on exactly these blocks, so row ids line up with its positions.
 Keys are float16, values int32, both memory-mapped .npy files written in place; `progress.json`
-records how many rows are done, so a killed run continues where it stopped.
+records how many rows are done, so a killed run continues where it stopped. The rows written (and,
+in later stages, read) are dropped from the process's resident set as it goes (`release_rows`), so
+a datastore larger than RAM streams through the page cache instead of piling up in its RSS.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -121,7 +124,7 @@ def build_datastore(
     done = json.loads(progress_path.read_text())["batches_done"] if progress_path.exists() else 0
     model.eval().to(device)
     all_batches = list(_batches(blocks(len(tokens), block_size), batch_size))
-    since_flush = 0
+    since_flush, dirty = 0, [n_rows, 0]  # rows written since the last flush: [first, stop)
     for bi, batch in enumerate(all_batches):
         if bi % world_size != rank:
             continue
@@ -136,11 +139,13 @@ def build_datastore(
             keys[a:b] = hb.float().cpu().numpy().astype(np.float16)
             values[a:b] = tokens.slice(a + 1, b + 1).astype(np.int32)
         since_flush += rows
+        dirty = [min(dirty[0], batch[0][0]), max(dirty[1], batch[-1][1])]
         if since_flush >= FLUSH_EVERY_ROWS or bi >= len(all_batches) - world_size:
             keys.flush()
             values.flush()
             atomic_write_json(progress_path, {"batches_done": bi + 1}, indent=1)
-            since_flush = 0
+            release_rows(keys, *dirty)  # on disk now: out of this process's RSS
+            since_flush, dirty = 0, [n_rows, 0]
         if progress is not None:
             progress(rows)
     keys.flush()
@@ -162,6 +167,24 @@ def _barrier(world_size: int) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def release_rows(array: np.ndarray, start: int, stop: int) -> None:
+    """Drop rows [start, stop) of a memory-mapped array from this process's resident set (madvise
+    MADV_DONTNEED on the pages that hold them): a file-backed page read or written (and flushed) once
+    need not count in the RSS, and the page cache keeps it for a re-read. Nothing for an array in RAM
+    or a copy-on-write map (whose pages would be lost)."""
+    mm = getattr(array, "_mmap", None)
+    if mm is None or getattr(array, "mode", None) not in ("r", "r+", "w+") or not hasattr(mm, "madvise"):
+        return
+    if stop <= start or array.ndim == 0 or not array.flags.c_contiguous:
+        return
+    origin = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
+    first = array.__array_interface__["data"][0] - origin + start * array.strides[0]
+    lo = max(0, first // mmap.PAGESIZE * mmap.PAGESIZE)
+    hi = min(len(mm), first + (stop - start) * array.strides[0])
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def open_datastore(folder: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from memreg.registry.fsutil import atomic_write_json
+from memreg.train.datastore import release_rows
 
 
 def search(index, keys: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +149,8 @@ def build_targets(
         out_ids[rows[0] : rows[-1] + 1], out_probs[rows[0] : rows[-1] + 1] = sparsify(tokens, probs, s)
         out_ids.flush()
         out_probs.flush()
+        for array in (keys, out_ids, out_probs):  # read or written and flushed: out of this process's RSS
+            release_rows(array, int(rows[0]), int(rows[-1] + 1))
         atomic_write_json(progress_path, {"rows_done": int(rows[-1] + 1), "stats": stats})
         if progress is not None:
             progress(len(rows))

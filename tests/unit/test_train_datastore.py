@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,33 @@ def test_build_datastore_rows_values_and_resume(tmp_path, tok_dir):
     before = keys.copy()
     build_datastore(model, tokens, out, block_size=24, batch_size=4)
     np.testing.assert_array_equal(open_datastore(out)[0], before)
+
+
+def _rss_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_release_rows_drops_mapped_pages_from_the_rss_and_keeps_the_data(tmp_path):
+    from memreg.train.datastore import release_rows
+
+    n, dim = 32_768, 512  # 32 MiB of float16
+    keys = np.lib.format.open_memmap(tmp_path / "keys.npy", mode="w+", dtype=np.float16, shape=(n, dim))
+    keys[:] = np.arange(n, dtype=np.float16)[:, None]
+    keys.flush()
+    release_rows(keys, 0, n)  # written and flushed: the file holds them
+    keys = np.load(tmp_path / "keys.npy", mmap_mode="r")
+    before = _rss_file_kib()
+    keys.astype(np.float32).sum()  # touch every page
+    touched = _rss_file_kib()
+    release_rows(keys[1000:], 0, n - 1000)  # a view: its own offsets
+    release_rows(keys, 0, 1000)
+    assert touched - before > 24 * 1024 and _rss_file_kib() - before < 4 * 1024
+    np.testing.assert_array_equal(keys[:, 0], np.arange(n, dtype=np.float16))  # read back from the page cache
+    cow = np.load(tmp_path / "keys.npy", mmap_mode="c")  # copy-on-write: its changes live only in its pages
+    cow[0] = 7
+    release_rows(cow, 0, n)
+    assert (cow[0] == 7).all()
+    release_rows(np.zeros((4, 4)), 0, 4)  # in RAM: nothing to do
