@@ -50,6 +50,7 @@ def train(
     search: Annotated[str, typer.Option(help="kNN search: faiss (the --index), torch (exact, blocks of keys on --device; no faiss needed) or auto (torch on cuda, else faiss)")] = "auto",
     nprobe: Annotated[Optional[int], typer.Option(help="IVF lists searched [default: the smallest power of two whose recall@k on a sample reaches --recall-goal]", show_default=False)] = None,
     recall_goal: Annotated[float, typer.Option(help="IVF: share of the exact k neighbours the default nprobe must find")] = 0.9,
+    index_on_disk: Annotated[Optional[bool], typer.Option("--index-on-disk/--index-in-memory", help="IVF: keep the inverted lists in a file beside the index (faiss on-disk lists, memory-mapped when searched) [default: on disk only when they would not fit the 4 GiB memory budget]", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="seed of the split, the sampling and the training")] = 0,
     work_dir: Annotated[Optional[Path], typer.Option(help="stage cache [default: <out>.work]", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",

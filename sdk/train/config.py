@@ -22,7 +22,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "corpus": ("eval_corpus", "eval_fraction", "seed"),
     "teacher": ("teacher", "adapt_teacher_steps", "adapt_teacher_lr", "block_size", "batch_size", "seed"),
     "datastore": ("teacher", "block_size"),
-    "index": ("index", "search", "nprobe", "recall_goal", "memory_budget_mb", "flat_max_keys"),
+    "index": ("index", "search", "nprobe", "recall_goal", "memory_budget_mb", "flat_max_keys", "index_on_disk"),
     "knn": ("k", "temperature", "knn_support"),
     "init": ("init", "init_layers"),
     "train": (
@@ -76,6 +76,8 @@ class TrainConfig(BaseModel):
     recall_goal: float = Field(default=0.9, gt=0, le=1, description="IVF: recall@k of the exact neighbours the default nprobe must reach (on a sample)")
     memory_budget_mb: int = Field(default=4096, ge=1, description="exact search while float32 keys fit in this")
     flat_max_keys: int = Field(default=50_000, ge=1, description="auto: above this many keys, IVF even if it fits")
+    index_on_disk: bool | None = Field(
+        default=None, description="IVF: inverted lists in a file beside the index (faiss OnDiskInvertedLists), memory-mapped when searched; default: only when they would not fit the memory budget")
     # 4. kNN targets
     k: int | None = Field(default=None, ge=1, description="default: the paper's 1024, lowered to fit a small datastore")
     temperature: float | Literal["auto"] = "auto"
@@ -141,6 +143,8 @@ def data_settings(config: TrainConfig) -> dict[str, Any]:
     if not config.adapt_teacher_steps:
         out.pop("adapt_teacher_lr")
         out.pop("batch_size")
+    if config.index_on_disk is None:  # the default: work folders made before the option stay valid
+        out.pop("index_on_disk")
     return out
 
 
@@ -168,5 +172,7 @@ def stage_keys(config: TrainConfig, *, corpus_digest: str, tokenizer_digest: str
             own = {"teacher": own["teacher"], "adapt_teacher_steps": 0}
         elif stage in ("teacher", "train") and world_size > 1:
             own["world_size"] = world_size
+        if stage == "index" and config.index_on_disk is None:  # the default keeps the keys made before the option
+            own.pop("index_on_disk")
         previous = keys[stage] = digest({"previous": previous, "stage": stage, **own})
     return keys

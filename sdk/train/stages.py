@@ -171,7 +171,7 @@ def datastore(run: StageRunner, block_size: int, teacher_ref: str) -> Meta:
 
 def index(run: StageRunner, dmeta: Meta) -> Meta:
     from memreg.train.datastore import open_datastore
-    from memreg.train.index import build_index, choose_factory
+    from memreg.train.index import build_index, choose_factory, choose_on_disk
     from memreg.train.torch_search import resolve_search
 
     def body() -> Meta:
@@ -182,11 +182,16 @@ def index(run: StageRunner, dmeta: Meta) -> Meta:
             return {"factory": "torch-exact"}  # no index to build: the kNN stage searches the keys directly
         factory = cfg.index if cfg.index != "auto" else choose_factory(
             dmeta["rows"], dmeta["dim"], memory_budget_mb=cfg.memory_budget_mb, flat_max_keys=cfg.flat_max_keys)
+        on_disk = choose_on_disk(factory, dmeta["rows"], dmeta["dim"], memory_budget_mb=cfg.memory_budget_mb,
+                                 asked=cfg.index_on_disk)
         try:
             build_index(keys, factory, run.stage_dir("index") / "index.faiss", seed=cfg.seed,
-                        progress=run.progress.advance)
+                        progress=run.progress.advance, on_disk=on_disk)
         except RuntimeError as exc:
             raise InvalidTrainSettingError(f"faiss cannot build index {factory!r}: {str(exc).strip().splitlines()[-1]}") from None
+        if on_disk:
+            run.note(f"index {factory}: inverted lists on disk (index.ivfdata), memory-mapped when searched")
+            return {"factory": factory, "on_disk": True}
         return {"factory": factory}
 
     return run.run("index", body, label="index", total=dmeta["rows"], unit="key")
