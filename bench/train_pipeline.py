@@ -1,9 +1,10 @@
 """`memreg train`, stage by stage, measured on this machine (one run; the CPUs are shared, so read
 the shares and ratios, not the absolute seconds).
 
-    /work/venv/bin/python bench/train_pipeline.py [--corpus /usr/share/common-licenses] [--steps 4]
-        [--k 1024] [--queries 2048] [--big-keys 5000000] [--big-factory IVF256,Flat]
+    python bench/train_pipeline.py [--corpus /usr/share/common-licenses] [--steps 4]
+        [--k 1024] [--queries 2048] [--big-keys 5000000] [--big-factory auto] [--big-on-disk auto]
         [--big-knn-rows 2048] [--big-brute-queries 128] [--threads 2] [--work-dir /tmp/memreg-bench-train]
+        [--only all|big] [--skip-big] [--out FILE]
 
 A. End to end, real: `memreg.train.train` on real text (default /usr/share/common-licenses) with the
    shipped models (teacher models/memreg-base-large, init models/memreg-base-small), a fresh work
@@ -16,16 +17,12 @@ B. kNN-target search, faiss against brute force on the same keys (same run): the
    --queries of its rows, the index the pipeline built (nprobe tuned to recall 0.9 as memreg train
    does; the older candidate-count nprobe recorded too) and faiss IndexFlatL2, against memreg's
    torch exact search (`--search torch`: key blocks, running top-k); seconds, ratio, recall.
-C. Peak memory at --big-keys (>= 5 M) keys of dim 320 (the teacher's width), one child process
-   per stage (VmHWM = that process's own peak; anonymous RSS sampled): the datastore stage is the
-   real `build_datastore` writing memory-mapped fp16 keys, but fed by a stub key model that emits
-   random keys instead of running the teacher over 5 M tokens; the index stage is `build_index`
-   (--big-factory; `choose_factory` would pick IVF4096,PQ64 here, recorded too); the kNN stage is
-   `build_targets` with k = --k over the first --big-knn-rows rows, searching the whole 5 M index
-   (rows/s extrapolated to all rows); a brute-force top-k over all 5 M keys (chunked) for
-   --big-brute-queries queries against the same faiss search. Training and evaluation read the
-   kNN targets one batch at a time, so their memory does not grow with the datastore: measured in A.
-Writes bench/results/train_pipeline.json.
+C. The data stages at --big-keys keys of dim 320 (the teacher's width), one child process per stage:
+   peak resident memory (VmHWM) and keys per second of the datastore writer, the index (training
+   on its sample, adding every key), the kNN targets and an exact top-k; see bench/train_pipeline_big.py.
+   Training and evaluation read the kNN targets one batch at a time, so their memory does not grow
+   with the datastore: measured in A. `--only big` runs C alone (10 M keys: README, "Scaling").
+Writes bench/results/train_pipeline.json (`--only big`: bench/results/train_pipeline_big.json).
 """
 
 from __future__ import annotations
@@ -34,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -192,150 +188,9 @@ def search_comparison(args, e2e: dict) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------ C. 5 M keys, one child per stage
-class StubKeyModel:
-    """Stands in for the teacher in build_datastore: random keys at its last MLP's input, no network."""
-
-    @staticmethod
-    def make(dim: int):
-        import torch
-        from torch import nn
-
-        class Block(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.mlp = nn.Identity()
-
-        class Stub(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.config = type("Cfg", (), {"hidden_size": dim})()
-                self.transformer = nn.Module()
-                self.transformer.h = nn.ModuleList([Block()])
-                self.gen = torch.Generator().manual_seed(0)
-
-            def forward(self, input_ids, attention_mask=None, use_cache=False):
-                x = torch.randn(*input_ids.shape, dim, generator=self.gen)
-                return self.transformer.h[-1].mlp(x)
-
-        return Stub()
-
-
-def child(args) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_num_threads(args.threads)
-    import faiss
-
-    faiss.omp_set_num_threads(args.threads)
-    big = Path(args.work_dir) / "big"
-    sampler = RssSampler()
-    res: dict = {"stage": args.child}
-    t0 = time.perf_counter()
-    if args.child == "datastore":
-        from memreg.train.corpus import TokenArray
-        from memreg.train.datastore import build_datastore
-
-        shutil.rmtree(big, ignore_errors=True)
-        (big / "corpus").mkdir(parents=True)
-        (big / "ds").mkdir()
-        rng = np.random.default_rng(0)
-        np.save(big / "corpus" / "train-00000.npy", rng.integers(0, 8192, size=args.big_keys + 1, dtype=np.uint32))
-        t0 = time.perf_counter()
-        rows = build_datastore(StubKeyModel.make(args.dim), TokenArray(big / "corpus", "train"), big / "ds",
-                               block_size=512, batch_size=8)
-        res["rows"] = rows
-        res["keys_bytes"] = (big / "ds" / "keys.npy").stat().st_size
-    elif args.child == "index":
-        from memreg.train.datastore import open_datastore
-        from memreg.train.index import build_index, choose_factory
-
-        keys, _ = open_datastore(big / "ds")
-        res["pipeline_auto_factory"] = choose_factory(len(keys), keys.shape[1], memory_budget_mb=4096, flat_max_keys=50_000)
-        res["factory"] = factory = res["pipeline_auto_factory"] if args.big_factory == "auto" else args.big_factory
-        build_index(keys, factory, big / "index.faiss", seed=0)
-        res["rows"] = len(keys)
-        res["index_bytes"] = (big / "index.faiss").stat().st_size
-    elif args.child == "knn":
-        from memreg.train.datastore import open_datastore
-        from memreg.train.index import load_index, set_nprobe
-        from memreg.train.knn import build_targets
-
-        keys, values = open_datastore(big / "ds")
-        index = load_index(big / "index.faiss")
-        res["rss_after_index_load_mib"] = status_kb("VmRSS") / 1024
-        res["nprobe"] = set_nprobe(index, None, k=args.k)
-        out = big / "knn"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-        n = min(args.big_knn_rows, len(keys))
-        t0 = time.perf_counter()
-        build_targets(index, keys[:n], values, out, k=args.k, temperature=1.0, vocab_size=8192, support=64,
-                      batch_size=1024)
-        res["rows"] = n
-        res["rows_total"] = len(keys)
-    elif args.child == "bruteforce":
-        from memreg.train.datastore import open_datastore
-        from memreg.train.index import load_index, set_nprobe
-
-        keys, _ = open_datastore(big / "ds")
-        index = load_index(big / "index.faiss")
-        set_nprobe(index, None, k=args.k)
-        rows = np.arange(args.big_brute_queries) * (len(keys) // args.big_brute_queries)
-        q = np.ascontiguousarray(keys[rows], dtype=np.float32)
-        t = time.perf_counter()
-        _, fi = index.search(q, args.k + 1)
-        res["faiss_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        _, ei = exact_topk(q, keys, args.k + 1)
-        res["brute_force_torch_s"] = time.perf_counter() - t
-        res["recall_faiss_vs_exact"] = recall(fi, ei)
-        res["queries"] = len(rows)
-        res["brute_force_over_faiss"] = res["brute_force_torch_s"] / res["faiss_s"]
-    res["seconds"] = time.perf_counter() - t0
-    if "rows" in res:
-        res["rows_per_s"] = res["rows"] / res["seconds"]
-    res["peak_rss_mib"] = status_kb("VmHWM") / 1024  # this process's own high-water mark
-    res["peak_anon_rss_mib"] = sampler.window()["peak_anon_rss_mib"]
-    sampler.stop()
-    print("RESULT " + json.dumps(res), flush=True)
-
-
-def run_child(args, stage: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", stage, "--work-dir", args.work_dir, "--big-keys", str(args.big_keys),
-           "--big-factory", args.big_factory, "--big-knn-rows", str(args.big_knn_rows), "--k", str(args.k),
-           "--big-brute-queries", str(args.big_brute_queries), "--threads", str(args.threads), "--dim", str(args.dim)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"child {stage} failed:\n{proc.stderr[-3000:]}")
-    res = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    print(f"    {stage:10} {res['seconds']:7.1f} s  peak RSS {res['peak_rss_mib']:.0f} MiB "
-          f"(anon {res['peak_anon_rss_mib']:.0f} MiB)", flush=True)
-    return res
-
-
 # ------------------------------------------------------------------------------------ main
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", nargs="+", default=["/usr/share/common-licenses"])
-    ap.add_argument("--steps", type=int, default=4, help="training steps (batch 8 x block 512)")
-    ap.add_argument("--k", type=int, default=1024, help="neighbours (the paper's 1024)")
-    ap.add_argument("--queries", type=int, default=2048, help="B: queries for faiss vs brute force")
-    ap.add_argument("--big-keys", type=int, default=5_000_000)
-    ap.add_argument("--dim", type=int, default=320, help="C: key width (memreg-base-large's n_embd)")
-    ap.add_argument("--big-factory", default="IVF256,Flat", help="C: faiss factory, or 'auto' (the pipeline's choice)")
-    ap.add_argument("--big-knn-rows", type=int, default=2048)
-    ap.add_argument("--big-brute-queries", type=int, default=128)
-    ap.add_argument("--skip-big", action="store_true")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work-dir", default="/tmp/memreg-bench-train")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_pipeline.json"))
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        return child(args)
-
+    args = parse_args()
     import faiss
     import torch
 
@@ -344,29 +199,63 @@ def main() -> None:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    print("A. memreg train, end to end (fresh work folder)", flush=True)
-    e2e = end_to_end(args, work / "e2e")
-    print("B. kNN search: faiss vs brute force on the same keys", flush=True)
-    search = search_comparison(args, e2e)
-    big = None
+    e2e = search = big = None
+    if args.only == "all":
+        print("A. memreg train, end to end (fresh work folder)", flush=True)
+        e2e = end_to_end(args, work / "e2e")
+        print("B. kNN search: faiss vs brute force on the same keys", flush=True)
+        search = search_comparison(args, e2e)
     if not args.skip_big:
-        print(f"C. peak memory per stage at {args.big_keys:,} keys of dim {args.dim} (one child each)", flush=True)
-        big = {s: run_child(args, s) for s in ("datastore", "index", "knn", "bruteforce")}
-        big["knn"]["extrapolated_all_rows_s"] = big["knn"]["rows_total"] / big["knn"]["rows_per_s"]
-        shutil.rmtree(work / "big", ignore_errors=True)
+        from train_pipeline_big import run_big
+
+        print(f"C. the data stages at {args.big_keys:,} keys of dim {args.dim} (one child process each)", flush=True)
+        big = run_big(args)
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"torch_threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__,
                     "faiss": faiss.__version__,
-                    "note": "2 shared CPU cores: absolute times drift between runs; shares and ratios are from one run"},
+                    "note": "2 CPU cores shared with other people's jobs (load averages in big_datastore): absolute "
+                            "times drift between runs; shares and ratios are from one run"},
         "end_to_end": e2e, "search_faiss_vs_brute_force": search, "big_datastore": big,
         "wall_seconds": time.perf_counter() - t_start,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
-    print_table(result)
+    if e2e is not None:
+        print_table(result)
+    if big is not None:
+        from train_pipeline_big import print_big
+
+        print_big(big, dim=args.dim, k=args.k)
     print(f"wrote {out} ({result['wall_seconds']:.0f} s)")
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", nargs="+", default=["/usr/share/common-licenses"])
+    ap.add_argument("--steps", type=int, default=4, help="training steps (batch 8 x block 512)")
+    ap.add_argument("--k", type=int, default=1024, help="neighbours (the paper's 1024)")
+    ap.add_argument("--queries", type=int, default=2048, help="B: queries for faiss vs brute force")
+    ap.add_argument("--big-keys", type=int, default=5_000_000)
+    ap.add_argument("--dim", type=int, default=320, help="C: key width (memreg-base-large's n_embd)")
+    ap.add_argument("--big-factory", default="auto", help="C: faiss factory, or 'auto' (the pipeline's choice)")
+    ap.add_argument("--big-on-disk", choices=("auto", "yes", "no"), default="auto",
+                    help="C: inverted lists on disk (auto: when they outgrow the pipeline's 4 GiB memory budget)")
+    ap.add_argument("--big-knn-rows", type=int, default=2048)
+    ap.add_argument("--big-brute-queries", type=int, default=128)
+    ap.add_argument("--only", choices=("all", "big"), default="all", help="big: part C alone")
+    ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work-dir", default="/tmp/memreg-bench-train")
+    ap.add_argument("--out", default=None, help="default bench/results/train_pipeline.json (--only big: "
+                    "train_pipeline_big.json, so that a run of C alone never overwrites A and B)")
+    args = ap.parse_args()
+    if args.only == "big" and args.skip_big:
+        ap.error("--only big runs C alone: drop --skip-big")
+    name = "train_pipeline_big.json" if args.only == "big" else "train_pipeline.json"
+    args.out = args.out or str(REPO / "bench" / "results" / name)
+    return args
 
 
 def print_table(r: dict) -> None:
@@ -388,24 +277,6 @@ def print_table(r: dict) -> None:
           f"{s['faiss_pipeline_index_s']:.2f} s -> torch/faiss {s['brute_force_over_faiss_pipeline_index']:.2f}x, "
           f"recall {s['recall_pipeline_index_vs_exact']:.3f}; faiss Flat {s['faiss_flat_s']:.2f} s -> "
           f"{s['brute_force_over_faiss_flat']:.2f}x")
-    b = r["big_datastore"]
-    if b:
-        print(f"\nC. {b['datastore']['rows']:,} keys x {r['end_to_end']['result'].get('dim', 320) if False else 320} fp16 "
-              f"({b['datastore']['keys_bytes'] / 2**30:.2f} GiB on disk), index {b['index']['factory']} "
-              f"(auto would be {b['index']['pipeline_auto_factory']}, {b['index']['index_bytes'] / 2**20:.0f} MiB)")
-        print(f"{'stage (child process)':38} {'seconds':>8} {'rows/s':>10} {'peak RSS MiB':>12} {'anon MiB':>9}")
-        for name in ("datastore", "index", "knn", "bruteforce"):
-            c = b[name]
-            rps = f"{c['rows_per_s']:10.0f}" if c.get("rows_per_s") else f"{'-':>10}"
-            label = {"datastore": "datastore (stub keys, real writer)", "index": "index build",
-                     "knn": f"kNN targets ({c.get('rows', 0):,} rows, k {r['end_to_end']['result']['k']})",
-                     "bruteforce": "brute-force top-k, all keys"}[name]
-            print(f"{label:38} {c['seconds']:8.1f} {rps} {c['peak_rss_mib']:12.0f} {c['peak_anon_rss_mib']:9.0f}")
-        k, bf = b["knn"], b["bruteforce"]
-        print(f"kNN targets for all {k['rows_total']:,} rows extrapolated: {k['extrapolated_all_rows_s'] / 3600:.1f} h; "
-              f"{bf['queries']} queries over all keys: brute force {bf['brute_force_torch_s']:.1f} s vs faiss "
-              f"{bf['faiss_s']:.2f} s ({bf['brute_force_over_faiss']:.1f}x), faiss recall {bf['recall_faiss_vs_exact']:.3f}")
-
 
 if __name__ == "__main__":
     main()
