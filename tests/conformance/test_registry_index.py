@@ -13,16 +13,12 @@ from memreg.registry import Registry
 from memreg.registry import index as name_index
 from memreg.registry.catalog import KEY as CATALOG
 from memreg.registry.index import index_key
-from memreg.schemas import DomainMetadata, NameIndex
+from memreg.schemas import NameIndex
 
 
 @pytest.fixture
-def reg(registry_url, tiny_package) -> Registry:
-    reg = Registry.init(registry_url)
-    reg.publish(tiny_package, name="law", version="1.0.0", description="first", domain=DomainMetadata(labels=["law"]))
-    reg.publish(tiny_package, name="law", version="1.1.0", description="second", domain=DomainMetadata(labels=["law"]))
-    reg.publish(tiny_package, name="code", version="0.1.0", description="code", domain=DomainMetadata(labels=["code"]))
-    return reg
+def reg(law_and_code) -> Registry:  # tests/conformance/conftest.py
+    return law_and_code
 
 
 def _listed(reg: Registry, **kw) -> list[tuple[str, str, bool, list[str]]]:
