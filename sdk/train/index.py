@@ -33,6 +33,7 @@ from memreg.train.errors import InvalidTrainSettingError
 ADD_CHUNK = 65_536
 TRAIN_POINTS_PER_CENTROID = 40  # faiss warns below 39
 ON_DISK_SHARD_BYTES = 2**30  # inverted lists held in RAM at once while an on-disk index is filled
+SAMPLE_SPAN_BYTES = 2**28  # keys mapped at once while the training sample is gathered
 
 
 def choose_factory(n: int, dim: int, *, memory_budget_mb: int, flat_max_keys: int) -> str:
@@ -88,8 +89,7 @@ def build_index(
         n_sample = min(n, max(nlist * TRAIN_POINTS_PER_CENTROID, 10_000))
         rows = np.sort(np.random.default_rng(seed).choice(n, size=n_sample, replace=False))
         _no_polysemous(index)
-        index.train(np.ascontiguousarray(keys[rows], dtype=np.float32))
-        release_rows(keys, 0, n)  # the sample's pages (and those read around them)
+        index.train(_gather(keys, rows))
         times["train_sample"] = n_sample
     t1 = time.perf_counter()
     path.with_suffix(".ivfdata").unlink(missing_ok=True)
@@ -101,6 +101,20 @@ def build_index(
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
     times.update(train=t1 - t0, add=t2 - t1, write=time.perf_counter() - t2)
+
+
+def _gather(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """keys[rows] (rows sorted) as float32, read one span of SAMPLE_SPAN_BYTES of the keys at a time and
+    each span's pages released after: a sample spread over a memory-mapped datastore would otherwise
+    map most of it (the kernel maps the pages read ahead around each row)."""
+    out = np.empty((len(rows), keys.shape[1]), dtype=np.float32)
+    span = max(1, SAMPLE_SPAN_BYTES // max(1, keys.strides[0]))
+    bounds = np.searchsorted(rows, np.arange(0, len(keys) + span, span))
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if b > a:
+            out[a:b] = keys[rows[a:b]]
+            release_rows(keys, i * span, min(len(keys), (i + 1) * span))
+    return out
 
 
 def _no_polysemous(index) -> None:

@@ -84,3 +84,13 @@ def test_on_disk_choice_follows_the_memory_budget():
     assert choose_on_disk("Flat", 10**9, 256, memory_budget_mb=1, asked=None) is False  # no lists to move
     with pytest.raises(InvalidTrainSettingError, match="needs an IVF index"):
         choose_on_disk("Flat", 1000, 16, memory_budget_mb=4096, asked=True)
+
+
+def test_training_sample_is_gathered_span_by_span(tmp_path, monkeypatch):
+    import memreg.train.index as index_mod
+
+    keys = _keys_file(tmp_path, n=3000)
+    rows = np.sort(np.random.default_rng(1).choice(3000, size=400, replace=False))
+    monkeypatch.setattr(index_mod, "SAMPLE_SPAN_BYTES", 7 * keys.strides[0] + 5)  # spans of 7 rows
+    np.testing.assert_array_equal(index_mod._gather(keys, rows), keys[rows].astype(np.float32))
+    np.testing.assert_array_equal(index_mod._gather(keys, np.array([0, 2999])), keys[[0, 2999]].astype(np.float32))
