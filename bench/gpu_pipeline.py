@@ -127,9 +127,9 @@ def python_sources() -> list[Path]:
     return out
 
 
-def build_corpus(tok, n_tokens: int, out: Path, max_doc_bytes: int = 64_000) -> dict:
-    """out (JSONL): source files until their estimated token count reaches n_tokens (bytes per token
-    measured on the first ~2 MB). Cached: the same file is reused if it already holds enough."""
+def build_corpus(tok, n_tokens: int, out: Path, max_doc_bytes: int = 64_000, eval_fraction: float = 0.0) -> dict:
+    """out (JSONL): source files until their estimated token count reaches n_tokens after the held-out
+    share (bytes per token measured on the first ~2 MB). Cached: reused if it already holds enough."""
     meta_path = out.with_suffix(".json")
     if meta_path.exists() and json.loads(meta_path.read_text())["target_tokens"] >= n_tokens:
         return json.loads(meta_path.read_text())
@@ -152,7 +152,7 @@ def build_corpus(tok, n_tokens: int, out: Path, max_doc_bytes: int = 64_000) -> 
         if sample_bytes < 2_000_000:
             sample_bytes += b
             sample_tokens += len(tok(text, add_special_tokens=False)["input_ids"]) + 1
-        if total_bytes * sample_tokens / sample_bytes >= n_tokens * 1.03:
+        if total_bytes * sample_tokens / sample_bytes >= n_tokens * 1.03 / (1.0 - eval_fraction):
             break
     est = int(total_bytes / (sample_bytes / max(1, sample_tokens)))
     if est < n_tokens:
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
             write_truncated_init(smol, args.teacher_layers, cut)
         smol, how = str(cut), f"{how}; cut to its first {args.teacher_layers} blocks (rehearsal)"
     tok = AutoTokenizer.from_pretrained(smol)
-    corpus = build_corpus(tok, args.tokens, work / "corpus.jsonl", args.max_doc_bytes)
+    corpus = build_corpus(tok, args.tokens, work / "corpus.jsonl", args.max_doc_bytes, args.eval_fraction)
     log(f"corpus: {corpus['documents']:,} Python files, {corpus['bytes'] / 1e6:.1f} MB, ~{corpus['estimated_tokens']:,} "
         f"SmolLM2 tokens (built in {corpus['seconds']:.1f} s)")
 

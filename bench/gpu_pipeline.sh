@@ -23,7 +23,10 @@
 #       truncated-SmolLM2 memory trained for 1 minute; per-stage wall time and throughput. It gets
 #       the time left; if it runs out, the stage under way is reported with its rate and the time
 #       the whole stage would take (expected at 5 M tokens: the kNN stage's CPU part, see README).
-# Expected time: <= 6 min of command (plus the machine's start), 7 min with the margins.
+# Time: at most --minutes (6) of command, enforced (plus the machine's start, ~1-2 min): (b) is capped at
+# 170 s, (a) gets the rest. Not yet run on a GPU (none was lent while it was written): whether (a)
+# finishes 5 M tokens inside its share is one of the things it measures; `--tokens 1000000` is a
+# complete smaller pass.
 #
 # Writes under $OUT (default runs/gpu-out): gpu_pipeline.log (everything printed),
 # attach_qwen2.json, attach_smollm2.json, pipeline.json (4 files, < 1 MB).

@@ -10,6 +10,8 @@
 #   .device/gpu/smollm2/        SmolLM2-135M-Instruct's config and tokenizer (3.5 MB) and gguf-parts.json,
 #                               the manifest of the GGUF file's parts (name, sha256, part paths)
 #   .device/gpu/smollm2-p1..p4/ the 98 MB GGUF cut into 4 parts of ~25 MB
+#   .device/gpu/quality-data/   bench/gpu_quality.sh's splits, token ids and general text (quality.py
+#                               --scale gpu --prepare-data: the device has neither the Debian files nor man pages)
 #
 # Why parts: a device call carries at most 64 MiB, the working tree (~29 MB, models/ included)
 # counted, so the GGUF travels over 4 calls made back to back (a warm machine keeps ignored paths
@@ -57,6 +59,11 @@ for i in range(n):
                                                   "parts": parts}, indent=1))
 print(f"wrote {d}/smollm2 (config, tokenizer, {MANIFEST}) and {n} parts of {size / 2**20:.1f} MiB")
 EOF
+# bench/gpu_quality.sh's data: splits, token ids, general text (the device lacks the source files)
+if [ ! -f "$D/quality-data/scale.json" ]; then
+  "$PY" bench/quality.py --scale gpu --prepare-data --work runs/quality-gpu
+  mkdir -p "$D/quality-data" && cp -r runs/quality-gpu/data runs/quality-gpu/general.npz runs/quality-gpu/scale.json "$D/quality-data/"
+fi
 du -sh "$D"/* | sed 's/^/  /'
 tree_mb=$(git ls-files -z | xargs -0 du -bc 2>/dev/null | tail -1 | cut -f1)
 echo "working tree that travels: $((tree_mb / 1048576)) MiB of the 64 MiB a call may carry"
@@ -66,5 +73,6 @@ device calls (the run tool), back to back so the machine stays warm between them
     carry [".device/gpu/whl", ".device/gpu/smollm2"]
   gpu_quality.sh (real SmolLM2: the GGUF parts first, each call's command 'true'):
     carry [".device/gpu/smollm2-p1"], then [".device/gpu/smollm2-p2"], then [".device/gpu/smollm2-p3"],
-    then the real command with carry [".device/gpu/smollm2-p4", ".device/gpu/whl", ".device/gpu/smollm2"]
+    then the real command with carry [".device/gpu/smollm2-p4", ".device/gpu/smollm2", ".device/gpu/whl",
+    ".device/gpu/quality-data"]
 EOF

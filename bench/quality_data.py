@@ -40,7 +40,7 @@ def _side(name: str) -> str:
     return {0: "test", 1: "valid"}.get(b, "train")
 
 
-def make_splits(out: Path, domain: str, tok, caps: dict[str, int], doc_max_tokens: int) -> dict:
+def make_splits(out: Path, domain: str, tok, caps: dict[str, int], doc_max_tokens: int, min_docs: int = MIN_DOCS) -> dict:
     """Write out/{train,valid,test}.jsonl ({"source", "text"} per line) and return the split's report."""
     from memreg.train.neardup import near_duplicate_clusters, ngram_overlap
 
@@ -71,9 +71,9 @@ def make_splits(out: Path, domain: str, tok, caps: dict[str, int], doc_max_token
                     "doc_max_tokens": doc_max_tokens, "caps": caps}
     out.mkdir(parents=True, exist_ok=True)
     for side in SPLITS:
-        if len(chosen[side]) < MIN_DOCS:
+        if len(chosen[side]) < min_docs:
             raise SystemExit(f"{domain}: only {len(chosen[side])} {side} documents fit the caps {caps} "
-                             f"(need {MIN_DOCS}): raise the {side} cap or lower --doc-max-tokens")
+                             f"(need {min_docs}): raise the {side} cap or lower --doc-max-tokens")
         with open(out / f"{side}.jsonl", "w") as fh:
             for n in chosen[side]:
                 fh.write(json.dumps({"source": n, "text": docs[n]}) + "\n")
@@ -117,8 +117,8 @@ def general_ids(work: Path, tok, n_tokens: int) -> tuple[np.ndarray, np.ndarray]
         z = np.load(path)
         return z["ids"], z["doc"]
     valid = ROOT / ".device" / "corpus" / "valid.txt"
-    if not valid.exists():
-        valid = work / "general" / "valid.txt"
+    if not valid.exists():  # the corpus another scale of this benchmark already built, else build it
+        valid = next(iter(sorted((ROOT / "runs").glob("quality*/general/valid.txt"))), work / "general" / "valid.txt")
         if not valid.exists():
             subprocess.run([sys.executable, str(ROOT / "examples" / "bases" / "build_bases.py"), "corpus",
                             "--out", str(work / "general")], check=True)

@@ -61,8 +61,12 @@ def _flops(x: float) -> str:
 
 def markdown(r: dict) -> str:
     s = r["scale"]
-    L = ["# memreg quality benchmark v2", "",
-         f"`{r['command']}` — CPU, {r['torch_threads']} torch threads. The first invocation that finished took "
+    dev = r.get("device") or {}
+    where = (f"CPU, {r['torch_threads']} torch threads" if dev.get("device", "cpu") == "cpu" else
+             f"{dev['device']} (torch {dev['torch']}, transformers {dev['transformers']}, kNN search: {dev['search']}; "
+             "tables rebuilt from its per-token log-probabilities)")
+    L = ["# memreg quality benchmark v2" + ("" if r.get("scale_name", "cpu") in ("cpu", "quick") else f" — {r['scale_name']} scale"), "",
+         f"`{r['command']}` — {where}. The first invocation that finished took "
          f"{r['full_run']['wall_s'] / 60:.1f} min (load average {r['full_run']['load_average_start']:.1f} at the start, "
          f"{r['full_run']['load_average_end']:.1f} at the end; 2 cores: above ~2 the wall times are inflated by other work); "
          f"it reuses whatever earlier interrupted invocations cached, so it is a lower bound for a cold run. "
@@ -136,8 +140,11 @@ def markdown(r: dict) -> str:
             L.append(f"| {x['method']} | {x['test_ppl']:.2f} {_ci(x['ci95'])} | {_ratio(x.get('vs_base'))} | "
                      f"{_ratio(x.get('vs_memory'))} | {w} | {alone} | {x.get('note', '')} |")
     lat = r["latency"]
-    L += ["", "## Inference latency (measured in this run)", "",
-          f"{lat['tokens']} law tokens, sliding windows, {lat['threads']} threads, load average {lat['load_average']:.1f}, "
+    L += ["", "## Inference latency (measured in this run)" if lat.get("device", "cpu") == "cpu"
+          else f"## Inference latency (measured on {lat['device']})", "",
+          f"{lat['tokens']} law tokens, sliding windows, "
+          + (f"on {lat['device']}, " if lat.get("device", "cpu") != "cpu" else "")
+          + f"{lat['threads']} threads, load average {lat['load_average']:.1f}, "
           f"median of {lat.get('rounds', 1)} interleaved rounds: base-large {lat['base_ms']:.2f} ms/token; "
           f"+ memory (memreg.compose) {lat['base_plus_memory_ms']:.2f} ({lat['base_plus_memory_ratio']:.2f}×{_range(lat, 'base_plus_memory')}; "
           f"FLOPs floor {lat.get('flops_floor', float('nan')):.2f}×); + kNN-LM (key forward + exact search) "
