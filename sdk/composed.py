@@ -186,16 +186,7 @@ class ComposedLM(nn.Module):
         use_cache: bool = False,
     ) -> tuple[list[torch.Tensor], ComposedCache | None]:
         """Normalised log-probabilities of every distinct member, (B, T, V) each, and the new cache."""
-        b, t = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
-        if attention_mask is None:
-            attention_mask = torch.ones(b, past + t, dtype=torch.long, device=input_ids.device)
-        elif attention_mask.shape[1] == t and past:
-            attention_mask = torch.cat([cache.attention_mask.to(attention_mask.device), attention_mask], dim=1)
-        if attention_mask.shape[1] != past + t:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions, expected {past + t}")
-        # left padding: position = number of real tokens before, as transformers' generate does
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]  # (B, T)
+        attention_mask, position_ids = self.mask_and_positions(input_ids, attention_mask, cache)
         out_lp: list[torch.Tensor] = []
         new_caches: list[Any] = []
         keep_cache = use_cache or cache is not None
@@ -209,6 +200,20 @@ class ComposedLM(nn.Module):
         out_lp = same_dtype(out_lp)
         new = ComposedCache(new_caches, attention_mask) if keep_cache else None
         return out_lp, new
+
+    def mask_and_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                           cache: ComposedCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask over past + T positions (B, past + T) and the new tokens' positions (B, T)."""
+        b, t = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(b, past + t, dtype=torch.long, device=input_ids.device)
+        elif attention_mask.shape[1] == t and past:
+            attention_mask = torch.cat([cache.attention_mask.to(attention_mask.device), attention_mask], dim=1)
+        if attention_mask.shape[1] != past + t:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions, expected {past + t}")
+        # left padding: position = number of real tokens before, as transformers' generate does
+        return attention_mask, (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
 
     def member_forward(
         self, j: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
