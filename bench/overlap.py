@@ -45,13 +45,7 @@ class StreamOverlapLM(ComposedLM):
 
     def member_log_probs(self, input_ids, attention_mask=None, cache=None, *, use_cache=False):
         # the same inputs as ComposedLM.member_log_probs builds (masks, positions), then base || memories
-        b, t = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
-        if attention_mask is None:
-            attention_mask = torch.ones(b, past + t, dtype=torch.long, device=input_ids.device)
-        elif attention_mask.shape[1] == t and past:
-            attention_mask = torch.cat([cache.attention_mask.to(attention_mask.device), attention_mask], dim=1)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
+        attention_mask, position_ids = self.mask_and_positions(input_ids, attention_mask, cache)
         keep_cache = use_cache or cache is not None
         pool = self._pool()
         main = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
