@@ -135,3 +135,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def law_and_code(registry_url, tiny_package):
+    """A registry with law@1.0.0, law@1.1.0 and code@0.1.0 published in that order (index/catalog tests)."""
+    from memreg.registry import Registry
+    from memreg.schemas import DomainMetadata
+
+    reg = Registry.init(registry_url)
+    reg.publish(tiny_package, name="law", version="1.0.0", description="first", domain=DomainMetadata(labels=["law"]))
+    reg.publish(tiny_package, name="law", version="1.1.0", description="second", domain=DomainMetadata(labels=["law"]))
+    reg.publish(tiny_package, name="code", version="0.1.0", description="code", domain=DomainMetadata(labels=["code"]))
+    return reg

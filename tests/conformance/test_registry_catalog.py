@@ -18,7 +18,7 @@ EXPECTED = [("code@0.1.0", "code", False, []), ("law@1.1.0", "second", False, []
 
 
 @pytest.fixture
-def reg(law_and_code) -> Registry:  # tests/conformance/conftest.py
+def reg(law_and_code) -> Registry:  # tests/conftest.py
     return law_and_code
 
 

@@ -17,7 +17,7 @@ from memreg.schemas import NameIndex
 
 
 @pytest.fixture
-def reg(law_and_code) -> Registry:  # tests/conformance/conftest.py
+def reg(law_and_code) -> Registry:  # tests/conftest.py
     return law_and_code
 
 
