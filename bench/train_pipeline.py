@@ -21,7 +21,7 @@ C. The data stages at --big-keys keys of dim 320 (the teacher's width), one chil
    peak resident memory (VmHWM) and keys per second of the datastore writer, the index (training
    on its sample, adding every key), the kNN targets and an exact top-k; see bench/train_pipeline_big.py.
    Training and evaluation read the kNN targets one batch at a time, so their memory does not grow
-   with the datastore: measured in A. `--only big` runs C alone (10 M keys: README, "Scaling").
+   with the datastore: measured in A. `--only big` runs C alone (10 M keys: README, "Datastores larger than RAM").
 Writes bench/results/train_pipeline.json (`--only big`: bench/results/train_pipeline_big.json).
 """
 
