@@ -12,7 +12,7 @@ import typer
 from memreg.cli import output
 from memreg.cli.options import JsonOpt, QuietOpt
 from memreg.cli.output import console, print_json
-from memreg.train.config import DEFAULT_LR, DEFAULT_MAX_EPOCHS
+from memreg.train.defaults import DEFAULT_LR, DEFAULT_MAX_EPOCHS
 
 if TYPE_CHECKING:
     from memreg.train import TrainConfig, TrainResult

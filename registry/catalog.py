@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 
 from memreg.registry.errors import ConcurrentUpdateError
 from memreg.registry.store import Store
@@ -39,11 +40,14 @@ def index_key(name: str) -> str:
 
 
 # readers ---------------------------------------------------------------------------------------
-def read_indexes(store: Store, names: list[str]) -> tuple[dict[str, bytes | None], bool]:
-    """The bytes of each name's index (None where it has none), taken from the catalog where its copy
-    is the current index and read from the index otherwise; and whether the catalog needs a refresh."""
-    listed = store.etags(PREFIX)
-    copies = _parse(_read(store)[0])
+def read_indexes(store: Store, list_names: Callable[[], list[str]],
+                 ) -> tuple[list[str], dict[str, bytes | None], bool]:
+    """The package names (`list_names()`), and the bytes of each one's index (None where it has none),
+    taken from the catalog where its copy is the current index and read from the index otherwise; and
+    whether the catalog needs a refresh. The names, the listing of etags and the catalog are fetched
+    together: one round trip of latency for the three."""
+    names, listed, (raw, _) = store.together(list_names, lambda: store.etags(PREFIX), lambda: _read(store))
+    copies = _parse(raw)
     out: dict[str, bytes | None] = {}
     for name in names:
         key, copy = index_key(name), copies.get(name)
@@ -53,7 +57,7 @@ def read_indexes(store: Store, names: list[str]) -> tuple[dict[str, bytes | None
     out |= store.read_many(need)
     out |= {index_key(n): None for n in names if index_key(n) not in out}  # no index: rebuilt by the caller
     stale = bool(need) or set(copies) - set(names)
-    return out, bool(stale)
+    return names, out, bool(stale)
 
 
 def refresh(store: Store, current: dict[str, bytes]) -> None:

@@ -64,9 +64,11 @@ def read_all(store: Store) -> dict[str, PackageState]:
     """Every package, from its index (`list`): one listing of names, the indexes (from the catalog
     where its copy is the current index, registry/catalog.py; one batch of reads for the others), one
     batch for pending versions; a missing or unreadable index is rebuilt from its package."""
-    names = [n for n in store.children("packages")
-             if valid(check_name, n, f"{store.url}/packages/{n}/", "not a valid package name")]
-    raw, stale = catalog.read_indexes(store, names)
+    def list_names() -> list[str]:
+        return [n for n in store.children("packages")
+                if valid(check_name, n, f"{store.url}/packages/{n}/", "not a valid package name")]
+
+    names, raw, stale = catalog.read_indexes(store, list_names)
     indexes = {n: _parse_index(store, n, raw[index_key(n)]) for n in names}
     pending = [manifest_key(n, v) for n, ix in indexes.items() if ix is not None
                for v, e in ix.versions.items() if e.summary is None]

@@ -15,7 +15,7 @@ import errno
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,6 +117,18 @@ class Store:
         """Key -> the etag `read_with_etag` would report, for the documents below prefix. S3 lists them
         (one request per 1,000 keys); here they are computed from the documents, read at once."""
         return {k: self.etag_of(d) for k, d in self.read_many(self.list(prefix)).items() if d is not None}
+
+    def together(self, *calls: Callable[[], Any]) -> list[Any]:
+        """Independent requests at once, their results in order (an exception is raised as is): on a
+        remote store, one round trip of latency instead of one per call. Threads, since each call may
+        be a listing, a read, or a few of them; s3fs serves calls from many threads on its one loop."""
+        if len(calls) < 2:
+            return [c() for c in calls]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(calls)) as pool:
+            futures = [pool.submit(c) for c in calls]
+            return [f.result() for f in futures]
 
     def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
         """Several small documents at once (None where missing). Threads here; S3 overrides it

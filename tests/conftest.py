@@ -75,10 +75,38 @@ def package_copy(tmp_path, tiny_package) -> Path:
 
 
 # --- S3: moto's real HTTP server on loopback, reached through s3fs ---------------------------
+def _make_moto_writes_atomic() -> None:
+    """moto checks If-Match / If-None-Match and then writes, with no lock in between, and its server
+    answers requests on several threads: two concurrent conditional PUTs can both pass the check, a
+    lost update that real S3 (which evaluates the condition atomically with the write) never allows.
+    The registry's compare-and-swap relies on that atomicity, so the emulator must provide it: every
+    object write (PUT, copy, DELETE, multipart POST) runs under one lock, in the order S3 would admit
+    them one by one."""
+    import functools
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response, "_memreg_atomic", False):
+        return
+    lock = threading.RLock()
+    for name in ("put_object", "copy_object", "delete_object", "_key_response_post"):
+        original = getattr(S3Response, name)
+
+        @functools.wraps(original)
+        def locked(self, *args, _original=original, **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        setattr(S3Response, name, locked)
+    S3Response._memreg_atomic = True
+
+
 @pytest.fixture(scope="session")
 def moto_server():
     from moto.server import ThreadedMotoServer
 
+    _make_moto_writes_atomic()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

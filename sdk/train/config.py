@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from memreg.train.defaults import DEFAULT_LR, DEFAULT_MAX_EPOCHS, PAPER_K  # noqa: F401 - re-exported
+
 # Settings that decide the artifacts of each stage (a stage's key also covers the stages before it).
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "corpus": ("eval_corpus", "eval_fraction", "seed"),
@@ -35,9 +37,6 @@ STAGES = tuple(STAGE_SETTINGS)
 # Stages whose artifacts runs may share: a work folder holds one corpus and datastore, and any number
 # of trainings on it (each in its own train-<key>/ folder), so a sweep over --lr or --beta reuses it.
 DATA_STAGES = ("corpus", "teacher", "datastore", "index", "knn")
-PAPER_K = 1024
-DEFAULT_LR = 3e-4  # bench/lr_choice.py: never worse first on law or code; 3e-3 was (code)
-DEFAULT_MAX_EPOCHS = 20.0
 
 
 class TrainConfig(BaseModel):

@@ -36,6 +36,36 @@ def test_swap_is_compare_and_swap(registry_url):
     assert store.read(key) == b"v2"
 
 
+def test_concurrent_swaps_lose_no_update(registry_url):
+    """Threads incrementing one counter by compare-and-swap: every increment that reported success
+    is in the final value (a swap that succeeded on a stale etag would lose one)."""
+    import threading
+
+    store = open_store(registry_url)
+    key = "packages/a/tags/counter.json"
+    store.swap(key, b"0", expected=None)
+    threads, per_thread, landed = 8, 6, []
+
+    def increment() -> None:
+        for _ in range(per_thread):
+            while True:
+                raw, etag = store.read_with_etag(key)
+                try:
+                    store.swap(key, str(int(raw) + 1).encode(), expected=etag)
+                except ConcurrentUpdateError:
+                    continue
+                landed.append(1)
+                break
+
+    workers = [threading.Thread(target=increment) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert len(landed) == threads * per_thread
+    assert int(store.read(key)) == threads * per_thread
+
+
 def test_read_missing_raises_file_not_found(registry_url):
     with pytest.raises(FileNotFoundError):
         open_store(registry_url).read("nope.json")

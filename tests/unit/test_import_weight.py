@@ -4,6 +4,7 @@ test process has imported them already."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -20,6 +21,20 @@ def _loaded_after(code: str) -> set[str]:
 def test_importing_the_cli_loads_no_training_pipeline_and_no_ml_libraries():
     loaded = _loaded_after("import memreg.cli.main")
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    # nor the TrainConfig model: `memreg train`'s options take their defaults from memreg.train.defaults
+    assert "memreg.train.config" not in loaded
+
+
+def test_the_cli_defaults_are_the_train_configs():
+    from memreg.train import TrainConfig
+
+    fields = TrainConfig.model_fields
+    assert (fields["lr"].default, fields["max_epochs"].default) == (3e-4, 20.0)
+    from memreg.cli.train import train
+
+    params = inspect.signature(train).parameters
+    assert params["lr"].default == fields["lr"].default
+    assert params["max_epochs"].default == fields["max_epochs"].default
 
 
 def test_the_registry_api_loads_no_ml_libraries():
