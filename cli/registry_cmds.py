@@ -178,8 +178,7 @@ def show(
 ) -> None:
     """Show one version's manifest, and the package's versions and tags."""
     reg = _open(registry, storage_option)
-    m = reg.resolve(ref)
-    state = reg.package(m.name)
+    m, state = reg.show(ref)
     versions, yanked, tags = state.listed, state.yanked, state.tags
     if json_:
         print_json({"manifest": m.model_dump(mode="json"), "versions": versions,

@@ -230,6 +230,13 @@ class Registry:
         the package; only manifests its index cannot summarise are read); repairs the index."""
         return name_index.read_one(self.store, name)
 
+    def show(self, ref: str | Ref) -> tuple[Manifest, name_index.PackageState]:
+        """`memreg show`: the manifest `ref` resolves to and its package's state (Registry.package),
+        fetched at once (two round trips of latency instead of four)."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        m, state = self.store.together(lambda: self.resolve(r), lambda: self.package(r.name))
+        return m, state
+
     def rebuild_index(self) -> list[str]:
         """Rewrite every package index from the manifests and tags (`memreg verify --repair`)."""
         return name_index.rebuild(self.store)

@@ -95,13 +95,13 @@ def read_one(store: Store, name: str) -> PackageState:
     """One package from the truth (its listing, its tags; manifests the index cannot summarise),
     with the summaries the index already has; the index is repaired where it differed."""
     check_name(name)
-    try:
-        raw = store.read(index_key(name))
-    except FileNotFoundError:
-        raw = None
+    # the index and the listing at once: one round trip of latency, not two
+    raw, listing = store.together(lambda: store.read_many([index_key(name)])[index_key(name)],
+                                  lambda: list_package(store, name))
     old = _parse_index(store, name, raw) if raw is not None else None
-    fresh, state = _from_truth(store, name, old or NameIndex(name=name))
-    if fresh != old and (written := _write_back(store, name, raw, fresh)):
+    fresh, state = _from_truth(store, name, old or NameIndex(name=name), listing)
+    exists = old is not None or any(listing)  # no index for a name nobody published (`show typo`)
+    if exists and fresh != old and (written := _write_back(store, name, raw, fresh)):
         catalog.note(store, name, written)
     return state
 
@@ -230,9 +230,11 @@ def _settle_pending(store: Store, name: str, index: NameIndex, docs: dict[str, b
     return index.model_copy(update={"versions": versions, "fingerprints": fps})
 
 
-def _from_truth(store: Store, name: str, index: NameIndex) -> tuple[NameIndex, PackageState]:
-    """Rebuild from one listing of the package; manifests are read only where `index` has no summary."""
-    manifests, yanked, tags = list_package(store, name)
+def _from_truth(store: Store, name: str, index: NameIndex,
+                listing: tuple[dict[str, str], set[str], list[str]] | None = None) -> tuple[NameIndex, PackageState]:
+    """Rebuild from one listing of the package (`listing`, or taken now); manifests are read only
+    where `index` has no summary."""
+    manifests, yanked, tags = listing or list_package(store, name)
     need = [k for v, k in manifests.items() if (e := index.versions.get(v)) is None or e.summary is None
             or e.summary.tokenizer not in index.fingerprints]
     docs = store.read_many(need + [tag_key(name, t) for t in tags])

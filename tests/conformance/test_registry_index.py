@@ -12,6 +12,7 @@ import pytest
 from memreg.registry import Registry
 from memreg.registry import index as name_index
 from memreg.registry.catalog import KEY as CATALOG
+from memreg.registry.errors import ManifestNotFoundError
 from memreg.registry.index import index_key
 from memreg.schemas import NameIndex
 
@@ -108,6 +109,16 @@ def test_show_and_repair_bring_a_stale_index_back_to_the_truth(reg):
     reg.store.put_bytes(index_key("law"), forged.model_dump_json().encode())
     assert reg.rebuild_index() == ["code", "law"]
     assert _listed(reg) == EXPECTED  # every summary re-read from the manifests
+
+
+def test_show_answers_what_resolve_and_package_answer_and_writes_no_index_for_a_typo(reg):
+    m, state = reg.show("law")
+    assert m == reg.resolve("law") and m.version == "1.1.0"
+    assert (state.listed, state.tags) == (reg.package("law").listed, reg.package("law").tags)
+    with pytest.raises(ManifestNotFoundError):
+        reg.show("lwa")
+    assert not reg.store.exists(index_key("lwa"))  # the package half ran too, and wrote nothing
+    assert [s.manifest.name for s in reg.list()] == ["code", "law"]
 
 
 def test_a_dead_publishers_announcement_is_not_listed_and_expires(reg, tiny_package, monkeypatch):
