@@ -330,6 +330,14 @@ def _latency_one(work: Path, tiny: Path, n: int, *, delay_s: float, names: int, 
             row["seconds"].append(time.perf_counter() - t)
             row["requests"].append(proxy.requests.reset())
             row["requests_by_kind"].append({})
+        for _ in range(repeats):  # the floor of every S3 command: the CLI's imports, s3fs's and its client
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", _S3_FLOOR], capture_output=True, check=True, cwd=REPO,
+                           env={**os.environ, "AWS_ENDPOINT_URL": proxy.url})
+            row = rows.setdefault("floor (imports + S3 client)", {"seconds": [], "requests": [], "requests_by_kind": []})
+            row["seconds"].append(time.perf_counter() - t)
+            row["requests"].append(proxy.requests.reset())
+            row["requests_by_kind"].append({})
         # The fill went around memreg, so no package index knows those manifests yet (list would show
         # only the published one): rebuild them once, as an operator would after such a copy.
         timed_cli("verify --repair (once, after the fill)", "verify", "--repair", home=home)
@@ -357,6 +365,14 @@ def _latency_one(work: Path, tiny: Path, n: int, *, delay_s: float, names: int, 
         if proxy is not None:
             proxy.stop()
         server.stop()
+
+
+# what any memreg command on S3 pays before its first request: imports, then s3fs's client (botocore
+# loads and parses the S3 service model and endpoint rules)
+_S3_FLOOR = ("import memreg.cli.main, memreg.registry.api, s3fs\n"
+             "from fsspec.asyn import sync\n"
+             "fs = s3fs.S3FileSystem()\n"
+             "sync(fs.loop, fs.set_session)")
 
 
 def _kinds(lines: list[tuple[str, str]]) -> dict[str, int]:
