@@ -755,7 +755,8 @@ def main(argv=None) -> int:
         gpu_common.unpack(Path(args.from_archive), work)
     if (work / "scale.json").exists() and not _same_scale(jload(work / "scale.json"), scale):
         raise SystemExit(f"{work} was built at another scale: pass --fresh or another --work")
-    if not (work / "scale.json").exists():
+    cold = not (work / "scale.json").exists()  # nothing cached: this invocation's wall time is a cold run's
+    if cold:
         jsave(work / "scale.json", asdict(scale))
     if not (work / "device.json").exists():
         jsave(work / "device.json", {"device": torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else "cpu",
@@ -805,7 +806,7 @@ def main(argv=None) -> int:
     first = work / "first_run_wall.json"
     if not first.exists():
         jsave(first, {"wall_s": time.monotonic() - t_start, "load_average_start": load_start,
-                      "load_average_end": os.getloadavg()[0]})
+                      "load_average_end": os.getloadavg()[0], "cold": cold})
     results = {
         "command": "python bench/quality.py" + {"cpu": "", "quick": " --quick"}.get(scale_name, f" --scale {scale_name}"),
         "scale": asdict(scale), "scale_name": scale_name, "device": jload(work / "device.json"),

@@ -69,7 +69,8 @@ def markdown(r: dict) -> str:
          f"`{r['command']}` — {where}. The first invocation that finished took "
          f"{r['full_run']['wall_s'] / 60:.1f} min (load average {r['full_run']['load_average_start']:.1f} at the start, "
          f"{r['full_run']['load_average_end']:.1f} at the end; 2 cores: above ~2 the wall times are inflated by other work); "
-         f"it reuses whatever earlier interrupted invocations cached, so it is a lower bound for a cold run. "
+         + ("it started from an empty cache, so this is a cold run's time. " if r["full_run"].get("cold") else
+            "it reuses whatever earlier interrupted invocations cached, so it is a lower bound for a cold run. ") +
          f"The trained rows alone recorded {_train_minutes(r):.0f} min of wall time. Reruns reuse the cache "
          f"(this one: {r['this_run_wall_s']:.0f} s, mostly the latency measurement).", "",
          f"Every trained row: memreg's training loop, blocks of {r['eval']['block']} tokens, micro-batch {r['eval']['batch']}, "
