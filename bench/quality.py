@@ -375,10 +375,9 @@ def train_domain(work: Path, domain: str, scale: Scale) -> dict:
         best = choose(method, cands)
         runs[method] = [best] + [memreg_run(work, f"{domain}_{method}_lr{best['lr']:g}_s{s}", beta=beta, lr=best["lr"],
                                             seed=s, work_key=f"{tkey}-s{s}", **mem) for s in scale.seeds[1:]]
-    lr = runs["memory"][0]["lr"]
-    runs["memory-kl"] = [memreg_run(work, f"{domain}_memory-kl_lr{lr:g}_s0", beta=1.0, lr=lr, seed=0,
-                                    work_key=f"{tkey}-s0", **mem)]
-    runs["lr_choice"]["memory-kl"] = {"grid": {}, "chosen": lr, "note": "the beta = 0.5 memory's learning rate"}
+    cands = {lr: memreg_run(work, f"{domain}_memory-kl_lr{lr:g}_s0", beta=1.0, lr=lr, seed=0, work_key=f"{tkey}-s0",
+                            **mem) for lr in scale.mem_lrs}  # its own grid: the KL-only optimum may differ
+    runs["memory-kl"] = [choose("memory-kl", cands)]
     wdir = Path(runs["memory"][0]["work_dir"])
     mem_params = runs["memory"][0]["params"]
     for b, path in BASES.items():

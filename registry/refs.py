@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ def check_version(version: str, *, name: str | None = None) -> str:
     return version
 
 
+@functools.lru_cache(maxsize=1 << 16)  # `list --all` sorts every version of a registry, some twice
 def version_key(version: str) -> tuple:
     """Semantic-version precedence: 1.2.0-rc.1 < 1.2.0 < 1.10.0."""
     m = _SEMVER.fullmatch(version)
