@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from memreg.registry.errors import InvalidReferenceError
 from memreg.registry.refs import parse_ref, version_key
-from memreg.schemas import FileEntry, Manifest, PackageCard
+from memreg.schemas import FileEntry, Manifest, NameIndex, PackageCard
 from memreg.schemas.generate import main as generate_main
 from memreg.schemas.generate import render
 from memreg.schemas.v1 import NAME_PATTERN
@@ -36,6 +36,10 @@ def test_schema_check_detects_drift(tmp_path, monkeypatch):
 def test_unknown_format_version_names_the_one_we_read():
     with pytest.raises(ValidationError, match="format_version 2 is not supported: this memreg reads format 1"):
         PackageCard.model_validate({"format_version": 2})
+    # NameIndex checks it on the field (a model validator slowed `list`): same message, first error
+    with pytest.raises(ValidationError, match="format_version 2 is not supported: this memreg reads format 1") as info:
+        NameIndex.model_validate_json(b'{"format_version": 2, "name": "law"}')
+    assert info.value.errors()[0]["loc"] == ("format_version",)
 
 
 @pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../b", "a//b", "./a", "a\\b", ""])
