@@ -322,22 +322,20 @@ def _latency_one(work: Path, tiny: Path, n: int, *, delay_s: float, names: int, 
                 assert len(items) == k, f"{len(items)} packages listed, wanted {k}"
             return check
 
+        def timed_process(label: str, argv: list[str]) -> None:
+            """A process that makes no registry request (its count, which must be 0, is recorded)."""
+            t = time.perf_counter()
+            subprocess.run(argv, capture_output=True, check=True, cwd=REPO, env={**os.environ, "AWS_ENDPOINT_URL": proxy.url})
+            row = rows.setdefault(label, {"seconds": [], "requests": [], "requests_by_kind": []})
+            row["seconds"].append(time.perf_counter() - t)
+            row["requests"].append(proxy.requests.reset())
+            row["requests_by_kind"].append({})
+
         home = work / "home-read"
         for _ in range(repeats):  # the process alone: interpreter, imports, no request
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "memreg", "--version"], capture_output=True, check=True, cwd=REPO)
-            row = rows.setdefault("startup (memreg --version)", {"seconds": [], "requests": [], "requests_by_kind": []})
-            row["seconds"].append(time.perf_counter() - t)
-            row["requests"].append(proxy.requests.reset())
-            row["requests_by_kind"].append({})
+            timed_process("startup (memreg --version)", [sys.executable, "-m", "memreg", "--version"])
         for _ in range(repeats):  # the floor of every S3 command: the CLI's imports, s3fs's and its client
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", _S3_FLOOR], capture_output=True, check=True, cwd=REPO,
-                           env={**os.environ, "AWS_ENDPOINT_URL": proxy.url})
-            row = rows.setdefault("floor (imports + S3 client)", {"seconds": [], "requests": [], "requests_by_kind": []})
-            row["seconds"].append(time.perf_counter() - t)
-            row["requests"].append(proxy.requests.reset())
-            row["requests_by_kind"].append({})
+            timed_process("floor (imports + S3 client)", [sys.executable, "-c", _S3_FLOOR])
         # The fill went around memreg, so no package index knows those manifests yet (list would show
         # only the published one): rebuild them once, as an operator would after such a copy.
         timed_cli("verify --repair (once, after the fill)", "verify", "--repair", home=home)
