@@ -31,7 +31,7 @@ from pathlib import Path
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 
 from memreg.registry.errors import DigestMismatchError, ManifestError
-from memreg.registry.fsutil import TMP_PREFIX, atomic_write_json, sha256_file
+from memreg.registry.fsutil import TMP_PREFIX, sha256_file
 from memreg.registry.package import CARD
 from memreg.registry.settings import cache_dir
 from memreg.registry.store import Store
@@ -98,6 +98,17 @@ def _locked_temp(path: Path, *, folder: bool) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)
+
+
+def _write_locked(path: Path, data: bytes) -> None:
+    """Atomic write whose temp file is locked for as long as it exists: a concurrent pull's
+    clean_abandoned would otherwise take it for a killed pull's leftover and delete it under us."""
+    with _locked_temp(path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}"), folder=False) as tmp:
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _remove_if_abandoned(path: Path) -> bool:
@@ -171,7 +182,7 @@ class Cache:
                     )
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, dest)  # a new inode: folders linked to a tampered old one keep theirs
-                atomic_write_json(self._record_path(dest), _stat_record(dest))
+                _write_locked(self._record_path(dest), json.dumps(_stat_record(dest)).encode())
             finally:
                 tmp.unlink(missing_ok=True)
         return True
