@@ -1,16 +1,22 @@
-"""S3 behaviour of the Store (s3:// through s3fs), kept out of store.py so the protocol reads alone.
+"""S3 behaviour of the Store (s3://), kept out of store.py so the protocol reads alone.
 
+Two clients over the same storage options, each where it is best:
+  * the registry's small documents (manifests, indexes, tags, listings, conditional writes) go
+    through one botocore client, synchronously, several at once on threads. A command that reads
+    only documents (`list`, `show`, a cached `pull`) never imports s3fs, aiobotocore or aiohttp:
+    that import alone cost 0.35-0.9 s per process here, more than all of `list`'s requests;
+  * blobs (multipart uploads, streamed downloads with progress) go through s3fs, built on first use.
 Exclusive create and compare-and-swap are S3 conditional writes (If-None-Match: * and If-Match:
-<etag>), atomic on the server; small documents are read with one GET each (no HEAD first), several
-at once in one gather; a blob's content is checked by its ETag instead of downloading it again; and
-every backend error leaves here as one actionable StoreError or the builtin the registry expects.
+<etag>), atomic on the server; a blob's content is checked by its ETag instead of downloading it
+again; and every backend error leaves here as one actionable StoreError or the builtin the registry
+expects (FileNotFoundError, FileExistsError, ConcurrentUpdateError).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import os
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -21,11 +27,21 @@ from memreg.registry.store import Store
 
 # A silent endpoint must fail in bounded time: at most S3_RETRIES x S3_ATTEMPTS x read timeout
 # (2 x 2 x 15 s = 60 s) plus s3fs's short back-off, instead of s3fs's and botocore's defaults
-# (5 x 5 x 15 s, measured 415 s). Any of them can be overridden with --storage-option.
+# (5 x 5 x 15 s, measured 415 s). Any of them can be overridden with --storage-option. The document
+# client has no outer loop: it gets S3_RETRIES x S3_ATTEMPTS botocore attempts, the same bound.
 S3_CONNECT_TIMEOUT = 5
 S3_READ_TIMEOUT = 15
 S3_RETRIES = 2  # s3fs's own retry loop
 S3_ATTEMPTS = 2  # botocore's attempts per s3fs try
+READ_THREADS = 16  # documents read at once (read_many), and the client's connection pool
+
+# s3fs options that only shape its transfers: the document client has nothing to do with them
+_TRANSFER_ONLY = frozenset({"default_block_size", "default_fill_cache", "default_cache_type", "version_aware",
+                            "cache_regions", "max_concurrency", "fixed_upload_size", "local_expiry_check",
+                            "use_listings_cache", "listings_expiry_time", "max_paths", "skip_instance_cache",
+                            "asynchronous", "loop"})
+_CLIENT_OPTIONS = frozenset({"anon", "endpoint_url", "key", "secret", "token", "username", "password", "use_ssl",
+                             "client_kwargs", "config_kwargs", "requester_pays", "s3_additional_kwargs", "profile"})
 
 
 def s3_defaults(opts: dict[str, Any]) -> dict[str, Any]:
@@ -38,127 +54,205 @@ def s3_defaults(opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-class S3Store(Store):
-    """s3:// through s3fs. Conditional writes make create and swap atomic on the server."""
+def document_client(opts: dict[str, Any], retries: int = S3_RETRIES) -> Any:
+    """A botocore S3 client configured by the same storage options s3fs takes (credentials, profile,
+    anon, endpoint, client_kwargs, config_kwargs, use_ssl); `retries` multiplies botocore's attempts
+    where the options did not set them (s3fs would loop that many times around them)."""
+    import botocore.session
+    from botocore.config import Config
 
-    _fresh = {"refresh": True}
+    unknown = set(opts) - _CLIENT_OPTIONS - _TRANSFER_ONLY
+    if unknown:
+        raise StoreError(f"unknown S3 storage option(s) {', '.join(sorted(unknown))}: memreg understands "
+                         f"{', '.join(sorted(_CLIENT_OPTIONS | {'retries'}))} and s3fs's transfer options")
+    config = dict(opts.get("config_kwargs") or {})
+    given = config.get("retries") or {}
+    if given == {"total_max_attempts": S3_ATTEMPTS, "mode": "standard"}:  # s3_defaults' value: add the outer loop
+        config["retries"] = {"total_max_attempts": S3_ATTEMPTS * max(1, retries), "mode": "standard"}
+    config.setdefault("max_pool_connections", READ_THREADS)
+    client_kwargs = dict(opts.get("client_kwargs") or {})
+    init = {"aws_access_key_id": opts.get("key") or opts.get("username"),
+            "aws_secret_access_key": opts.get("secret") or opts.get("password"),
+            "aws_session_token": opts.get("token"), "endpoint_url": opts.get("endpoint_url")}
+    init = {k: v for k, v in init.items() if v is not None and k not in client_kwargs}
+    client_kwargs.setdefault("use_ssl", opts.get("use_ssl", True))
+    if opts.get("anon"):
+        from botocore import UNSIGNED
+
+        config["signature_version"] = UNSIGNED
+        init = {k: v for k, v in init.items() if not k.startswith("aws_")}
+        client_kwargs = {k: v for k, v in client_kwargs.items() if not k.startswith("aws_")}
+    session = botocore.session.Session(profile=opts.get("profile"))
+    try:
+        return session.create_client("s3", config=Config(**config), **init, **client_kwargs)
+    except Exception as e:  # noqa: BLE001 - a bad option or profile: one line naming it
+        raise StoreError(f"cannot set up an S3 client from the storage options ({type(e).__name__}: {e})") from e
+
+
+class S3Store(Store):
+    """s3://: documents through botocore (`client`), blobs through s3fs (`fs`), each built on first use."""
+
+    def __init__(self, root: str, url: str, opts: dict[str, Any], retries: int = S3_RETRIES) -> None:
+        self.root = root.rstrip("/")
+        self.url = url
+        self._opts, self._retries = opts, retries
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._fs: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The botocore client for documents and listings (thread-safe; built once)."""
+        with self._lock:
+            if self._client is None:
+                self._client = document_client(self._opts, self._retries)
+                extra = dict(self._opts.get("s3_additional_kwargs") or {})
+                if self._opts.get("requester_pays"):
+                    extra["RequestPayer"] = "requester"
+                self._extra = extra
+            return self._client
+
+    @property
+    def fs(self) -> Any:  # type: ignore[override]
+        """s3fs, for blob transfers only (its import costs more than a whole `list`)."""
+        with self._lock:
+            if self._fs is None:
+                import fsspec
+
+                self._fs = fsspec.filesystem("s3", **self._opts)
+                self._fs.retries = self._retries  # s3fs's retry loop is an attribute, not an option
+            return self._fs
 
     def _bucket_key(self, key: str) -> tuple[str, str]:
         bucket, _, path = self._path(key).partition("/")
         return bucket, path
 
-    def read(self, key: str) -> bytes:
+    def _call(self, method: str, key: str | None = None, **params: Any) -> Any:
+        """One S3 request on the document client: a missing key is FileNotFoundError, a failed
+        condition stays botocore's ClientError (create and swap decide what it means), anything
+        else leaves as one actionable StoreError."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self.client
+        if key is not None:
+            params["Bucket"], params["Key"] = self._bucket_key(key)
+        members = client.meta.service_model.operation_model(_OPERATIONS[method]).input_shape.members
+        params = {k: v for k, v in self._extra.items() if k in members} | params  # s3fs's rule: where it applies
         try:
-            return self.fs.cat_file(self._path(key), max_concurrency=1)  # small documents: no HEAD for a size first
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # noqa: BLE001 - translated into one actionable line
+            return getattr(client, method)(**params)
+        except ClientError as e:
+            if _is_precondition_failure(e):
+                raise
+            if _status(e) == 404 or _code(e) in ("NoSuchKey", "NotFound", "NoSuchBucket"):
+                raise FileNotFoundError(errno.ENOENT, f"not found in {self.url}", key or params.get("Prefix")) from e
+            raise self._unreachable(e) from e
+        except BotoCoreError as e:
             raise self._unreachable(e) from e
 
+    # reads -------------------------------------------------------------------------------
+    def read(self, key: str) -> bytes:
+        return self.read_with_etag(key)[0]
+
     def read_with_etag(self, key: str) -> tuple[bytes, str]:
-        bucket, path = self._bucket_key(key)
+        resp = self._call("get_object", key)
         try:
-            resp = self.fs.call_s3("get_object", Bucket=bucket, Key=path)
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            raise StoreError(f"cannot read {key} from {self.url}: {e}") from e
-        body = _sync_read(self.fs, resp["Body"])
-        return body, resp["ETag"]
+            return resp["Body"].read(), resp["ETag"]
+        except Exception as e:  # noqa: BLE001 - a connection dropped mid-body
+            raise self._unreachable(e) from e
 
-    def create(self, key: str, data: bytes) -> None:
-        try:
-            self.fs.pipe_file(self._path(key), data, mode="create")
-        except FileExistsError:
-            raise
-        except OSError as e:
-            if _is_precondition_failure(e):
-                raise FileExistsError(errno.EEXIST, "already exists", key) from e
-            raise StoreError(f"cannot create {key} on {self.url}: {e}") from e
+    def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
+        """One GET per key, READ_THREADS at a time (botocore clients are thread-safe)."""
+        if len(keys) < 2:
+            return super().read_many(keys)
+        from concurrent.futures import ThreadPoolExecutor
 
-    def swap(self, key: str, data: bytes, *, expected: str | None) -> None:
-        bucket, path = self._bucket_key(key)
-        cond = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
-        try:
-            self.fs.call_s3("put_object", Bucket=bucket, Key=path, Body=data, **cond)
-        except (FileExistsError, FileNotFoundError) as e:
-            raise ConcurrentUpdateError(f"{key} changed while it was being updated") from e
-        except OSError as e:
-            if _is_precondition_failure(e):
-                raise ConcurrentUpdateError(f"{key} changed while it was being updated") from e
-            raise StoreError(f"cannot update {key} on {self.url}: {e}") from e
-        finally:
-            self.fs.invalidate_cache(self._path(key))
+        def one(key: str) -> bytes | None:
+            try:
+                return self.read(key)
+            except FileNotFoundError:
+                return None
+
+        self.client  # noqa: B018 - built once here, not by the first threads racing for the lock
+        with ThreadPoolExecutor(min(READ_THREADS, len(keys))) as pool:
+            return dict(zip(keys, pool.map(one, keys)))
 
     def exists(self, key: str) -> bool:
         try:
-            return super().exists(key)
+            self._call("head_object", key)
+            return True
         except FileNotFoundError:
             return False
-        except Exception as e:  # noqa: BLE001 - translated into one actionable line
-            raise self._unreachable(e) from e
+
+    def size(self, key: str) -> int:
+        return int(self._call("head_object", key)["ContentLength"])
+
+    def modified(self, key: str) -> datetime:
+        return self._call("head_object", key)["LastModified"]
+
+    def _pages(self, prefix: str, **params: Any) -> Iterator[dict]:
+        """The ListObjectsV2 pages below prefix/ (1,000 keys each)."""
+        bucket, path = self._bucket_key(prefix)
+        path = path.rstrip("/") + "/" if path.rstrip("/") else ""
+        token: dict[str, str] = {}
+        while True:
+            page = self._call("list_objects_v2", Bucket=bucket, Prefix=path, **params, **token)
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def _rel(self, s3_key: str) -> str:
+        return s3_key[len(self._bucket_key("")[1]):]  # strip the registry's folder inside the bucket
 
     def list(self, prefix: str) -> list[str]:
-        try:
-            return super().list(prefix)
-        except FileNotFoundError:
-            return []
-        except Exception as e:  # noqa: BLE001
-            raise self._unreachable(e) from e
+        return sorted(self._rel(o["Key"]) for page in self._pages(prefix) for o in page.get("Contents", [])
+                      if not o["Key"].endswith("/"))
 
     def children(self, prefix: str) -> list[str]:
-        try:
-            return super().children(prefix)
-        except Exception as e:  # noqa: BLE001
-            raise self._unreachable(e) from e
+        """One delimiter listing per 1,000 folders, whatever is below them."""
+        return sorted(p["Prefix"].rstrip("/").rsplit("/", 1)[-1]
+                      for page in self._pages(prefix, Delimiter="/") for p in page.get("CommonPrefixes", []))
 
     def etags(self, prefix: str) -> dict[str, str]:
         """One ListObjectsV2 page per 1,000 keys: each key with the ETag a GET of it reports."""
-        bucket, path = self._bucket_key(prefix)
-        base = path.rstrip("/") + "/"
-        strip = len(self._bucket_key("")[1])  # the registry's folder inside the bucket, "" or "reg/"
-        out: dict[str, str] = {}
-        token: dict[str, str] = {}
-        while True:
-            try:
-                page = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=base, **token)
-            except Exception as e:  # noqa: BLE001
-                raise self._unreachable(e) from e
-            out |= {c["Key"][strip:]: c["ETag"] for c in page.get("Contents", [])}
-            if not page.get("IsTruncated"):
-                return out
-            token = {"ContinuationToken": page["NextContinuationToken"]}
+        return {self._rel(o["Key"]): o["ETag"] for page in self._pages(prefix) for o in page.get("Contents", [])}
 
     def etag_of(self, data: bytes) -> str:
         return f'"{hashlib.md5(data).hexdigest()}"'  # S3's ETag of a single-part upload  # noqa: S324
 
-    def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
-        if not keys:
-            return {}
-        import asyncio
+    def open_read(self, key: str, block_size: int = 8 * 2**20):
+        return self.fs.open(self._path(key), "rb", block_size=block_size)
 
-        from fsspec.asyn import sync
+    # writes ------------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call("put_object", key, Body=data)
 
-        async def gather() -> list:
-            # s3fs's cat() HEADs every path (glob expansion, then a size for ranged reads): one GET each is enough
-            return await asyncio.gather(*(self.fs._cat_file(self._path(k), max_concurrency=1) for k in keys),
-                                        return_exceptions=True)
+    def create(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import ClientError
 
-        out: dict[str, bytes | None] = {}
-        for key, value in zip(keys, sync(self.fs.loop, gather)):
-            if isinstance(value, FileNotFoundError):
-                out[key] = None
-            elif isinstance(value, BaseException):
-                raise self._unreachable(value) from value
-            else:
-                out[key] = value
-        return out
+        try:
+            self._call("put_object", key, Body=data, IfNoneMatch="*")
+        except ClientError as e:  # only a failed condition gets here (_call)
+            raise FileExistsError(errno.EEXIST, "already exists", key) from e
+
+    def swap(self, key: str, data: bytes, *, expected: str | None) -> None:
+        from botocore.exceptions import ClientError
+
+        cond = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+        try:
+            self._call("put_object", key, Body=data, **cond)
+        except (ClientError, FileNotFoundError) as e:  # a failed condition, or the key deleted meanwhile
+            raise ConcurrentUpdateError(f"{key} changed while it was being updated") from e
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", key)  # S3 answers 204 whether or not the key existed
 
     def _unreachable(self, e: Exception) -> Exception:
-        """Forbidden and timeouts as a StoreError naming the endpoint and what to check."""
-        endpoint = (self.fs.client_kwargs or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        """Refusals, missing credentials and timeouts as a StoreError naming the endpoint and what to check."""
+        endpoint = self._client.meta.endpoint_url if self._client is not None else "AWS S3"
         text = f"{type(e).__name__}: {e}"
-        if isinstance(e, PermissionError) or "Forbidden" in text or "AccessDenied" in text or "InvalidAccessKeyId" in text:
+        if isinstance(e, PermissionError) or any(w in text for w in ("Forbidden", "AccessDenied", "InvalidAccessKeyId",
+                                                                     "SignatureDoesNotMatch", "NoCredentials")):
             return StoreError(
                 f"{endpoint} refused access to {self.url} ({e}): check the credentials (AWS_ACCESS_KEY_ID/"
                 "AWS_SECRET_ACCESS_KEY or AWS_PROFILE), the bucket name and its policy"
@@ -169,9 +263,7 @@ class S3Store(Store):
                 "(--storage-option endpoint_url=… or AWS_ENDPOINT_URL) and the network; timeouts are "
                 "set by -o config_kwargs='{\"connect_timeout\": 5, \"read_timeout\": 15}'"
             )
-        if isinstance(e, OSError):
-            return StoreError(f"{endpoint}: cannot reach {self.url}: {e}")
-        return e
+        return StoreError(f"{endpoint}: cannot reach {self.url}: {e}")
 
     def same_content(self, key: str, local: Path, hexdigest: str, size: int) -> bool:
         """Size and ETag instead of downloading the object again: S3's ETag of an unencrypted
@@ -179,9 +271,8 @@ class S3Store(Store):
         we recompute from the local file, learning the part size from a HEAD of part 1. An ETag we
         cannot reproduce (SSE-KMS, other part layouts) answers False: the blob is uploaded again,
         which costs bandwidth, never correctness."""
-        bucket, path = self._bucket_key(key)
         try:
-            head = self.fs.call_s3("head_object", Bucket=bucket, Key=path)
+            head = self._call("head_object", key)
         except FileNotFoundError:
             return False
         if int(head["ContentLength"]) != size:
@@ -190,20 +281,33 @@ class S3Store(Store):
         parts = int(etag.split("-", 1)[1]) if "-" in etag else 0
         part_size = size
         if parts:
-            first = self.fs.call_s3("head_object", Bucket=bucket, Key=path, PartNumber=1)
-            part_size = int(first["ContentLength"])
+            part_size = int(self._call("head_object", key, PartNumber=1)["ContentLength"])
         return _s3_etag(local, part_size, multipart=bool(parts)) == etag
 
     def stale_uploads(self) -> Iterator[tuple[str, datetime]]:
         bucket, prefix = self._bucket_key("")
-        resp = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+        resp = self._call("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
         for up in resp.get("Uploads", []):
             yield f"{up['Key']}?uploadId={up['UploadId']}", up["Initiated"]
 
     def remove_stale_upload(self, key: str) -> None:
         path, _, upload_id = key.partition("?uploadId=")
         bucket, _, k = path.partition("/")
-        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=k, UploadId=upload_id)
+        self._call("abort_multipart_upload", Bucket=bucket, Key=k, UploadId=upload_id)
+
+
+# botocore method -> S3 operation name (its input shape says which extra parameters apply)
+_OPERATIONS = {"get_object": "GetObject", "head_object": "HeadObject", "put_object": "PutObject",
+               "delete_object": "DeleteObject", "list_objects_v2": "ListObjectsV2",
+               "list_multipart_uploads": "ListMultipartUploads", "abort_multipart_upload": "AbortMultipartUpload"}
+
+
+def _code(e: Any) -> str | None:
+    return ((getattr(e, "response", None) or {}).get("Error") or {}).get("Code")
+
+
+def _status(e: Any) -> int | None:
+    return ((getattr(e, "response", None) or {}).get("ResponseMetadata") or {}).get("HTTPStatusCode")
 
 
 def _s3_etag(local: Path, part_size: int, *, multipart: bool) -> str:
@@ -225,17 +329,6 @@ def _s3_etag(local: Path, part_size: int, *, multipart: bool) -> str:
     return hashlib.md5(b"".join(d.digest() for d in digests), usedforsecurity=False).hexdigest() + f"-{len(digests)}"
 
 
-def _sync_read(fs: Any, body: Any) -> bytes:
-    """Read an aiobotocore streaming body from sync code, on s3fs's own event loop."""
-    from fsspec.asyn import sync
-
-    async def _read() -> bytes:
-        async with body:
-            return await body.read()
-
-    return sync(fs.loop, _read)
-
-
 # S3's answers to a conditional write that did not hold: 412 PreconditionFailed, and 409
 # ConditionalRequestConflict when another conditional write to the key is in flight.
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -243,7 +336,7 @@ _PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConfli
 
 def _is_precondition_failure(e: BaseException) -> bool:
     """Whether S3 refused a conditional write, decided from the error code and HTTP status of the
-    botocore ClientError that s3fs keeps as the cause of its OSError. Never from message text: a
+    botocore ClientError (raised as is, or kept by s3fs as the cause of its OSError). Never from message text: a
     key like `law/1.412.0.json` or a request id may contain "412" in any other error."""
     seen: set[int] = set()
     err: BaseException | None = e

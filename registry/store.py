@@ -312,20 +312,16 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store
     from memreg.registry import s3  # here, not at the top: s3.py subclasses Store (see _FROM_S3)
 
     opts = dict(storage_options or {})
-    retries = None
-    if url.startswith(("s3://", "s3a://")):
+    if url.startswith(("s3://", "s3a://")):  # no url_to_fs: it would import s3fs, which only blobs need
         opts = s3.s3_defaults(opts)
         retries = int(opts.pop("retries", s3.S3_RETRIES))  # s3fs's retry loop is an attribute, not an option
+        return s3.S3Store(url.split("://", 1)[1], url, opts, retries)
     fs, root = fsspec.core.url_to_fs(url, **opts)
-    if retries is not None:
-        fs.retries = retries
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
         return LocalStore(fs, root, url)
     if protocol == "memory":
         return MemoryStore(fs, root, url)
-    if protocol in ("s3", "s3a"):
-        return s3.S3Store(fs, root, url)
     return GenericStore(fs, root, url)
 
 

@@ -110,6 +110,12 @@ def test_s3_stores_get_bounded_timeouts_by_default(s3_url):
     assert fs.retries == s.S3_RETRIES == 2
     custom = s.open_store(s3_url, {"config_kwargs": {"read_timeout": 60}, "retries": 4}).fs
     assert custom.config_kwargs["read_timeout"] == 60 and custom.retries == 4
+    # the document client (botocore, no outer retry loop) gets the same bound: 2 x 2 attempts
+    config = s.open_store(s3_url).client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (5, 15)
+    assert config.retries == {"total_max_attempts": s.S3_ATTEMPTS * s.S3_RETRIES, "mode": "standard"}
+    config = s.open_store(s3_url, {"config_kwargs": {"read_timeout": 60}, "retries": 4}).client.meta.config
+    assert config.read_timeout == 60 and config.retries["total_max_attempts"] == s.S3_ATTEMPTS * 4
 
 
 def test_refused_credentials_name_the_endpoint_and_what_to_check(forbidding_endpoint):
