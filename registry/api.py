@@ -214,7 +214,7 @@ class Registry:
         fingerprint (of a model's tokenizer) also matches a memory whose tokenizer differs only in
         its pad id, as compose would accept it."""
         out = []
-        for state in name_index.read_all(self.store).values():
+        for state in name_index.read_all(self.store, latest_only=not all_versions).values():
             chosen = state.versions() if all_versions else state.versions(include_yanked=False)[-1:]
             for v in chosen:
                 summary = state.summaries[v]

@@ -5,6 +5,7 @@ back to the truth."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -95,6 +96,19 @@ def test_a_missing_or_damaged_index_is_rebuilt(reg, damage, caplog):
     if damage != "delete":
         assert "rebuilt from the manifests" in caplog.text
     assert sorted(_index(reg, "law").versions) == ["1.0.0", "1.1.0"]
+
+
+def test_damage_below_the_printed_entry_waits_for_list_all(reg, caplog):
+    """`list` validates only the entries it prints; `list --all` validates every one and rebuilds."""
+    doc = _index(reg, "law").model_dump(mode="json")
+    doc["versions"]["1.0.0"]["summary"]["parameter_count"] = "many"
+    reg.store.put_bytes(index_key("law"), json.dumps(doc).encode())
+    with caplog.at_level(logging.WARNING, logger="memreg.registry"):
+        assert _listed(reg) == EXPECTED
+        assert "rebuilt" not in caplog.text
+        assert [r for r, *_ in _listed(reg, all_versions=True)] == ["code@0.1.0", "law@1.0.0", "law@1.1.0"]
+    assert "rebuilt from the manifests" in caplog.text
+    assert _index(reg, "law").versions["1.0.0"].summary.parameter_count > 0  # the repair was written
 
 
 def test_show_and_repair_bring_a_stale_index_back_to_the_truth(reg):
