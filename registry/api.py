@@ -181,11 +181,16 @@ class Registry:
             except FileNotFoundError:
                 raise ManifestNotFoundError(f"{r} does not exist: `memreg show {r.name}` lists its tags") from None
             return self.manifest(r.name, parse(TagPointer, raw, str(r)).version)
-        every, yanked = self._listing(r.name)
-        m = self._highest_valid(r.name, [v for v in every if v not in yanked])
+        return self._latest(r.name, name_index.list_package(self.store, r.name))
+
+    def _latest(self, name: str, listing: name_index.Listing) -> Manifest:
+        """The highest version that is not yanked, from one listing of the package (list_package)."""
+        manifests, yanked, _ = listing
+        every = sorted(manifests, key=version_key)
+        m = self._highest_valid(name, [v for v in every if v not in yanked])
         if m is None:
             raise ManifestNotFoundError(
-                f"no version of {r.name!r} to use in {self.url}"
+                f"no version of {name!r} to use in {self.url}"
                 + (" (all are yanked; name one as name@VERSION)" if every else ": `memreg list` shows what is")
             )
         return m
@@ -232,9 +237,15 @@ class Registry:
 
     def show(self, ref: str | Ref) -> tuple[Manifest, name_index.PackageState]:
         """`memreg show`: the manifest `ref` resolves to and its package's state (Registry.package),
-        fetched at once (two round trips of latency instead of four)."""
+        fetched at once; a bare name is resolved from the same listing of the package that the
+        state is built from (one listing, not two)."""
         r = parse_ref(ref) if isinstance(ref, str) else ref
-        m, state = self.store.together(lambda: self.resolve(r), lambda: self.package(r.name))
+        if r.version or (r.tag and r.tag != VIRTUAL_LATEST):
+            m, state = self.store.together(lambda: self.resolve(r), lambda: self.package(r.name))
+            return m, state
+        fetched = name_index.fetch_one(self.store, r.name)
+        m, state = self.store.together(lambda: self._latest(r.name, fetched[1]),
+                                       lambda: name_index.read_one(self.store, r.name, fetched))
         return m, state
 
     def rebuild_index(self) -> list[str]:

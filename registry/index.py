@@ -42,6 +42,8 @@ from memreg.registry.refs import check_name, check_version, version_key
 from memreg.registry.store import Store
 from memreg.schemas import IndexedVersion, Manifest, NameIndex, TagPointer, TokenizerFingerprint, VersionSummary
 
+# one listing of packages/<name>/: {version: manifest key}, yanked versions, tag names
+Listing = tuple[dict[str, str], set[str], list[str]]
 WRITE_ATTEMPTS = 64
 PENDING_TTL = timedelta(hours=1)  # a pending entry older than this with no manifest is a dead publisher's
 
@@ -100,13 +102,19 @@ def read_all(store: Store, *, latest_only: bool = False) -> dict[str, PackageSta
     return out
 
 
-def read_one(store: Store, name: str) -> PackageState:
+def fetch_one(store: Store, name: str) -> tuple[bytes | None, Listing]:
+    """The bytes of name's index (None if it has none) and one listing of the package, fetched at
+    once: one round trip of latency, not two."""
+    key = index_key(check_name(name))
+    raw, listing = store.together(lambda: store.read_many([key])[key], lambda: list_package(store, name))
+    return raw, listing
+
+
+def read_one(store: Store, name: str, fetched: tuple[bytes | None, Listing] | None = None) -> PackageState:
     """One package from the truth (its listing, its tags; manifests the index cannot summarise),
-    with the summaries the index already has; the index is repaired where it differed."""
-    check_name(name)
-    # the index and the listing at once: one round trip of latency, not two
-    raw, listing = store.together(lambda: store.read_many([index_key(name)])[index_key(name)],
-                                  lambda: list_package(store, name))
+    with the summaries the index already has; the index is repaired where it differed. `fetched`:
+    what fetch_one returned, when the caller needed the listing too."""
+    raw, listing = fetched or fetch_one(store, name)
     old = _parse_index(store, name, raw) if raw is not None else None
     fresh, state = _from_truth(store, name, old or NameIndex(name=name), listing)
     exists = old is not None or any(listing)  # no index for a name nobody published (`show typo`)
@@ -185,7 +193,7 @@ def rebuild(store: Store) -> list[str]:
     return done
 
 
-def list_package(store: Store, name: str) -> tuple[dict[str, str], set[str], list[str]]:
+def list_package(store: Store, name: str) -> Listing:
     """One listing of packages/<name>/: {version: manifest key}, yanked versions, tag names.
     Entries that are none of these are skipped with a warning naming them."""
     manifests, yanked, tags = {}, set(), []
@@ -275,8 +283,7 @@ def _settle_pending(store: Store, name: str, index: NameIndex, docs: dict[str, b
     return index.model_copy(update={"versions": versions, "fingerprints": fps})
 
 
-def _from_truth(store: Store, name: str, index: NameIndex,
-                listing: tuple[dict[str, str], set[str], list[str]] | None = None) -> tuple[NameIndex, PackageState]:
+def _from_truth(store: Store, name: str, index: NameIndex, listing: Listing | None = None) -> tuple[NameIndex, PackageState]:
     """Rebuild from one listing of the package (`listing`, or taken now); manifests are read only
     where `index` has no summary."""
     manifests, yanked, tags = listing or list_package(store, name)

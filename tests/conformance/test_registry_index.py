@@ -111,6 +111,16 @@ def test_damage_below_the_printed_entry_waits_for_list_all(reg, caplog):
     assert _index(reg, "law").versions["1.0.0"].summary.parameter_count > 0  # the repair was written
 
 
+@pytest.mark.parametrize("ref", ["law", "law:latest", "law@1.0.0"])
+def test_show_lists_the_package_once(reg, monkeypatch, ref):
+    listed = []
+    original = reg.store.list
+    monkeypatch.setattr(reg.store, "list", lambda prefix: listed.append(prefix) or original(prefix))
+    m, state = reg.show(ref)
+    assert m.version == ("1.0.0" if "@" in ref else "1.1.0") and state.versions() == ["1.0.0", "1.1.0"]
+    assert listed.count("packages/law") == 1  # was 2 for a bare name: resolve and the state each listed
+
+
 def test_show_and_repair_bring_a_stale_index_back_to_the_truth(reg):
     index = _index(reg, "law")
     entry = index.versions["1.1.0"]
