@@ -23,6 +23,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 MAX_HEAD = 1 << 20  # a request head larger than this is not HTTP we understand
@@ -35,6 +36,18 @@ class RequestCounter:
         self._lock = threading.Lock()
         self._n = 0
         self._lines: list[tuple[str, str]] = []
+        self._server_s = 0.0
+
+    def add_server_time(self, seconds: float) -> None:
+        with self._lock:
+            self._server_s += seconds
+
+    @property
+    def server_seconds(self) -> float:
+        """Summed over the requests since the last reset: from a request's last byte forwarded to the
+        first byte of its answer, i.e. the server's own time (no injected delay in it)."""
+        with self._lock:
+            return self._server_s
 
     def add(self, method: str, target: str) -> None:
         with self._lock:
@@ -54,7 +67,7 @@ class RequestCounter:
     def reset(self) -> int:
         """Zero the counter; returns the count it had."""
         with self._lock:
-            n, self._n, self._lines = self._n, 0, []
+            n, self._n, self._lines, self._server_s = self._n, 0, [], 0.0
             return n
 
     def __int__(self) -> int:
@@ -139,10 +152,16 @@ class Proxy:
         for s in (client, upstream):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stalls on small writes
         self._track(client, upstream)
-        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        sent: deque[float] = deque()  # when each request was fully forwarded, awaiting its answer
+
+        def answered() -> None:
+            if sent:
+                self.requests.add_server_time(time.perf_counter() - sent.popleft())
+
+        back = threading.Thread(target=_pump, args=(upstream, client, answered), daemon=True)
         back.start()
         try:
-            self._requests(client, upstream)
+            self._requests(client, upstream, sent)
         except (OSError, EOFError):
             pass
         finally:
@@ -153,11 +172,12 @@ class Proxy:
             with self._lock:
                 self._socks.difference_update((client, upstream))
 
-    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+    def _requests(self, client: socket.socket, upstream: socket.socket, sent: deque[float]) -> None:
         r = _Reader(client)
         while True:
             try:
                 self._one_request(r, upstream)
+                sent.append(time.perf_counter())
             except _Unparsable:
                 self.unparsed += 1
                 upstream.sendall(r.take(len(r.buf)))
@@ -239,9 +259,11 @@ def _forward_chunked(r: _Reader, upstream: socket.socket) -> None:
         _forward_exact(r, upstream, size + 2)  # data and its CRLF
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: socket.socket, dst: socket.socket, on_data=None) -> None:
     try:
         while data := src.recv(1 << 16):
+            if on_data is not None:
+                on_data()  # the first bytes of an answer (later chunks find nothing awaiting)
             dst.sendall(data)
     except OSError:
         pass

@@ -81,11 +81,10 @@ def _rich_callback(progress: Any, task: Any) -> Callback:
 
 
 @contextmanager
-def byte_progress(description: str, *, enabled: bool = True) -> Iterator[Callback]:
-    from fsspec.callbacks import NoOpCallback
-
+def byte_progress(description: str, *, enabled: bool = True) -> Iterator[Callback | None]:
+    """A bar of bytes on stderr, or None (no progress; fsspec is then not even imported)."""
     if not enabled or not err_console.is_terminal and not _force_bars():
-        yield NoOpCallback()
+        yield None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
 

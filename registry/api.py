@@ -12,9 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
-
-from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+from typing import TYPE_CHECKING, Any
 
 from memreg.registry import index as name_index
 from memreg.registry import publishing, tagging, verifying
@@ -26,6 +24,7 @@ from memreg.registry.errors import (
     RegistryNotFoundError,
 )
 # LEASE_TTL, LEASES, UPLOAD_FLOOR, check_grace: imported from here by code older than registry/gc.py
+from memreg.registry.fsutil import no_progress
 from memreg.registry.gc import LEASE_TTL, LEASES, UPLOAD_FLOOR, GcReport, check_grace, collect_garbage  # noqa: F401
 from memreg.registry.layout import MARKER, VIRTUAL_LATEST, blob_key, manifest_key, tag_key
 from memreg.registry.publishing import PublishResult
@@ -44,6 +43,9 @@ from memreg.schemas import (
     UnsupportedFormatError,
     VersionSummary,
 )
+
+if TYPE_CHECKING:
+    from fsspec.callbacks import Callback
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class Registry:
         description: str | None = None,
         domain: DomainMetadata | None = None,
         tags: Iterable[str] = (),
-        callback: Callback = DEFAULT_CALLBACK,
+        callback: Callback | None = None,
     ) -> PublishResult:
         """hash -> upload missing blobs -> create the manifest (the commit point) -> move tags;
         see registry/publishing.py."""
@@ -253,7 +255,7 @@ class Registry:
         return name_index.rebuild(self.store)
 
     # pull --------------------------------------------------------------------------------
-    def pull(self, ref: str | Ref | Manifest, *, callback: Callback = DEFAULT_CALLBACK, verify: bool = False) -> Path:
+    def pull(self, ref: str | Ref | Manifest, *, callback: Callback | None = None, verify: bool = False) -> Path:
         """Local folder of the verified package; blobs already cached are not downloaded again.
 
         The cached folder is re-checked on every pull (size and mtime of each file against the
@@ -263,6 +265,7 @@ class Registry:
         self.cache.clean_abandoned()  # temp files of killed pulls
         if self.cache.package_ok(m, verify=verify):
             return self.cache.package_dir(m)
+        callback = no_progress(callback)  # bytes move from here on
         callback.set_size(sum(e.size for e in m.model.files if not self.cache.has_blob(e, verify=verify)))
         for entry in m.model.files:
             try:
@@ -276,7 +279,7 @@ class Registry:
         return self.cache.assemble(m, verify=verify)
 
     # verify ------------------------------------------------------------------------------
-    def verify(self, ref: str | Ref | None = None, *, callback: Callback = DEFAULT_CALLBACK) -> VerifyReport:
+    def verify(self, ref: str | Ref | None = None, *, callback: Callback | None = None) -> VerifyReport:
         """Re-hash every blob of one version, or of every version in the registry. Each blob is
         read once; every reference to it is checked against what was read (digest and its own
         declared size). A malformed manifest is a problem of its own, never the end of the check."""

@@ -27,34 +27,37 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+from typing import TYPE_CHECKING
 
 from memreg.registry.errors import DigestMismatchError, ManifestError
-from memreg.registry.fsutil import TMP_PREFIX, sha256_file
+from memreg.registry.fsutil import TMP_PREFIX, no_progress, sha256_file
 from memreg.registry.package import CARD
 from memreg.registry.settings import cache_dir
 from memreg.registry.store import Store
 from memreg.schemas import FileEntry, Manifest
+
+if TYPE_CHECKING:
+    from fsspec.callbacks import Callback
 
 RECORD = ".memreg-files.json"  # inside each package folder: written before the folder appears
 TMP = TMP_PREFIX
 _HEX = set("0123456789abcdef")
 
 
-class _Advance(Callback):
-    """Forwards byte progress of one download to the whole pull's callback."""
+def _advance(parent: Callback) -> Callback:
+    """A callback that forwards byte progress of one download to the whole pull's (built here, not
+    at import: fsspec is imported only when bytes move)."""
+    from fsspec.callbacks import Callback
 
-    def __init__(self, parent: Callback) -> None:
-        super().__init__()
-        self._parent = parent
+    class Advance(Callback):
+        def relative_update(self, inc: int = 1) -> None:
+            parent.relative_update(inc)
 
-    def relative_update(self, inc: int = 1) -> None:
-        self._parent.relative_update(inc)
+        def absolute_update(self, value: int) -> None:
+            parent.relative_update(value - (self.value or 0))
+            self.value = value
 
-    def absolute_update(self, value: int) -> None:
-        self._parent.relative_update(value - (self.value or 0))
-        self.value = value
+    return Advance()
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ class Cache:
         digest = hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()[:16]
         return self.root / "packages" / manifest.name / f"{manifest.version}-{digest}"
 
-    def fetch_blob(self, store: Store, key: str, entry: FileEntry, callback: Callback = DEFAULT_CALLBACK,
+    def fetch_blob(self, store: Store, key: str, entry: FileEntry, callback: Callback | None = None,
                    *, verify: bool = False) -> bool:
         """Download, verify and keep one blob; False if it was already cached (and unchanged)."""
         if self.has_blob(entry, verify=verify):
@@ -170,7 +173,7 @@ class Cache:
             try:
                 # The backend's own get_file (one streaming GET on S3) then a local hash: measured
                 # faster than hashing while reading through a file object (ranged GETs on S3).
-                store.get_file(key, tmp, callback=_Advance(callback))
+                store.get_file(key, tmp, callback=_advance(no_progress(callback)))
                 size = tmp.stat().st_size
                 got = sha256_file(tmp) if size == entry.size else "(not hashed: wrong size)"
                 if size != entry.size or got != entry.hex:

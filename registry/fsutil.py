@@ -16,9 +16,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+if TYPE_CHECKING:
+    from fsspec.callbacks import Callback
 
 TMP_PREFIX = ".tmp-"  # every temp file memreg writes starts with it (listings and cleanups skip them)
 CHUNK = 8 * 2**20  # bytes read per hash update
@@ -71,9 +72,20 @@ def atomic_write_json(path: Path, doc: object, *, indent: int | None = None) -> 
     atomic_write_text(path, json.dumps(doc, indent=indent))
 
 
-def sha256_stream(f: BinaryIO, callback: Callback = DEFAULT_CALLBACK, *, chunk: int = CHUNK) -> tuple[str, int]:
+def no_progress(callback: Callback | None) -> Callback:
+    """`callback`, or fsspec's no-op one where none was given. Imported here, when bytes are about
+    to move: importing fsspec costs ~45 ms, and `list`, `show` or a cached `pull` move none."""
+    if callback is not None:
+        return callback
+    from fsspec.callbacks import DEFAULT_CALLBACK
+
+    return DEFAULT_CALLBACK
+
+
+def sha256_stream(f: BinaryIO, callback: Callback | None = None, *, chunk: int = CHUNK) -> tuple[str, int]:
     """(hex sha256, bytes read) of an open binary file object read to its end, reporting each
     block's size to `callback`."""
+    callback = no_progress(callback)
     h, size = hashlib.sha256(), 0
     while block := f.read(chunk):
         h.update(block)
@@ -82,12 +94,12 @@ def sha256_stream(f: BinaryIO, callback: Callback = DEFAULT_CALLBACK, *, chunk: 
     return h.hexdigest(), size
 
 
-def sha256_file(path: Path, callback: Callback = DEFAULT_CALLBACK, *, chunk: int = CHUNK) -> str:
+def sha256_file(path: Path, callback: Callback | None = None, *, chunk: int = CHUNK) -> str:
     """Hex sha256 of a local file, streamed (files may be many GB)."""
     with open(path, "rb") as f:
         return sha256_stream(f, callback, chunk=chunk)[0]
 
 
-def file_digest(path: Path, callback: Callback = DEFAULT_CALLBACK) -> str:
+def file_digest(path: Path, callback: Callback | None = None) -> str:
     """The registry's digest of a local file, "sha256:<hex>" (FileEntry.digest)."""
     return "sha256:" + sha256_file(path, callback)

@@ -20,6 +20,9 @@ or unreadable:
   always read the truth, never the index.
 * Manifests written by other means (an older memreg, a bucket copy) are invisible to `list` until a
   `show NAME` or `verify --repair`: said in the README.
+* `list` without --all validates only the entry it prints for each package (pydantic building every
+  summary cost 0.13 s at 10,000 versions); damage elsewhere in an index is met, and repaired, by
+  `list --all`, `show NAME` or `verify --repair`.
 """
 
 from __future__ import annotations

@@ -17,12 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fsspec.callbacks import DEFAULT_CALLBACK, Callback
-
 from memreg.registry import index as name_index
 from memreg.registry.card import with_model_card
 from memreg.registry.errors import ManifestNotFoundError, VersionExistsError
-from memreg.registry.fsutil import file_digest
+from memreg.registry.fsutil import file_digest, no_progress
 from memreg.registry.gc import LEASES
 from memreg.registry.layout import blob_key, manifest_key
 from memreg.registry.package import LocalFile, model_info, read_card, scan_folder
@@ -32,6 +30,8 @@ from memreg.registry.tagging import refuse_latest
 from memreg.schemas import DomainMetadata, FileEntry, Manifest, PackageCard
 
 if TYPE_CHECKING:
+    from fsspec.callbacks import Callback
+
     from memreg.registry.api import Registry
 
 
@@ -46,9 +46,10 @@ class PublishResult:
 
 
 def publish(reg: Registry, folder: str | Path, *, name: str | None, version: str | None, description: str | None,
-            domain: DomainMetadata | None, tags: Iterable[str], callback: Callback) -> PublishResult:
+            domain: DomainMetadata | None, tags: Iterable[str], callback: Callback | None) -> PublishResult:
     """Registry.publish (its defaults are there, in one place), one named step at a time: names and
     tags are checked before any file is hashed."""
+    callback = no_progress(callback)
     folder = Path(folder)
     card = read_card(folder)
     name = check_name(name or card.name or "")
@@ -106,7 +107,7 @@ def _upload_missing(store: Store, files: list[LocalFile], entries: list[FileEntr
             reused.append(entry)  # re-checked by _protect_and_heal, after the lease that protects it from gc
             callback.relative_update(entry.size)
             continue
-        store.put_file(blob_key(entry), f.local, callback=callback.branched(str(f.local), blob_key(entry)) or DEFAULT_CALLBACK)
+        store.put_file(blob_key(entry), f.local, callback=no_progress(callback.branched(str(f.local), blob_key(entry))))
         callback.relative_update(entry.size)
         uploaded += 1
     return uploaded, reused

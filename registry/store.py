@@ -20,13 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import fsspec
-from fsspec.callbacks import DEFAULT_CALLBACK, Callback
-
 from memreg.registry.errors import ConcurrentUpdateError, StoreError
-from memreg.registry.fsutil import TMP_PREFIX, atomic_path, atomic_write_bytes, sha256_stream, write_temp
+from memreg.registry.fsutil import TMP_PREFIX, atomic_path, atomic_write_bytes, no_progress, sha256_stream, write_temp
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # fsspec is imported where a store is opened: S3 documents never need it
+    import fsspec
+    from fsspec.callbacks import Callback
+
     from memreg.registry.s3 import (  # noqa: F401
         S3_ATTEMPTS,
         S3_CONNECT_TIMEOUT,
@@ -147,13 +147,13 @@ class Store:
     def open_read(self, key: str, block_size: int = 8 * 2**20):
         return self.fs.open(self._path(key), "rb", block_size=block_size)
 
-    def get_file(self, key: str, local: Path, callback: Callback = DEFAULT_CALLBACK) -> None:
-        self.fs.get_file(self._path(key), str(local), callback=callback)
+    def get_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
+        self.fs.get_file(self._path(key), str(local), callback=no_progress(callback))
 
     # writes ------------------------------------------------------------------------------
-    def put_file(self, key: str, local: Path, callback: Callback = DEFAULT_CALLBACK) -> None:
+    def put_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
         """Upload, overwriting. Used for content-addressed blobs only (same key, same bytes)."""
-        self.fs.put_file(str(local), self._path(key), callback=callback)
+        self.fs.put_file(str(local), self._path(key), callback=no_progress(callback))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._path(key), data)
@@ -220,9 +220,9 @@ class LocalStore(Store):
         dest.parent.mkdir(parents=True, exist_ok=True)
         return dest
 
-    def put_file(self, key: str, local: Path, callback: Callback = DEFAULT_CALLBACK) -> None:
+    def put_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
         with atomic_path(self._dest(key)) as tmp:  # readers see the old bytes or the new, never half
-            self.fs.put_file(str(local), str(tmp), callback=callback)
+            self.fs.put_file(str(local), str(tmp), callback=no_progress(callback))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         atomic_write_bytes(self._dest(key), data, fsync=True)
@@ -316,6 +316,8 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store
         opts = s3.s3_defaults(opts)
         retries = int(opts.pop("retries", s3.S3_RETRIES))  # s3fs's retry loop is an attribute, not an option
         return s3.S3Store(url.split("://", 1)[1], url, opts, retries)
+    import fsspec.core
+
     fs, root = fsspec.core.url_to_fs(url, **opts)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):

@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fsspec.callbacks import Callback
-
 from memreg.registry.errors import ManifestError, ManifestNotFoundError
-from memreg.registry.fsutil import sha256_stream
+from memreg.registry.fsutil import no_progress, sha256_stream
 from memreg.registry.layout import blob_key, manifest_key
 from memreg.registry.reading import checked_manifest
 from memreg.registry.refs import Ref
@@ -21,6 +19,8 @@ from memreg.registry.store import Store
 from memreg.schemas import FileEntry, Manifest
 
 if TYPE_CHECKING:
+    from fsspec.callbacks import Callback
+
     from memreg.registry.api import Registry
 
 
@@ -35,8 +35,9 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(reg: Registry, ref: str | Ref | None, callback: Callback) -> VerifyReport:
+def verify(reg: Registry, ref: str | Ref | None, callback: Callback | None) -> VerifyReport:
     """Registry.verify: one version (`ref`), or every version of the registry."""
+    callback = no_progress(callback)
     problems: list[str] = []
     manifests = [reg.resolve(ref)] if ref is not None else _every_manifest(reg, problems)
     seen: dict[str, tuple[int, str] | None] = {}  # digest -> (size, sha256 hex) read, None if missing

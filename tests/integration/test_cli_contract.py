@@ -4,10 +4,12 @@ hint), --version, shell completion, and errors as the JSON envelope on stderr un
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import memreg_cli
+from tests.conftest import REPO, memreg_cli
 
 
 @pytest.mark.parametrize("args, message", [
@@ -50,8 +52,11 @@ def test_version():
 def test_shell_completion_completes_commands():
     proc = memreg_cli(env={"_MEMREG_COMPLETE": "complete_bash", "COMP_WORDS": "memreg pu", "COMP_CWORD": "1"})
     assert proc.returncode == 0 and proc.stdout.split() == ["publish", "pull"]
-    script = memreg_cli("--show-completion", "bash")
-    assert script.returncode == 0 and "_MEMREG_COMPLETE" in script.stdout
+    # typer finds the user's shell among the process's ancestors (shellingham): run it from bash, as a
+    # user does, so the test does not depend on how pytest itself was started (a detached pytest has none)
+    script = subprocess.run(["bash", "-c", '"$0" -m memreg --show-completion bash; exit $?', sys.executable],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert script.returncode == 0 and "_MEMREG_COMPLETE" in script.stdout, script.stderr
 
 
 def test_eval_skips_binary_files_as_train_does(tmp_path, capsys):
