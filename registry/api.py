@@ -23,8 +23,8 @@ from memreg.registry.errors import (
     ManifestNotFoundError,
     RegistryNotFoundError,
 )
-# LEASE_TTL, LEASES, UPLOAD_FLOOR, check_grace: imported from here by code older than registry/gc.py
 from memreg.registry.fsutil import no_progress
+# LEASE_TTL, LEASES, UPLOAD_FLOOR, check_grace: imported from here by code older than registry/gc.py
 from memreg.registry.gc import LEASE_TTL, LEASES, UPLOAD_FLOOR, GcReport, check_grace, collect_garbage  # noqa: F401
 from memreg.registry.layout import MARKER, VIRTUAL_LATEST, blob_key, manifest_key, tag_key
 from memreg.registry.publishing import PublishResult
