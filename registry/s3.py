@@ -92,6 +92,8 @@ def document_client(opts: dict[str, Any], retries: int = S3_RETRIES) -> Any:
 class S3Store(Store):
     """s3://: documents through botocore (`client`), blobs through s3fs (`fs`), each built on first use."""
 
+    read_threads = READ_THREADS  # read_many: one GET per key, this many at once (botocore clients are thread-safe)
+
     def __init__(self, root: str, url: str, opts: dict[str, Any], retries: int = S3_RETRIES) -> None:
         self.root = root.rstrip("/")
         self.url = url
@@ -159,22 +161,6 @@ class S3Store(Store):
             return resp["Body"].read(), resp["ETag"]
         except Exception as e:  # noqa: BLE001 - a connection dropped mid-body
             raise self._unreachable(e) from e
-
-    def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
-        """One GET per key, READ_THREADS at a time (botocore clients are thread-safe)."""
-        if len(keys) < 2:
-            return super().read_many(keys)
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(key: str) -> bytes | None:
-            try:
-                return self.read(key)
-            except FileNotFoundError:
-                return None
-
-        self.client  # noqa: B018 - built once here, not by the first threads racing for the lock
-        with ThreadPoolExecutor(min(READ_THREADS, len(keys))) as pool:
-            return dict(zip(keys, pool.map(one, keys)))
 
     def exists(self, key: str) -> bool:
         try:

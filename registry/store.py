@@ -130,9 +130,11 @@ class Store:
             futures = [pool.submit(c) for c in calls]
             return [f.result() for f in futures]
 
+    read_threads = 8
+
     def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
-        """Several small documents at once (None where missing). Threads here; S3 overrides it
-        with one s3fs gather, so the cost is about one round trip, not one per key."""
+        """Several small documents at once (None where missing), `read_threads` at a time: on a
+        remote store about one round trip per `read_threads` keys, not one per key."""
         from concurrent.futures import ThreadPoolExecutor
 
         def one(key: str) -> bytes | None:
@@ -141,7 +143,7 @@ class Store:
             except FileNotFoundError:
                 return None
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with ThreadPoolExecutor(max_workers=self.read_threads) as pool:
             return dict(zip(keys, pool.map(one, keys)))
 
     def open_read(self, key: str, block_size: int = 8 * 2**20):
