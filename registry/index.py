@@ -32,9 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict
+from typing import Any
 
 from memreg.registry import catalog
 from memreg.registry.catalog import PREFIX, index_key
@@ -215,16 +213,11 @@ def list_package(store: Store, name: str) -> Listing:
 
 
 # the pieces ------------------------------------------------------------------------------------
-class _IndexHead(BaseModel):
-    """A NameIndex whose version entries are left as plain JSON (see _latest_state)."""
+class _IndexHead(NameIndex):
+    """A NameIndex whose version entries and fingerprints are left as plain JSON (see _latest_state)."""
 
-    model_config = ConfigDict(extra="forbid")
-    format_version: Literal[1]
-    name: str
-    versions: dict[str, dict[str, Any]] = {}
-    yanked: list[str] = []
-    tags: dict[str, str] = {}
-    fingerprints: dict[str, dict[str, Any]] = {}
+    versions: dict[str, dict[str, Any]] = {}  # type: ignore[assignment]
+    fingerprints: dict[str, dict[str, Any]] = {}  # type: ignore[assignment]
 
 
 def _latest_state(name: str, raw: bytes | None) -> PackageState | None:
