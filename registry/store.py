@@ -100,14 +100,12 @@ class Store:
         return sorted(out)
 
     def children(self, prefix: str) -> list[str]:
-        """Names of the folders directly below prefix (S3: one delimiter listing, whatever is below)."""
+        """Names of the folders directly below prefix."""
         try:
-            entries = self.fs.ls(self._path(prefix).rstrip("/"), detail=True, **self._fresh)
+            entries = self.fs.ls(self._path(prefix).rstrip("/"), detail=True)
         except FileNotFoundError:
             return []
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
-
-    _fresh: dict[str, Any] = {}  # S3: refresh=True, so a listing is never an old cached one
 
     def etag_of(self, data: bytes) -> str:
         """The etag `read_with_etag` would report for a document holding exactly `data`."""
