@@ -206,9 +206,6 @@ class S3Store(Store):
     def etag_of(self, data: bytes) -> str:
         return f'"{hashlib.md5(data).hexdigest()}"'  # S3's ETag of a single-part upload  # noqa: S324
 
-    def open_read(self, key: str, block_size: int = 8 * 2**20):
-        return self.fs.open(self._path(key), "rb", block_size=block_size)
-
     # writes ------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
         self._call("put_object", key, Body=data)
