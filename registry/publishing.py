@@ -107,7 +107,7 @@ def _upload_missing(store: Store, files: list[LocalFile], entries: list[FileEntr
             reused.append(entry)  # re-checked by _protect_and_heal, after the lease that protects it from gc
             callback.relative_update(entry.size)
             continue
-        store.put_file(blob_key(entry), f.local, callback=no_progress(callback.branched(str(f.local), blob_key(entry))))
+        store.put_file(blob_key(entry), f.local, callback=callback.branched(str(f.local), blob_key(entry)))
         callback.relative_update(entry.size)
         uploaded += 1
     return uploaded, reused
