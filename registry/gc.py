@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from memreg.registry.errors import InvalidArgumentError
+from memreg.registry.layout import PACKAGES, parse_package_key
 from memreg.registry.reading import warn
 from memreg.registry.store import Store
 
@@ -82,9 +83,12 @@ def _now() -> datetime:
 
 
 def _mentioned_blobs(store: Store) -> set[str]:
+    """Blobs named by any document under packages/ but the tag pointers and yank records (which
+    name none), recognised by their place in the layout: a package may be called `tags`."""
     out = set()
-    for key in store.list("packages"):
-        if not key.endswith(".json") or "/tags/" in key or "/yanked/" in key:
+    for key in store.list(PACKAGES):
+        parsed = parse_package_key(key)
+        if not key.endswith(".json") or (parsed is not None and parsed.kind != "manifest"):
             continue
         try:
             raw = store.read(key)

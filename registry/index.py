@@ -37,7 +37,7 @@ from typing import Any
 from memreg.registry import catalog
 from memreg.registry.catalog import PREFIX, index_key
 from memreg.registry.errors import ConcurrentUpdateError, ManifestError
-from memreg.registry.layout import manifest_key, tag_key
+from memreg.registry.layout import manifest_key, parse_package_key, tag_key
 from memreg.registry.reading import checked_manifest, parse, valid, warn
 from memreg.registry.refs import check_name, check_version, version_key
 from memreg.registry.store import Store
@@ -199,16 +199,16 @@ def list_package(store: Store, name: str) -> Listing:
     Entries that are none of these are skipped with a warning naming them."""
     manifests, yanked, tags = {}, set(), []
     for key in store.list(f"packages/{check_name(name)}"):
-        parts, where = key.split("/"), f"{store.url}/{key}"
-        stem = parts[-1][: -len(".json")] if parts[-1].endswith(".json") else None
-        if len(parts) == 3 and stem is None:
-            warn(f"{where}: not <version>.json; ignored")
-        elif len(parts) == 3 and valid(check_version, stem, where, "not <version>.json"):
-            manifests[stem] = key
-        elif len(parts) == 4 and parts[2] == "yanked" and stem and valid(check_version, stem, where, "not <version>.json"):
-            yanked.add(stem)
-        elif len(parts) == 4 and parts[2] == "tags" and stem:
-            tags.append(stem)
+        doc, where = parse_package_key(key), f"{store.url}/{key}"
+        if doc is None:
+            if key.count("/") == 2:
+                warn(f"{where}: not <version>.json; ignored")
+        elif doc.kind == "manifest" and valid(check_version, doc.stem, where, "not <version>.json"):
+            manifests[doc.stem] = key
+        elif doc.kind == "yank" and doc.stem and valid(check_version, doc.stem, where, "not <version>.json"):
+            yanked.add(doc.stem)
+        elif doc.kind == "tag" and doc.stem:
+            tags.append(doc.stem)
     return manifests, yanked, tags
 
 

@@ -12,10 +12,14 @@ Leases (registry/gc.py) and package indexes (registry/index.py) are described wh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from memreg.schemas import FileEntry
 
 MARKER = "memreg-registry.json"
 VIRTUAL_LATEST = "latest"  # `name:latest` is the highest non-yanked version, never a stored tag
+PACKAGES, TAGS, YANKED = "packages", "tags", "yanked"
 
 
 def blob_key(entry: FileEntry) -> str:
@@ -27,8 +31,33 @@ def manifest_key(name: str, version: str) -> str:
 
 
 def tag_key(name: str, tag: str) -> str:
-    return f"packages/{name}/tags/{tag}.json"
+    return f"{PACKAGES}/{name}/{TAGS}/{tag}.json"
 
 
 def yank_key(name: str, version: str) -> str:
-    return f"packages/{name}/yanked/{version}.json"
+    return f"{PACKAGES}/{name}/{YANKED}/{version}.json"
+
+
+@dataclass(frozen=True)
+class PackageKey:
+    """What a key under packages/ is, by its place in the layout: `stem` is the version of a
+    manifest or a yank record, the tag of a tag pointer."""
+
+    kind: Literal["manifest", "tag", "yank"]
+    name: str
+    stem: str
+
+
+def parse_package_key(key: str) -> PackageKey | None:
+    """The document a key names, from its depth and folders, never from a substring: a package
+    may be called `tags` or `yanked` (packages/tags/1.0.0.json is a manifest). None: not a
+    document of the layout (a stray file, a folder, a key outside packages/)."""
+    parts = key.split("/")
+    if parts[0] != PACKAGES or not parts[-1].endswith(".json") or not all(parts):
+        return None
+    stem = parts[-1][: -len(".json")]
+    if len(parts) == 3:
+        return PackageKey("manifest", parts[1], stem)
+    if len(parts) == 4 and parts[2] in (TAGS, YANKED):
+        return PackageKey("tag" if parts[2] == TAGS else "yank", parts[1], stem)
+    return None

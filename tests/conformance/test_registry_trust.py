@@ -286,3 +286,34 @@ def test_gc_expires_old_leases_and_then_removes_what_they_protected(tmp_path, ti
     blobs = reg.store.list("blobs")
     assert sorted(reg.gc(grace=timedelta(0)).removed_blobs) == blobs
     assert reg.store.list("blobs") == [] and reg.store.list(LEASES) == []
+
+
+# round 2, finding 1: gc recognised documents by substring ------------------------------------
+LAYOUT_WORDS = ["tags", "yanked", "index", "leases", "blobs", "sha256", "packages", "latest", "memreg-registry.json"]
+
+
+def test_packages_named_after_layout_words_keep_their_blobs_through_gc(reg, tiny_package, tmp_path):
+    """packages/tags/1.0.0.json is a manifest, not a tag pointer: gc once skipped every key
+    containing /tags/ or /yanked/ and deleted such a package's blobs."""
+    import shutil
+
+    from memreg.registry.layout import parse_package_key
+
+    own_blob = {}
+    for word in LAYOUT_WORDS:
+        folder = shutil.copytree(tiny_package, tmp_path / word)
+        (folder / "NOTES.txt").write_text(f"the {word} package\n")  # a blob no other package has
+        m = reg.publish(folder, name=word, version="1.0.0").manifest
+        reg.tag(f"{word}@1.0.0", "stable")
+        reg.yank(f"{word}@1.0.0")
+        reg.unyank(f"{word}@1.0.0")
+        own_blob[word] = blob_key(next(f for f in m.model.files if f.path == "NOTES.txt"))
+    for key in reg.store.list(LEASES):  # no publish in flight: only the manifests protect blobs
+        reg.store.delete(key)
+    report = reg.gc(grace=timedelta(0))
+    assert report.removed_blobs == []
+    for word in LAYOUT_WORDS:
+        assert reg.store.exists(own_blob[word])
+        assert reg.verify(f"{word}@1.0.0").ok
+        assert (reg.pull(f"{word}@1.0.0") / "NOTES.txt").read_text() == f"the {word} package\n"
+        assert parse_package_key(manifest_key(word, "1.0.0")).kind == "manifest"
