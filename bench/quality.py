@@ -409,8 +409,10 @@ METHOD_LABELS = {
 }
 
 
-def domain_rows(work: Path, domain: str, runs: dict, texts: dict, general: tuple) -> tuple[list, dict, dict]:
-    """Rows of one domain for both bases, the weight sweeps (plots) and the seed spread."""
+def domain_rows(work: Path, domain: str, runs: dict, texts: dict, general: tuple, copy: np.ndarray) -> tuple[list, dict, dict]:
+    """Rows of one domain for both bases, the weight sweeps (plots) and the seed spread. `copy`: the
+    held-out positions whose 8-gram occurs in training (qs.copy_positions); every row is also scored
+    on each part."""
     from transformers import AutoConfig
 
     valid, (test, doc) = texts[f"{domain}-valid"][0], texts[f"{domain}-test"]
@@ -450,6 +452,7 @@ def domain_rows(work: Path, domain: str, runs: dict, texts: dict, general: tuple
             r = {"domain": domain, "base": b, "method": method, "test_ppl": round(qs.ppl(test_lp), 4),
                  "ci95": qs.interval(test_lp, doc), "vs_base": qs.paired_ratio(test_lp, bt, doc),
                  "vs_memory": qs.paired_ratio(test_lp, ref_mem, doc) if ref_mem is not None else None,
+                 "copy_split": qs.copy_split(test_lp, copy, doc),
                  "valid_ppl": None if valid_lp is None else round(qs.ppl(valid_lp), 4), "weight": weight,
                  "build_flops": build_flops, "build_wall_s": build_wall, "infer_flops_per_token": infer_flops,
                  "note": note, "run": run}
@@ -606,6 +609,8 @@ def real_track(work: Path, scale: Scale, smollm2: str = "auto") -> dict:
                               max_epochs=scale.real_lora_max_epochs, val_tokens=scale.real_val_tokens)
     ids = {side: qd.token_ids(data, side, tok, "smollm2") for side in ("valid", "test")}
     (valid, _), (test, doc) = ids["valid"], ids["test"]
+    # copy positions against the capped training text the memory and the datastore saw
+    copy = qs.copy_positions(qd.token_ids(data, "real-train", tok, f"smollm2-{len(train_docs)}")[0], test)
     # windows without overlap (stride = context) on this track: a 135 M forward on CPU is the cost here
     lp = {"base": (score(work, "real_base", smol, "real-valid", valid, CONTEXT),
                    score(work, "real_base", smol, "real-test", test, CONTEXT))}
@@ -615,7 +620,8 @@ def real_track(work: Path, scale: Scale, smollm2: str = "auto") -> dict:
     kv = knn_log_probs(work, "real", wdir, "real-valid", valid, CONTEXT)
     kt = knn_log_probs(work, "real", wdir, "real-test", test, CONTEXT)
     bv, bt = lp["base"]
-    rows = [{"method": "SmolLM2 alone", "test_ppl": round(qs.ppl(bt), 4), "ci95": qs.interval(bt, doc), "weight": None}]
+    rows = [{"method": "SmolLM2 alone", "test_ppl": round(qs.ppl(bt), 4), "ci95": qs.interval(bt, doc), "weight": None,
+             "copy_split": qs.copy_split(bt, copy, doc)}]
     ref = None
     for key, label in (("memory", f"+ memory (beta 0.5, first {scale.real_init_layers} blocks)"), ("ce-init", f"+ first {scale.real_init_layers} blocks fine-tuned with CE (DAPT-small)"),
                        ("lora16", "+ LoRA r=16, interpolated")):
@@ -625,6 +631,7 @@ def real_track(work: Path, scale: Scale, smollm2: str = "auto") -> dict:
         ref = mixed if key == "memory" else ref
         r = runs[key]
         rows.append({"method": label, "test_ppl": round(qs.ppl(mixed), 4), "ci95": qs.interval(mixed, doc),
+                     "copy_split": qs.copy_split(mixed, copy, doc),
                      "weight": round(w, 4), "vs_base": qs.paired_ratio(mixed, bt, doc),
                      "vs_memory": qs.paired_ratio(mixed, ref, doc), "alone_ppl": round(qs.ppl(t), 4),
                      "note": f"lr {r['lr']:g}, {r['steps']} steps ({r['stop_reason']}), {r['wall_s']:.0f} s"})
@@ -632,6 +639,7 @@ def real_track(work: Path, scale: Scale, smollm2: str = "auto") -> dict:
     wk = qs.em(bv, [kv["lp"][best]])[0]
     mixed = qs.mix(bt, [kt["lp"][best]], [wk])
     rows.append({"method": "+ kNN-LM (same datastore)", "test_ppl": round(qs.ppl(mixed), 4), "ci95": qs.interval(mixed, doc),
+                 "copy_split": qs.copy_split(mixed, copy, doc),
                  "weight": round(wk, 4), "vs_base": qs.paired_ratio(mixed, bt, doc), "vs_memory": qs.paired_ratio(mixed, ref, doc),
                  "note": f"T = {kv['temperatures'][best]:.4g}, k = {runs['memory']['k']}, {runs['memory']['datastore_size']} keys"})
     cfg = AutoConfig.from_pretrained(smol)
@@ -769,6 +777,8 @@ def main(argv=None) -> int:
     caps = {"train": scale.train, "valid": scale.valid, "test": scale.test}
     data = {d: qd.make_splits(work / "data" / d, d, tok, caps, scale.doc_max_tokens, scale.min_docs) for d in DOMAINS}
     texts = texts_for(work, tok)
+    copies = {d: qs.copy_positions(qd.token_ids(work / "data" / d, "train", tok, "memreg")[0], texts[f"{d}-test"][0])
+              for d in DOMAINS}  # held-out positions whose 8-gram occurs in training
     general = qd.general_ids(work, tok, scale.general)
     if args.prepare_data:
         log(f"data ready in {work}: " + ", ".join(f"{d} {x['train']['documents']}/{x['valid']['documents']}/"
@@ -781,7 +791,7 @@ def main(argv=None) -> int:
     log("3/6 scoring and rows")
     rows, sweeps, seeds = [], {}, {}
     for d in DOMAINS:
-        r, s, sd = domain_rows(work, d, runs_by[d], texts, general)
+        r, s, sd = domain_rows(work, d, runs_by[d], texts, general, copies[d])
         rows += r
         sweeps.update(s)
         seeds[d] = sd

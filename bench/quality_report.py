@@ -59,6 +59,27 @@ def _flops(x: float) -> str:
     return "" if not x else f"{x:.1e}"
 
 
+def _part(x: dict | None) -> str:
+    return "" if not x or x["ppl"] is None else f"{x['ppl']:.2f} {_ci(x['ci95'])}"
+
+
+def copy_table(rows: list[dict], *, with_base: bool) -> list[str]:
+    """Held-out perplexity on copy positions (the 8-gram ending there occurs in training: retrieval
+    wins these by construction) and on the others (where a memory has to generalise)."""
+    rows = [x for x in rows if x.get("copy_split")]
+    if not rows:
+        return []
+    counts = {(x.get("domain"), x["copy_split"]["copy"]["tokens"], x["copy_split"]["noncopy"]["tokens"]) for x in rows}
+    head = ("| domain | base " if with_base else "") + "| method | copy positions | non-copy positions |"
+    L = ["", "Copy vs non-copy held-out positions (" + "; ".join(f"{d + ': ' if d else ''}{c:,} copy, {nc:,} non-copy tokens"
+                                                            for d, c, nc in sorted(counts, key=str)) + "; perplexity [95 % CI]):", "", head,
+         "|" + "---|" * (head.count("|") - 1)]
+    for x in rows:
+        lead = f"| {x['domain']} | {x['base']} " if with_base else ""
+        L.append(f"{lead}| {x['method']} | {_part(x['copy_split']['copy'])} | {_part(x['copy_split']['noncopy'])} |")
+    return L
+
+
 def markdown(r: dict) -> str:
     s = r["scale"]
     dev = r.get("device") or {}
@@ -106,6 +127,7 @@ def markdown(r: dict) -> str:
         L.append(f"| {x['domain']} | {x['base']} | {x['method']} | {x['test_ppl']:.2f} {_ci(x['ci95'])} | {_ratio(x['vs_base'])} | "
                  f"{_ratio(x['vs_memory'])} | {w} | {v} | {_flops(x['build_flops'])} | {x['build_wall_s']:.0f} | "
                  f"{_flops(x['infer_flops_per_token'])} | {x['note']} |")
+    L += copy_table(r["rows"], with_base=True)
     L += ["", "Build FLOPs: memory and kNN-LM include the teacher's fine-tuning (6·P·tokens seen), the datastore "
           "(2·P_teacher·N) and, for the memory, the exact kNN search (2·N²·d) and its own training; LoRA (4·P + 6·P_lora)·tokens; "
           "DAPT 6·P·tokens. One memory serves both bases; LoRA and DAPT are trained per base. Learning-rate grids multiply "
@@ -140,6 +162,7 @@ def markdown(r: dict) -> str:
             alone = f"{x['alone_ppl']:.1f}" if "alone_ppl" in x else ""
             L.append(f"| {x['method']} | {x['test_ppl']:.2f} {_ci(x['ci95'])} | {_ratio(x.get('vs_base'))} | "
                      f"{_ratio(x.get('vs_memory'))} | {w} | {alone} | {x.get('note', '')} |")
+        L += copy_table(re["rows"], with_base=False)
     lat = r["latency"]
     L += ["", "## Inference latency (measured in this run)" if lat.get("device", "cpu") == "cpu"
           else f"## Inference latency (measured on {lat['device']})", "",

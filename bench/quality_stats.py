@@ -68,6 +68,45 @@ def pick(candidates: dict, key: str = "val_ppl"):
     return min(candidates.items(), key=lambda kv: kv[1][key])
 
 
+# ------------------------------------------------------------------------ copy vs non-copy positions
+COPY_N = 8  # a position is a copy when the 8 tokens ending at it occur together in the training text
+
+
+def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """A 64-bit polynomial hash of every n-gram of `ids` (uint64 arithmetic wraps, as intended): two
+    different 8-grams collide with probability ~2^-64 per pair, far below what the split can show."""
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(ids, dtype=np.uint64), n)
+    h = np.zeros(len(windows), dtype=np.uint64)
+    for j in range(n):
+        h = h * np.uint64(0x100000001B3) + windows[:, j] + np.uint64(1)
+    return h
+
+
+def copy_positions(train_ids: np.ndarray, ids: np.ndarray, n: int = COPY_N) -> np.ndarray:
+    """For each scored position t = 1 .. len(ids)-1 (the layout of target_log_probs): True when the
+    n-gram ids[t-n+1 .. t] occurs in the training tokens, i.e. the target token continues a span
+    the datastore holds verbatim. kNN retrieval wins these by construction; the rest (positions
+    with fewer than n-1 tokens of context count as non-copy) is where a memory must generalise."""
+    out = np.zeros(len(ids) - 1, dtype=bool)
+    if len(ids) >= n and len(train_ids) >= n:
+        seen = np.isin(_ngram_hashes(ids, n), _ngram_hashes(train_ids, n))
+        # the n-gram starting at i ends at token i+n-1, scored position i+n-2 (none for i+n-2 < 0)
+        out[max(n - 2, 0):] = seen[max(2 - n, 0):]
+    return out
+
+
+def copy_split(lp: np.ndarray, copy: np.ndarray, doc: np.ndarray) -> dict:
+    """Perplexity with its bootstrap interval on the copy and the non-copy positions separately."""
+    out = {}
+    for part, mask in (("copy", copy), ("noncopy", ~copy)):
+        if mask.any():
+            _, d = np.unique(doc[mask], return_inverse=True)  # documents renumbered within the part
+            out[part] = {"ppl": round(ppl(lp[mask]), 4), "ci95": interval(lp[mask], d), "tokens": int(mask.sum())}
+        else:
+            out[part] = {"ppl": None, "ci95": None, "tokens": 0}
+    return out
+
+
 # ------------------------------------------------------------------------------------------ FLOPs
 def train_flops(params: int, tokens_seen: int, *, trainable: int | None = None) -> float:
     """6·P per token for full training; LoRA: forward 2·P, backward through the activations 2·P,
