@@ -83,7 +83,6 @@ class Scale:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     real_train: int = 6_144  # SmolLM2 track: its own tokenizer's tokens of the law training documents
     real_max_epochs: float = 8.0
-    real_lora_max_epochs: float = 2.0
     # fields added with the gpu scale; a cache written before them matches their defaults
     batch: int = 4  # blocks per training step, every trained row
     real_val_tokens: int = 4_096  # SmolLM2 track: validation tokens scored at each evaluation
@@ -96,14 +95,14 @@ class Scale:
 
 QUICK = Scale(doc_max_tokens=128, train=3_072, valid=2_600, test=2_600, general=1_024, max_epochs=2.0, patience=2,
               mem_lrs=[1e-3], dapt_lrs=[1e-3], lora_lrs=[3e-3], lorapm_lrs=[3e-4], seeds=[0, 1], real_train=1_024,
-              real_max_epochs=1.0, real_lora_max_epochs=0.5)
+              real_max_epochs=1.0)
 # every document of both domains (no token caps), three seeds, the SmolLM2 track on all law training text
 GPU = Scale(doc_max_tokens=512, train=10**9, valid=10**9, test=10**9, general=16_384, max_epochs=8.0, patience=3,
-            batch=16, real_train=10**9, real_max_epochs=4.0, real_lora_max_epochs=2.0, real_val_tokens=16_384)
+            batch=16, real_train=10**9, real_max_epochs=4.0, real_val_tokens=16_384)
 # the CPU rehearsal of bench/gpu_quality.sh: every code path of the gpu scale, at a size 2 cores run in minutes
 TINY = Scale(doc_max_tokens=48, train=800, valid=400, test=400, min_docs=6, general=256, max_epochs=1.0, patience=1,
              mem_lrs=[1e-3], dapt_lrs=[1e-3], lora_lrs=[3e-3], lorapm_lrs=[3e-4], seeds=[0], real_train=600,
-             real_max_epochs=1.0, real_lora_max_epochs=0.5, batch=4, real_val_tokens=200, real_init_layers=2, k=32, real_layers=4,
+             real_max_epochs=1.0, batch=4, real_val_tokens=200, real_init_layers=2, k=32, real_layers=4,
              latency_rounds=2)
 SCALES = {"cpu": Scale(), "quick": QUICK, "gpu": GPU, "tiny": TINY}
 DEVICE, SEARCH = "cpu", "auto"  # set by main(): where every model runs, and memreg train's kNN search
@@ -353,42 +352,36 @@ def train_domain(work: Path, domain: str, scale: Scale) -> dict:
     data = work / "data" / domain
     runs: dict = {"lr_choice": {}}
 
-    def choose(method: str, candidates: dict) -> dict:
-        best_name, best = qs.pick(candidates)
-        runs["lr_choice"][method] = {"grid": {f"{c['lr']:g}": round(c["val_ppl"], 4) for c in candidates.values()},
-                                     "chosen": best["lr"]}
+    def choose(method: str, run_at, grid: list[float]) -> dict:
+        """The run at the rate chosen on validation; the grid grows past an edge (qs.search_lr)."""
+        best, runs["lr_choice"][method] = qs.search_lr(run_at, grid)
         return best
 
-    # DAPT of each base (CE, beta = 0 through memreg train: same loop, same stopping); DAPT-large is the teacher
-    for b, path in BASES.items():
-        cands = {lr: memreg_run(work, f"{domain}_dapt-{b}_lr{lr:g}_s0", data=data, teacher=str(LARGE), init=str(path),
-                                beta=0.0, lr=lr, seed=0, scale=scale, work_key=f"{domain}-plain-s0")
-                 for lr in (scale.dapt_lrs if b == "large" else [])}
-        if cands:
-            runs[f"dapt-{b}"] = [choose(f"dapt-{b}", cands)]
+    # DAPT of the large base (CE, beta = 0 through memreg train: same loop, same stopping): the teacher
+    runs["dapt-large"] = [choose("dapt-large", lambda lr: memreg_run(
+        work, f"{domain}_dapt-large_lr{lr:g}_s0", data=data, teacher=str(LARGE), init=str(LARGE), beta=0.0, lr=lr,
+        seed=0, scale=scale, work_key=f"{domain}-plain-s0"), scale.dapt_lrs)]
     teacher = runs["dapt-large"][0]["model"]
     mem = dict(data=data, teacher=teacher, init=str(SMALL), scale=scale)
     tkey = f"{domain}-t{runs['dapt-large'][0]['lr']:g}"  # one work folder (datastore) per teacher and seed
     for beta, method in ((0.5, "memory"), (0.0, "dapt-small")):
-        cands = {lr: memreg_run(work, f"{domain}_{method}_lr{lr:g}_s0", beta=beta, lr=lr, seed=0,
-                                work_key=f"{tkey}-s0", **mem) for lr in (scale.mem_lrs if beta else scale.dapt_lrs)}
-        best = choose(method, cands)
+        best = choose(method, lambda lr, beta=beta, method=method: memreg_run(
+            work, f"{domain}_{method}_lr{lr:g}_s0", beta=beta, lr=lr, seed=0, work_key=f"{tkey}-s0", **mem),
+            scale.mem_lrs if beta else scale.dapt_lrs)
         runs[method] = [best] + [memreg_run(work, f"{domain}_{method}_lr{best['lr']:g}_s{s}", beta=beta, lr=best["lr"],
                                             seed=s, work_key=f"{tkey}-s{s}", **mem) for s in scale.seeds[1:]]
-    cands = {lr: memreg_run(work, f"{domain}_memory-kl_lr{lr:g}_s0", beta=1.0, lr=lr, seed=0, work_key=f"{tkey}-s0",
-                            **mem) for lr in scale.mem_lrs}  # its own grid: the KL-only optimum may differ
-    runs["memory-kl"] = [choose("memory-kl", cands)]
+    runs["memory-kl"] = [choose("memory-kl", lambda lr: memreg_run(  # its own grid: the KL-only optimum may differ
+        work, f"{domain}_memory-kl_lr{lr:g}_s0", beta=1.0, lr=lr, seed=0, work_key=f"{tkey}-s0", **mem), scale.mem_lrs)]
     wdir = Path(runs["memory"][0]["work_dir"])
     mem_params = runs["memory"][0]["params"]
     for b, path in BASES.items():
-        cands = {lr: lora_run(work, f"{domain}_lora16-{b}_lr{lr:g}", base=str(path), work_dir=wdir, rank=16, lr=lr,
-                              scale=scale) for lr in scale.lora_lrs}
-        best = choose(f"lora16-{b}", cands)
-        runs[f"lora16-{b}"] = [best]
+        runs[f"lora16-{b}"] = [choose(f"lora16-{b}", lambda lr, b=b, path=path: lora_run(
+            work, f"{domain}_lora16-{b}_lr{lr:g}", base=str(path), work_dir=wdir, rank=16, lr=lr, scale=scale),
+            scale.lora_lrs)]
         rank = lora_rank_for(path, mem_params)  # alpha = 2 rank: its update is larger, so its own (lower) grid
-        cands = {lr: lora_run(work, f"{domain}_lorapm-{b}_lr{lr:g}", base=str(path), work_dir=wdir, rank=rank, lr=lr,
-                              scale=scale) for lr in scale.lorapm_lrs}
-        runs[f"lorapm-{b}"] = [choose(f"lorapm-{b}", cands)]
+        runs[f"lorapm-{b}"] = [choose(f"lorapm-{b}", lambda lr, b=b, path=path, rank=rank: lora_run(
+            work, f"{domain}_lorapm-{b}_lr{lr:g}", base=str(path), work_dir=wdir, rank=rank, lr=lr, scale=scale),
+            scale.lorapm_lrs)]
     runs["dapt-small"][0]["note"] = "memreg train with beta = 0: the init fine-tuned with plain CE"
     return runs
 
@@ -606,7 +599,7 @@ def real_track(work: Path, scale: Scale, smollm2: str = "auto") -> dict:
             "ce-init": memreg_run(work, "real_ce-init_lr0.001_s0", beta=0.0, **common)}
     wdir = Path(runs["memory"]["work_dir"])
     runs["lora16"] = lora_run(work, "real_lora16_lr0.001", base=smol, work_dir=wdir, rank=16, lr=1e-3, scale=scale,
-                              max_epochs=scale.real_lora_max_epochs, val_tokens=scale.real_val_tokens)
+                              max_epochs=scale.real_max_epochs, val_tokens=scale.real_val_tokens)
     ids = {side: qd.token_ids(data, side, tok, "smollm2") for side in ("valid", "test")}
     (valid, _), (test, doc) = ids["valid"], ids["test"]
     # copy positions against the capped training text the memory and the datastore saw

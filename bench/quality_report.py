@@ -59,6 +59,16 @@ def _flops(x: float) -> str:
     return "" if not x else f"{x:.1e}"
 
 
+def _edge(choice: dict) -> str:
+    """How a learning rate was chosen, when it was not an interior point of a searched grid."""
+    if "interior" not in choice:  # a record from before the grid grew past its edges
+        return ""
+    if len(choice["grid"]) == 1:
+        return " (one rate: not searched)"
+    added = f", grid extended by {', '.join(f'{x:g}' for x in choice['added'])}" if choice["added"] else ""
+    return added and f" ({added[2:]})" if choice["interior"] else f" (at an edge{added})"
+
+
 def _part(x: dict | None) -> str:
     return "" if not x or x["ppl"] is None else f"{x['ppl']:.2f} {_ci(x['ci95'])}"
 
@@ -116,7 +126,7 @@ def markdown(r: dict) -> str:
     L += ["", "## Learning rates chosen on validation (validation perplexity of the model alone per rate)", ""]
     for d in DOMAINS:
         parts = [f"{m}: " + (", ".join(f"{lr} → {v:.2f}" for lr, v in c["grid"].items()) or c.get("note", "")) +
-                 f" ⇒ **{c['chosen']:g}**" for m, c in r["lr_choice"][d].items()]
+                 f" ⇒ **{c['chosen']:g}**" + _edge(c) for m, c in r["lr_choice"][d].items()]
         L.append(f"- {d}: " + "; ".join(parts))
     L += ["", "## Held-out perplexity per domain × base", "",
           "| domain | base | method | held-out ppl [95 % CI] | vs base | vs memory | w | valid ppl | build FLOPs | build s | infer FLOPs/tok | note |",

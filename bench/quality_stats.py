@@ -68,6 +68,35 @@ def pick(candidates: dict, key: str = "val_ppl"):
     return min(candidates.items(), key=lambda kv: kv[1][key])
 
 
+def next_rate(lr: float, *, up: bool) -> float:
+    """The neighbour of `lr` on the 1-3-10 ladder (1e-4, 3e-4, 1e-3, ...), above or below."""
+    exp = math.floor(math.log10(lr) + 1e-9)
+    mantissa = lr / 10 ** exp
+    if up:
+        return float(f"{3 * 10 ** exp if mantissa < 2.9 else 10 ** (exp + 1):.0e}")
+    return float(f"{10 ** exp if mantissa > 1.1 else 3 * 10 ** (exp - 1):.0e}")
+
+
+def search_lr(run_at, grid: list[float], *, key: str = "val_ppl", max_extensions: int = 3) -> tuple[dict, dict]:
+    """Run `run_at(lr)` for every rate of the grid; while the best is at an edge of what was tried,
+    try the next rate beyond that edge (1-3-10 ladder), at most `max_extensions` times, so the
+    choice is interior (a one-rate grid is a stated choice, not a search). Returns the best run and
+    the record the report prints: every rate tried with its validation perplexity, the chosen
+    rate, the rates added, and whether the choice is interior."""
+    runs = {lr: run_at(lr) for lr in grid}
+    added = []
+    while len(runs) > 1 and len(added) < max_extensions:
+        rates, best = sorted(runs), min(runs, key=lambda lr: runs[lr][key])
+        if rates[0] < best < rates[-1]:
+            break
+        new = next_rate(best, up=best == rates[-1])
+        runs[new] = run_at(new)
+        added.append(new)
+    rates, best = sorted(runs), min(runs, key=lambda lr: runs[lr][key])
+    return runs[best], {"grid": {f"{lr:g}": round(runs[lr][key], 4) for lr in rates}, "chosen": best,
+                        "added": added, "interior": len(rates) > 2 and rates[0] < best < rates[-1]}
+
+
 # ------------------------------------------------------------------------ copy vs non-copy positions
 COPY_N = 8  # a position is a copy when the 8 tokens ending at it occur together in the training text
 

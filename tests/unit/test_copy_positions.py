@@ -35,3 +35,22 @@ def test_copy_split_scores_each_part_on_its_own_positions():
     assert split["copy"]["tokens"] == 2 and abs(split["copy"]["ppl"] - 2.0) < 1e-9
     assert abs(split["noncopy"]["ppl"] - 10.0) < 1e-9
     assert qs.copy_split(lp, np.zeros(4, dtype=bool), np.zeros(4, dtype=np.int64))["copy"]["ppl"] is None
+
+
+def test_learning_rate_search_extends_past_an_edge_until_the_choice_is_interior():
+    """A U-shaped validation curve with its bottom at 3e-5, below a grid of 1e-4 .. 1e-3."""
+    import math
+
+    tried = []
+
+    def run_at(lr):
+        tried.append(lr)
+        return {"lr": lr, "val_ppl": 10 + (math.log10(lr) - math.log10(3e-5)) ** 2}
+
+    best, record = qs.search_lr(run_at, [1e-4, 3e-4, 1e-3])
+    assert best["lr"] == 3e-5 and record["interior"] and record["added"] == [3e-5, 1e-5]
+    assert sorted(tried) == [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
+    best, record = qs.search_lr(run_at, [1e-3])  # one rate: stated, not searched
+    assert record == {"grid": {"0.001": round(run_at(1e-3)["val_ppl"], 4)}, "chosen": 1e-3, "added": [], "interior": False}
+    assert [qs.next_rate(x, up=True) for x in (1e-4, 3e-4, 1e-3)] == [3e-4, 1e-3, 3e-3]
+    assert [qs.next_rate(x, up=False) for x in (1e-4, 3e-4, 1e-3)] == [3e-5, 1e-4, 3e-4]
