@@ -17,11 +17,16 @@ from typing import Any
 
 import torch
 
-from memreg.registry.errors import MemregError
+from memreg.registry.errors import MemregError, WeightsMismatchError
 
 
 class MemoryNotFoundError(MemregError, FileNotFoundError):
     """A memory given as a path that is not a package folder."""
+
+
+class AdapterWeightsMismatchError(WeightsMismatchError):
+    """A PEFT adapter whose adapter_model.safetensors lacks a LoRA tensor its config implies (peft would
+    initialise it, at random with init_lora_weights=false) or holds one for a module that is not there."""
 
 
 @dataclass
@@ -158,9 +163,9 @@ def _describe_adapter(folder: Path, dtype: Any) -> Memory:
     elif base_dir.is_dir() and _has_tokenizer_files(base_dir):
         tok = base_dir
     else:
-        from transformers import AutoTokenizer
+        from memreg.models import load_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(base_ref)  # a Hub id: the cache, else the Hub
+        tok = load_tokenizer(base_ref)  # a Hub id: the cache, else the Hub; never remote code
     rows = _config_rows(base_dir) if base_dir.is_dir() else None
     resolved = folder.resolve()
     return Memory(f"memory {folder} (PEFT adapter on {base_ref})", f"adapter:{resolved}", tok, rows, None,
@@ -173,9 +178,28 @@ def _load_adapter(folder: Path, base_ref: str, dtype: Any) -> torch.nn.Module:
     except ImportError:
         raise MemregError(f"{folder} is a PEFT adapter: install peft to attach it (pip install 'memreg[peft]')") from None
     from memreg.models import load_causal_lm
+    from memreg.registry.package import safetensors_header
 
-    merged = PeftModel.from_pretrained(load_causal_lm(base_ref, dtype=dtype), str(folder)).merge_and_unload()
-    return merged.eval()
+    path = folder / "adapter_model.safetensors"
+    have = set(safetensors_header(path))  # a truncated or corrupt file: a SafetensorsError naming it, before peft
+    # the base as strictly as any member; peft's own load is non-strict, so the adapter is checked after it
+    peft = PeftModel.from_pretrained(load_causal_lm(base_ref, dtype=dtype, strict=True), str(folder))
+    _check_adapter_tensors(path, have, peft)
+    return peft.merge_and_unload().eval()
+
+
+def _check_adapter_tensors(path: Path, have: set[str], peft: Any) -> None:
+    """The adapter file holds exactly the tensors peft saves for the modules it created: a missing one
+    would stay at peft's init (random with init_lora_weights=false), an extra one would be dropped."""
+    from peft import get_peft_model_state_dict
+
+    from memreg.models import mismatch_report
+
+    expected = set(get_peft_model_state_dict(peft))
+    if report := mismatch_report({"missing": expected - have, "unexpected": have - expected}):
+        raise AdapterWeightsMismatchError(
+            f"{path}: the LoRA tensors do not match adapter_config.json: {report}; refused rather than "
+            "initialised at random: re-save the adapter with save_pretrained from the trained PeftModel")
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")

@@ -45,14 +45,20 @@ def load_causal_lm(ref: str | os.PathLike, *, dtype: Any = None, device: Any = N
 def _check_loading_info(ref: Any, info: dict[str, Any]) -> None:
     from memreg.registry.errors import WeightsMismatchError
 
-    report = []
-    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "wrong shape")):
-        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ())
-        if keys:
-            report.append(f"{len(keys)} {what} ({', '.join(keys[:3])}{', …' if len(keys) > 3 else ''})")
-    if report:
-        raise WeightsMismatchError(f"{ref}: the weights do not match config.json: {'; '.join(report)}; refused "
+    groups = (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "wrong shape"))
+    if report := mismatch_report({what: [str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ()]
+                                  for key, what in groups}):
+        raise WeightsMismatchError(f"{ref}: the weights do not match config.json: {report}; refused "
                                    "rather than filled with a random init: re-save the model with save_pretrained")
+
+
+def mismatch_report(groups: dict[str, Any]) -> str:
+    """'2 missing (a, b); 1 unexpected (c)': each non-empty group of tensor names, its first three named."""
+    parts = []
+    for what, names in groups.items():
+        if keys := sorted(names):
+            parts.append(f"{len(keys)} {what} ({', '.join(keys[:3])}{', …' if len(keys) > 3 else ''})")
+    return "; ".join(parts)
 
 
 def context_length(config: Any) -> int | None:
