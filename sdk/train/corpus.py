@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,13 @@ from memreg.train.errors import CorpusError
 
 SHARD_TOKENS = 1 << 24  # 16 M tokens (64 MiB) per shard
 _BINARY_SNIFF = 8192
+# A text file is held whole while it is read (its bytes, then its str): past this it must be split.
+# 1 GiB keeps the largest common single-file corpora (WikiText-103's 515 MB train file) whole.
+MAX_TEXT_FILE_BYTES = 1 << 30
+
+
+class TextFileTooLargeError(CorpusError):
+    """A text file past the per-file bound (`read_text_file(max_bytes=...)`): refused before it is read."""
 
 
 @dataclass(frozen=True)
@@ -59,16 +67,34 @@ def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def read_text_file(path: Path) -> tuple[str | None, str | None]:
+def read_text_file(path: Path, *, max_bytes: int = MAX_TEXT_FILE_BYTES) -> tuple[str | None, str | None]:
     """(text, None), or (None, why the file is skipped): binary (a NUL byte in its first 8 KiB) or
-    not UTF-8. `memreg train` and `memreg eval` both read files through this, so both skip the same."""
-    raw = Path(path).read_bytes()
-    if b"\x00" in raw[:_BINARY_SNIFF]:
-        return None, "binary"
+    not UTF-8. `memreg train` and `memreg eval` both read files through this, so both skip the same.
+
+    The first 8 KiB alone decide "binary", so a binary file is never read whole; a text file longer
+    than `max_bytes` is a TextFileTooLargeError before it is read (or once read, had it grown since)."""
+    with open(path, "rb") as f:
+        if b"\x00" in f.read(_BINARY_SNIFF):
+            return None, "binary"
+        if (size := os.fstat(f.fileno()).st_size) > max_bytes:
+            raise _too_large(path, size, max_bytes)
+        f.seek(0)
+        raw = f.read()  # readall: sized from fstat, no second copy
+    if len(raw) > max_bytes:
+        raise _too_large(path, len(raw), max_bytes)
     try:
         return raw.decode("utf-8").removeprefix("\ufeff"), None
     except UnicodeDecodeError as exc:
         return None, f"not UTF-8: byte {exc.start}"
+
+
+def _too_large(path: Path, size: int, max_bytes: int) -> TextFileTooLargeError:
+    def mib(n: int) -> str:
+        return f"{n / 2**20:.2f}".rstrip("0").rstrip(".")
+
+    return TextFileTooLargeError(
+        f"{path} is {mib(size)} MiB, over the {mib(max_bytes)} MiB one text file may hold (it is read whole): "
+        f"split it into a folder of smaller files, e.g. `split -C 256M {path} part-` (keeps lines whole, JSONL too)")
 
 
 def _file_documents(path: Path, report: CorpusReport) -> Iterator[Document]:
