@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from memreg.registry.errors import ConcurrentUpdateError
+from memreg.registry.reading import warn
 from memreg.registry.store import Store
 
 KEY = "index/_catalog.json"
@@ -48,6 +49,10 @@ def read_indexes(store: Store, list_names: Callable[[], list[str]],
     together: one round trip of latency for the three."""
     names, listed, (raw, _) = store.together(list_names, lambda: store.etags(PREFIX), lambda: _read(store))
     copies = _parse(raw)
+    if copies is None:
+        warn(f"{store.url}/{KEY} is not a catalog this memreg reads; every index is read instead, and the catalog "
+             "is rewritten")
+        copies = {}
     out: dict[str, bytes | None] = {}
     for name in names:
         key, copy = index_key(name), copies.get(name)
@@ -101,18 +106,20 @@ def _read(store: Store) -> tuple[bytes | None, str | None]:
         return None, None
 
 
-def _parse(raw: bytes | None) -> dict[str, bytes]:
-    """name -> index bytes held by the catalog; {} when it is missing or unreadable (then every name
-    is read from its index)."""
+def _parse(raw: bytes | None) -> dict[str, bytes] | None:
+    """name -> index bytes held by the catalog; {} when it is missing, None when it is damaged (either
+    way every name is then read from its index)."""
     if raw is None:
         return {}
     try:
         doc = json.loads(raw)
         if doc.get("format") != FORMAT or not isinstance(doc.get("indexes"), dict):
-            return {}
+            return None
         return {n: c.encode() for n, c in doc["indexes"].items() if isinstance(c, str)}
-    except (ValueError, AttributeError, UnicodeError):
-        return {}
+    # RecursionError: json nests one C call per level, so a small document nested 100,000 deep
+    # exhausts the stack; it is damage like any other, not the end of every `list`
+    except (ValueError, AttributeError, UnicodeError, RecursionError):
+        return None
 
 
 def _dump(copies: dict[str, bytes]) -> bytes:
@@ -124,7 +131,7 @@ def _change(store: Store, update: dict[str, bytes]) -> None:
     """Set these copies by compare-and-swap, keeping the others; a damaged catalog starts afresh."""
     for attempt in range(NOTE_ATTEMPTS):
         raw, etag = _read(store)
-        copies = _parse(raw)
+        copies = _parse(raw) or {}
         if all(copies.get(n) == d for n, d in update.items()):
             return
         try:

@@ -130,3 +130,19 @@ def test_writers_start_a_damaged_catalog_afresh(reg, tiny_package):
     assert set(_copies(reg)) == {"new"}  # what this writer knows; the rest is read from the indexes
     assert _listed(reg) == [*EXPECTED, ("new@0.1.0", "a new name", False, [])]
     assert set(_copies(reg)) == {"code", "law", "new"}
+
+
+def test_a_deeply_nested_catalog_is_refused_with_a_warning_and_rewritten(reg, caplog):
+    """Issue 23 item 4: a 200 kB catalog nested 100,000 deep made every `list` fail with
+    RecursionError until `verify --repair`."""
+    import logging
+
+    copies = _current(reg)
+    reg.store.put_bytes(catalog.KEY, b'{"format": 1, "indexes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    with caplog.at_level(logging.WARNING, logger="memreg.registry"):
+        assert _listed(reg) == EXPECTED
+    assert f"{reg.url}/{catalog.KEY}" in caplog.text
+    assert _copies(reg) == copies  # the reader wrote the catalog back
+    reg.store.put_bytes(catalog.KEY, b"[" * 100_000 + b"]" * 100_000)
+    reg.yank("law@1.1.0")  # a writer starts it afresh too
+    assert set(_copies(reg)) == {"law"}
