@@ -19,7 +19,7 @@ MAX_VERSION_LENGTH = 64
 
 def check_name(name: str, *, what: str = "name") -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidReferenceError(f"{name!r} is not a valid {what}: {NAME_RULE}")
+        raise InvalidReferenceError(f"{name!r} is not a valid {what}: {NAME_RULE}{_non_ascii(name)}")
     return name
 
 
@@ -32,9 +32,18 @@ def check_version(version: str, *, name: str | None = None) -> str:
     if not isinstance(version, str) or not _SEMVER.fullmatch(version):
         shown = f"{name}@{version}" if name else repr(version)
         raise InvalidReferenceError(
-            f"{shown} is not a version: use MAJOR.MINOR.PATCH, e.g. {name or 'law'}@1.2.0"
+            f"{shown} is not a version: use MAJOR.MINOR.PATCH of ASCII digits 0-9, e.g. {name or 'law'}@1.2.0"
+            + _non_ascii(version)
         )
     return version
+
+
+def _non_ascii(text: object) -> str:
+    """Where a look-alike hides ('1.0.1\uff10' reads as 1.0.10): the first non-ASCII character, named."""
+    if not isinstance(text, str) or text.isascii():
+        return ""
+    i, c = next((i, c) for i, c in enumerate(text) if not c.isascii())
+    return f" ({c!r}, U+{ord(c):04X} at position {i}, is not ASCII)"
 
 
 @functools.lru_cache(maxsize=1 << 16)  # `list --all` sorts every version of a registry, some twice
@@ -47,6 +56,7 @@ def version_key(version: str) -> tuple:
     pre = m.group(4)
     if pre is None:
         return (*core, 1, ())
+    # the pattern admits ASCII digits only, so isdigit() cannot meet '²' (a digit int() refuses)
     parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
     return (*core, 0, parts)
 

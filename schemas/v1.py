@@ -17,9 +17,11 @@ from memreg.schemas.errors import UnsupportedFormatError  # noqa: F401  (raised 
 FORMAT_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 # Semantic versions (semver.org 2.0.0), without build metadata: a version is an identity here.
+# [0-9], never \d: Python's re and pydantic's Rust engine both let \d match any Unicode digit, so
+# 1.0.9\u0669 would rank as 1.0.99 and 1.0.1\uff10 would pass for 1.0.10.
 SEMVER_PATTERN = (
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?$"
+    r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+    r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?$"
 )
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 

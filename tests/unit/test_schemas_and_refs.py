@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 
@@ -12,10 +13,10 @@ from pydantic import ValidationError
 
 from memreg.registry.errors import InvalidReferenceError
 from memreg.registry.refs import parse_ref, version_key
-from memreg.schemas import FileEntry, Manifest, NameIndex, PackageCard
+from memreg.schemas import FileEntry, Manifest, NameIndex, PackageCard, TagPointer, YankRecord
 from memreg.schemas.generate import main as generate_main
 from memreg.schemas.generate import render
-from memreg.schemas.v1 import NAME_PATTERN
+from memreg.schemas.v1 import NAME_PATTERN, SEMVER_PATTERN
 
 
 def test_json_schema_files_are_current():
@@ -90,3 +91,51 @@ def test_version_order_is_numeric(vs):
 def test_prerelease_sorts_before_release():
     assert sorted(["1.0.0", "1.0.0-rc.2", "1.0.0-rc.10", "1.0.0-alpha"], key=version_key) == \
         ["1.0.0-alpha", "1.0.0-rc.2", "1.0.0-rc.10", "1.0.0"]
+
+
+# Issue 23 item 6: versions, names and tags are ASCII. `\d` and int() accept every Unicode digit, so
+# 1.0.9\u0669 ranked as 1.0.99 (and became what `law` resolves to) and 1.0.1\uff10 passed for 1.0.10.
+NON_ASCII_DIGITS = [c for c in map(chr, range(0x80, 0x110000)) if c.isdigit() or c.isdecimal()]
+RULES = ("use MAJOR.MINOR.PATCH of ASCII digits 0-9", "names are 1-64 characters of a-z, 0-9")
+
+
+class NoIO:
+    """A store that fails the test on any use: what is refused must be refused before any I/O."""
+
+    url = "memory://no-io"
+
+    def __getattr__(self, name):
+        raise AssertionError(f"store.{name} was used for a reference that should have been refused first")
+
+
+@st.composite
+def refs_with_a_foreign_digit(draw):
+    name, version = draw(names), draw(versions)
+    ref = draw(st.sampled_from([f"{name}@{version}", f"{name}:{name}", name]))
+    i = draw(st.integers(0, len(ref)))
+    digit = draw(st.sampled_from(NON_ASCII_DIGITS))
+    return ref[:i] + digit + ref[i + draw(st.integers(0, 1)):]  # inserted, or in place of a character
+
+
+@settings(max_examples=500, deadline=None)
+@given(refs_with_a_foreign_digit())
+def test_a_non_ascii_digit_anywhere_is_refused_before_io_with_the_rule(ref):
+    from memreg.registry import Registry
+
+    with pytest.raises(InvalidReferenceError) as info:
+        Registry(NoIO()).resolve(ref)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and any(rule in message for rule in RULES), message
+    assert "is not ASCII" in message, message
+
+
+@pytest.mark.parametrize("version", ["1.0.9\u0669", "1.0.1\uff10", "\u0661.0.0", "1.0.0-rc.\u0662", "1.0.0-\u00b2"])
+def test_look_alike_versions_have_no_rank_and_no_document(version):
+    with pytest.raises(InvalidReferenceError):
+        version_key(version)
+    stamp = {"updated_at": "2026-01-01T00:00:00Z", "yanked_at": "2026-01-01T00:00:00Z"}
+    for model, doc in ((TagPointer, {"name": "law", "tag": "stable", "version": version}),
+                       (YankRecord, {"name": "law", "version": version})):
+        with pytest.raises(ValidationError, match="version"):
+            model.model_validate_json(json.dumps({**doc, **{k: v for k, v in stamp.items() if k in model.model_fields}}))
+    assert not re.fullmatch(SEMVER_PATTERN, version) and "\\d" not in SEMVER_PATTERN
