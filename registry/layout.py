@@ -6,6 +6,9 @@ writes one.
     packages/<name>/<version>.json          immutable manifests, created exactly once
     packages/<name>/tags/<tag>.json         mutable pointers, moved by compare-and-swap
     packages/<name>/yanked/<version>.json   yank records
+    packages/<name>/signatures/<version>/<64 hex>.json
+                                            signatures (registry/signing.py), each named after the
+                                            sha256 of its own bytes and created once
 
 Leases (registry/gc.py) and package indexes (registry/index.py) are described where they are kept.
 """
@@ -19,7 +22,7 @@ from memreg.schemas import FileEntry
 
 MARKER = "memreg-registry.json"
 VIRTUAL_LATEST = "latest"  # `name:latest` is the highest non-yanked version, never a stored tag
-PACKAGES, TAGS, YANKED = "packages", "tags", "yanked"
+PACKAGES, TAGS, YANKED, SIGNATURES = "packages", "tags", "yanked", "signatures"
 
 
 def blob_key(entry: FileEntry) -> str:
@@ -38,12 +41,21 @@ def yank_key(name: str, version: str) -> str:
     return f"{PACKAGES}/{name}/{YANKED}/{version}.json"
 
 
+def signatures_prefix(name: str, version: str) -> str:
+    return f"{PACKAGES}/{name}/{SIGNATURES}/{version}"
+
+
+def signature_key(name: str, version: str, hexdigest: str) -> str:
+    return f"{signatures_prefix(name, version)}/{hexdigest}.json"
+
+
 @dataclass(frozen=True)
 class PackageKey:
     """What a key under packages/ is, by its place in the layout: `stem` is the version of a
-    manifest or a yank record, the tag of a tag pointer."""
+    manifest, a yank record or a signature (whose file name is its own digest), the tag of a tag
+    pointer."""
 
-    kind: Literal["manifest", "tag", "yank"]
+    kind: Literal["manifest", "tag", "yank", "signature"]
     name: str
     stem: str
 
@@ -60,4 +72,6 @@ def parse_package_key(key: str) -> PackageKey | None:
         return PackageKey("manifest", parts[1], stem)
     if len(parts) == 4 and parts[2] in (TAGS, YANKED):
         return PackageKey("tag" if parts[2] == TAGS else "yank", parts[1], stem)
+    if len(parts) == 5 and parts[2] == SIGNATURES:  # deeper than any other document: no name clash
+        return PackageKey("signature", parts[1], parts[3])
     return None

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 from memreg.schemas.cli import CliOutput
+from memreg.schemas.signature import SignatureRecord
 from memreg.schemas.v1 import Manifest, NameIndex, PackageCard, TagPointer, YankRecord
 
 DOCUMENTS = {"manifest": Manifest, "package-card": PackageCard, "tag": TagPointer, "yank": YankRecord, "name-index": NameIndex,
-             "cli-output": CliOutput}
+             "signature": SignatureRecord, "cli-output": CliOutput}
 OUT = Path(__file__).resolve().parent / "json"
 
 
