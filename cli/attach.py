@@ -13,8 +13,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from memreg.cli import output
-from memreg.cli.options import JsonOpt, RegistryOpt, StorageOpt, storage_options
+from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options
 from memreg.cli.output import console, err_console, print_json, warn
+from memreg.cli.progress import count_progress, model_loading_bars
 
 BaseArg = Annotated[str, typer.Argument(help="Base model: a Hugging Face model folder or id (with its tokenizer), or a .gguf file (converted once, see `memreg convert-gguf`).")]
 MemoriesArg = Annotated[
@@ -28,12 +29,11 @@ StrideOpt = Annotated[Optional[int], typer.Option(min=1, help="Tokens each windo
 ForceOpt = Annotated[bool, typer.Option("--force", help="Compose even when a tokenizer check fails (experts only).")]
 
 
-def _compose(base: str, specs: list[str], registry: str | None, options: list[str] | None, force: bool, **kw: Any):
-    from transformers.utils import logging as hf_logging
-
+def _compose(base: str, specs: list[str], registry: str | None, options: list[str] | None, force: bool, *,
+             bars: bool, **kw: Any):
     from memreg.compose import compose, parse_memory_spec
 
-    hf_logging.disable_progress_bar()  # memreg's output only; weights load in well under a second
+    model_loading_bars(downloads=bars)  # a base from the Hub shows its download; local weights load silently
 
     refs, weights = [], []
     for spec in specs:
@@ -91,6 +91,14 @@ def _window(model, context: int | None, stride: int | None) -> dict[str, int]:
     return {"context": context, "stride": stride or max(1, context // 2)}
 
 
+def _score(model, texts: list[str], context: int | None, stride: int | None, *, bars: bool) -> list:
+    """Each member's per-token log-probabilities of `texts`, with a bar of tokens scored (all members)."""
+    from memreg.compose import member_target_log_probs
+
+    with count_progress("scoring", unit="tokens", enabled=bars) as cb:
+        return member_target_log_probs(model, texts, **_window(model, context, stride), progress=cb)
+
+
 def _weights_str(names: list[str], weights: list[float]) -> str:
     return ", ".join(f"{n}={w:.3g}" for n, w in zip(names, weights))
 
@@ -113,18 +121,19 @@ def attach(
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Attach memories to a base model: generate from --prompt, or compare perplexity with --eval."""
     output.start("attach", json_mode=json_)  # warnings into the envelope, also when called in-process
     if prompt is None and not eval_files:
         raise ValueError("nothing to do: give --prompt TEXT to generate or --eval FILES to score")
-    model = _compose(base, memories, registry, storage_option, force)
+    bars = not (json_ or quiet)
+    model = _compose(base, memories, registry, storage_option, force, bars=bars)
     result: dict = {}  # under --json, one envelope holds the evaluation and the generation
     if eval_files:
-        from memreg.compose import member_target_log_probs
         from memreg.evaluate import mixture_log_probs
 
-        lps = member_target_log_probs(model, _read_texts(eval_files), **_window(model, context, stride))
+        lps = _score(model, _read_texts(eval_files), context, stride, bars=bars)
         row = {
             "tokens": int(lps[0].size),
             "weights": dict(zip(model.names, model.weights)),
@@ -175,10 +184,11 @@ def eval_cmd(
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Held-out perplexity of a base, alone and with memories (sliding window)."""
     output.start("eval", json_mode=json_)  # warnings into the envelope, also when called in-process
-    from memreg.compose import fit_weights, member_target_log_probs
+    from memreg.compose import fit_weights
     from memreg.evaluate import mixture_log_probs, weight_sweep
 
     memory = memory or []
@@ -188,8 +198,9 @@ def eval_cmd(
         _pyplot()  # a missing plot extra fails now, not after the whole sweep is scored
     # weights left out are taken from manifests; with --sweep/--fit-weights they need not exist
     specs = memory if not (sweep or fit) else [s if "=" in s else f"{s}=0" for s in memory]
-    model = _compose(base, specs, registry, storage_option, force)
-    lps = member_target_log_probs(model, _read_texts(data), **_window(model, context, stride))
+    bars = not (json_ or quiet)
+    model = _compose(base, specs, registry, storage_option, force, bars=bars)
+    lps = _score(model, _read_texts(data), context, stride, bars=bars)
     base_lp, mem_lps = lps[0], lps[1:]
     result: dict[str, Any] = {"tokens": int(base_lp.size), "perplexity_base": _ppl(base_lp)}
     if memory and not (sweep or fit) or any("=" in s for s in memory):
@@ -270,6 +281,7 @@ def tune(
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fit the memory weights by EM on held-out text and print them; --write VERSION publishes a new
     version of the memory whose manifest recommends the fitted weight."""
@@ -283,8 +295,10 @@ def tune(
             raise ValueError(f"--write publishes one memory's fitted weight; {len(memories)} memories were given: tune them one at a time")
         check_version(write)
     specs = [s if "=" in s else f"{s}=0" for s in memories]  # the weights are what we fit
-    model = _compose(base, specs, registry, storage_option, force)
-    fitted = fit_weights(model, _read_texts(data), **_window(model, context, stride))
+    bars = not (json_ or quiet)
+    model = _compose(base, specs, registry, storage_option, force, bars=bars)
+    with count_progress("scoring", unit="tokens", enabled=bars) as cb:
+        fitted = fit_weights(model, _read_texts(data), **_window(model, context, stride), progress=cb)
     result = {
         "weights": dict(zip(model.names, fitted.weights)),
         "base_weight": fitted.base_weight,

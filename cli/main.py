@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold credentials
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
+    context_settings={"help_option_names": ["--help", "-h"]},  # to every subcommand; hints name --help
 )
 
 
@@ -93,6 +94,11 @@ def _click_exception_types() -> tuple[type, ...]:
     return tuple(types)
 
 
+def _quiet(argv: list[str]) -> bool:
+    """--quiet/-q anywhere on the line (huggingface_hub reads its switch once, when first imported)."""
+    return any(a in ("--quiet", "-q") for a in argv)
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -113,7 +119,8 @@ def run(argv: list[str] | None = None) -> None:
     # whole corpus) off the terminal unless the user asked for them. Missing weights are never
     # hidden by this: memories load strictly (memreg.models.load_causal_lm(strict=True)).
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if json_mode or _quiet(argv):  # a Hub download shows its bars (on stderr) unless the user asked for none
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def fail(type_: str, message: str, code: int, show=None) -> None:

@@ -30,6 +30,7 @@ from memreg.mixture import InvalidWeightsError, check_weights
 from memreg.registry.errors import MemregError, TokenizerMismatchError
 
 if TYPE_CHECKING:
+    from fsspec.callbacks import Callback
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from memreg.registry import Registry
@@ -312,16 +313,21 @@ def encode_documents(tokenizer: Any, data: Any) -> list[np.ndarray]:
 
 
 def member_target_log_probs(
-    model: ComposedLM, data: Any, *, context: int = 1024, stride: int = 512, progress=None
+    model: ComposedLM, data: Any, *, context: int = 1024, stride: int = 512, progress: Callback | None = None
 ) -> list[np.ndarray]:
-    """Per-token log p(observed token) of each distinct member (base first): one pass per member."""
+    """Per-token log p(observed token) of each distinct member (base first): one pass per member.
+    `progress` (an fsspec Callback) is given the total, members x scored tokens, then advances per batch."""
     from memreg.evaluate import target_log_probs
 
     docs = encode_documents(model.tokenizer, data)
+    advance = None
+    if progress is not None:
+        progress.set_size(len(model.members) * sum(d.size - 1 for d in docs))
+        advance = progress.relative_update
     out = []
     for member in model.members:
         parts = [
-            target_log_probs(member, d, context=context, stride=stride, vocab_size=model.vocab_size, progress=progress)
+            target_log_probs(member, d, context=context, stride=stride, vocab_size=model.vocab_size, progress=advance)
             for d in docs
         ]
         out.append(np.concatenate(parts))
@@ -336,16 +342,18 @@ def fit_weights(
     stride: int = 512,
     max_iter: int = 5000,
     tol: float = 1e-12,
+    progress: Callback | None = None,
 ) -> FittedWeights:
     """EM for the memory weights on held-out text.
 
-    source: a ComposedLM (then `data` is text, documents or token ids, scored once per member), or
-    per-token log-probabilities, base first, one array per memory. Returns one weight per memory.
+    source: a ComposedLM (then `data` is text, documents or token ids, scored once per member, with
+    `progress` as in member_target_log_probs), or per-token log-probabilities, base first, one
+    array per memory. Returns one weight per memory.
     """
     if isinstance(source, ComposedLM):
         if data is None:
             raise ValueError("fit_weights(composed, data): give held-out text or token ids")
-        lps = member_target_log_probs(source, data, context=context, stride=stride)
+        lps = member_target_log_probs(source, data, context=context, stride=stride, progress=progress)
         fitted = em_weights(lps, max_iter=max_iter, tol=tol)
         return FittedWeights(source.per_memory(fitted.weights), fitted.base_weight, fitted.perplexity, fitted.base_perplexity,
                              fitted.tokens, fitted.iterations, fitted.converged)
