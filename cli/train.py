@@ -26,7 +26,8 @@ def train(
     teacher: ModelOpt = ...,  # type: ignore[assignment]
     init: ModelOpt = ...,  # type: ignore[assignment]
     init_layers: Annotated[Optional[int], typer.Option(help="start the memory from the first N blocks of --init (embeddings, final norm and LM head kept): for a base with no smaller sibling", show_default=False)] = None,
-    out: Annotated[Path, typer.Option(help="package folder to write")] = ...,  # type: ignore[assignment]
+    out: Annotated[Path, typer.Option(help="package folder to write; an existing one must be empty, or this run's own package (same --teacher and --init: a run repeated or resumed)")] = ...,  # type: ignore[assignment]
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out that is not this run's own package")] = False,
     domain: Annotated[Optional[list[str]], typer.Option(help="domain label (repeat for several)")] = None,
     k: Annotated[Optional[int], typer.Option(help="neighbours per position [default: the paper's 1024, lowered to fit the datastore]", show_default=False)] = None,
     temperature: Annotated[str, typer.Option(help="kNN softmax temperature over squared L2 distances, or 'auto'")] = "auto",
@@ -72,6 +73,7 @@ def train(
     """
     options = dict(locals())  # the parameters alone: every option but --json/--quiet is a TrainConfig field
     output.start("train", json_mode=json_)  # errors as JSON only under this call's --json
+    _check_out(Path(options["out"]).expanduser(), options)
     result = _train(options, bars=not (quiet or json_))
     if json_:
         print_json(result.to_json())
@@ -100,10 +102,49 @@ def _train(options: dict[str, Any], *, bars: bool) -> TrainResult:
 def _config(options: dict[str, Any]) -> TrainConfig:
     from memreg.train import TrainConfig
 
-    settings = {name: value for name, value in options.items() if name not in ("json_", "quiet")}
+    settings = {name: value for name, value in options.items() if name not in ("json_", "quiet", "overwrite")}
     temperature = settings["temperature"]
     return TrainConfig(**{**settings, "domain": settings["domain"] or [],
                           "temperature": temperature if temperature == "auto" else _float("--temperature", temperature)})
+
+
+def _check_out(out: Path, options: dict[str, Any]) -> None:
+    """A non-empty --out is replaced only with --overwrite, or when it is this run's own package: a
+    usage error (exit 2) before any model loads, as convert-gguf refuses. The package is written at
+    the very end, so an interrupted run has no --out yet and resumes from its work folder."""
+    if options["overwrite"] or not out.exists() or out.is_dir() and not any(out.iterdir()):
+        return
+    what = _foreign(out, options)
+    if what is None:
+        return
+    from memreg.gguf import OutputExistsError
+
+    exc = OutputExistsError(f"--out {out} already exists and is not empty ({what}): pass --overwrite to replace it, "
+                            "or choose another --out")
+    _fail(str(exc), code=2, kind=type(exc).__name__)
+
+
+def _foreign(out: Path, options: dict[str, Any]) -> str | None:
+    """Why `out` is not a package memreg train wrote from this --teacher and --init (None: it is)."""
+    from pydantic import ValidationError
+
+    from memreg.registry.package import CARD
+    from memreg.schemas import PackageCard
+
+    try:
+        training = PackageCard.model_validate_json((out / CARD).read_text()).training
+    except (OSError, ValueError, ValidationError):
+        return "a file" if out.is_file() else f"no {CARD} of a trained memory in it"
+    if training is None:
+        return "a package memreg train did not write"
+    if not (_same_model(training.teacher_model, options["teacher"]) and _same_model(training.init_model, options["init"])):
+        return f"a memory trained from teacher {training.teacher_model} and init {training.init_model}"
+    return None
+
+
+def _same_model(a: str, b: str) -> bool:
+    """One Hub id, or one path however it was spelled (relative, ~, absolute)."""
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _float(option: str, value: str) -> float:
@@ -113,14 +154,14 @@ def _float(option: str, value: str) -> float:
         _fail(f"{option} {value!r} is not a number: give a positive number or 'auto'")
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, *, code: int = 1, kind: str = "TrainError") -> NoReturn:
     if os.environ.get("MEMREG_DEBUG") == "1" and sys.exc_info()[0] is not None:
         raise
     if output.json_mode():
-        output.print_json_error("TrainError", message, 1)
+        output.print_json_error(kind, message, code)
     else:
         typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _summary(result: TrainResult) -> None:
