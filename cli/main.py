@@ -9,6 +9,7 @@ import typer
 
 from memreg.cli import cache_cmds
 from memreg.cli import registry_cmds as reg
+from memreg.cli import sign_cmds
 
 app = typer.Typer(
     name="memreg",
@@ -49,6 +50,7 @@ app.command()(reg.tag)
 app.command()(reg.yank)
 app.command()(reg.unyank)
 app.command()(reg.gc)
+app.command()(sign_cmds.sign)
 app.add_typer(cache_cmds.app, name="cache")
 
 

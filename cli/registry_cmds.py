@@ -16,6 +16,8 @@ import typer
 from memreg.cli import output
 from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options
 from memreg.cli.output import byte_progress, console, print_json, warn
+from memreg.cli import sign_cmds
+from memreg.cli.sign_cmds import PublicKeyOpt, SignKeyOpt, TrustOpt
 
 
 def _open(registry: str | None, options: list[str] | None):
@@ -82,6 +84,7 @@ def publish(
     language: Annotated[Optional[str], typer.Option(help="Corpus language, e.g. en.")] = None,
     license: Annotated[Optional[str], typer.Option(help="Licence of the memory, e.g. CC-BY-4.0.")] = None,
     tag: Annotated[Optional[list[str]], typer.Option(help="Also point these tags at the new version, repeatable.")] = None,
+    sign_key: SignKeyOpt = None,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
@@ -92,6 +95,8 @@ def publish(
     from memreg.registry.package import read_card
 
     reg = _open(registry, storage_option)
+    if sign_key:
+        sign_cmds.check_key(sign_key)  # an unusable key publishes nothing
     domain_meta = None
     if domain or language or license:
         card = read_card(path).domain
@@ -101,20 +106,25 @@ def publish(
         res = reg.publish(path, name=name, version=version, description=description,
                           domain=domain_meta, tags=tag or [], callback=cb)
     m = res.manifest
+    signed_by = sign_cmds.sign_version(reg, m, sign_key) if sign_key else None
     if json_:
         print_json({**_summary(m), "created": res.created, "uploaded_blobs": res.uploaded,
-                    "skipped_blobs": res.skipped, "tags_moved": res.tags, "registry": reg.url})
+                    "skipped_blobs": res.skipped, "tags_moved": res.tags, "registry": reg.url, "signed_by": signed_by})
         return
     verb = "published" if res.created else "already published (same content, nothing changed):"
     console.print(f"{verb} {m.ref} to {reg.url} ({res.uploaded} blobs uploaded, {res.skipped} already there)")
     for t, prev in res.tags.items():
         console.print(f"  tag {m.name}:{t} -> {m.version}" + (f" (was {prev})" if prev else ""))
+    if signed_by:
+        console.print(f"  signed with key {signed_by[:16]}…")
 
 
 def pull(
     ref: Annotated[str, typer.Argument(help="name, name@1.2.0 or name:tag.")],
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash every cached file of the package (default: "
                                          "size and mtime against the record kept since it was verified).")] = False,
+    trust: TrustOpt = None,
+    public_key: PublicKeyOpt = None,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
@@ -126,6 +136,7 @@ def pull(
 
     reg = _open(registry, storage_option)
     m = reg.resolve(ref)
+    sign_cmds.check_trust(reg, m, trust, public_key)  # before any byte is pulled
     with byte_progress(f"pulling {ref}", enabled=not (json_ or quiet)) as cb:
         path = reg.pull(m, callback=cb, verify=verify)
     r = parse_ref(ref)
@@ -209,12 +220,17 @@ def verify(
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     repair: Annotated[bool, typer.Option("--repair", help="Also rewrite every package index (index/<name>.json) from the manifests and tags.")] = False,
+    public_key: PublicKeyOpt = None,
+    save_signatures: Annotated[Optional[Path], typer.Option(help="With --public-key: write each trusted signature "
+                                                            "there as a .sig file for `model_signing verify key`.")] = None,
 ) -> None:
     """Re-hash every blob of one version, or of the whole registry. Exit 1 on any problem.
 
     The package indexes that make `list` and `show` fast are caches checked against the listing on
     every read and repaired as they go; --repair rebuilds them all from the documents."""
     reg = _open(registry, storage_option)
+    if public_key:  # the signatures too
+        return sign_cmds.verify_signatures(reg, ref, public_key, save_signatures, json_)
     with byte_progress("verifying", enabled=not (json_ or quiet)) as cb:
         report = reg.verify(ref, callback=cb)
     rebuilt = reg.rebuild_index() if repair else []

@@ -86,13 +86,8 @@ def key_fingerprint(public_pem: bytes) -> str:
 def sign(reg: Registry, manifest: Manifest, private_key: Path, *, password: str | None = None) -> SignatureRecord:
     """Sign a published version with an elliptic-curve private key (PEM) and store the signature.
     Signing the same version with the same key again adds another signature (a new time)."""
-    ms_manifest, signing_mod, ec_key = _library()
-    try:
-        signer = ec_key.Signer(Path(private_key), password.encode() if password else None)
-    except (OSError, ValueError, TypeError) as e:
-        raise SigningKeyError(f"{private_key} is not an elliptic-curve private key in PEM (P-256/384/521) that "
-                              f"memreg can read ({_first_line(e)}): make one with `openssl ecparam -genkey "
-                              "-name prime256v1 -noout | openssl pkcs8 -topk8 -nocrypt -out key.pem`") from None
+    ms_manifest, signing_mod, _ = _library()
+    signer = load_signer(private_key, password)
     items = [ms_manifest.FileManifestItem(path=PurePosixPath(p), digest=_digest(h))
              for p, h in signed_files(manifest).items()]
     serialization = ms_manifest.SerializationType.from_args(
@@ -111,6 +106,17 @@ def sign(reg: Registry, manifest: Manifest, private_key: Path, *, password: str 
     except FileExistsError:
         pass  # the very same document: content-addressed
     return record
+
+
+def load_signer(private_key: Path, password: str | None):
+    """model-signing's signer for an elliptic-curve private key, or one line saying what to do."""
+    _, _, ec_key = _library()
+    try:
+        return ec_key.Signer(Path(private_key), password.encode() if password else None)
+    except (OSError, ValueError, TypeError) as e:
+        raise SigningKeyError(f"{private_key} is not an elliptic-curve private key in PEM (P-256/384/521) that "
+                              f"memreg can read ({_first_line(e)}): make one with `openssl ecparam -genkey "
+                              "-name prime256v1 -noout | openssl pkcs8 -topk8 -nocrypt -out key.pem`") from None
 
 
 def records(reg: Registry, manifest: Manifest) -> list[tuple[str, SignatureRecord | None, str]]:

@@ -51,6 +51,7 @@ class PublishData(PackageRow):
     skipped_blobs: int
     tags_moved: dict[str, Optional[str]] = Field(description="tag -> the version it pointed at before (null: new)")
     registry: str
+    signed_by: Optional[str] = Field(None, description="with --sign-key: the signing key's fingerprint")
 
 
 class PullData(_Strict):
@@ -71,6 +72,8 @@ class VerifyData(_Strict):
     blobs: int
     problems: list[str]
     indexes_rebuilt: list[str] = []  # package names whose index --repair rewrote
+    signed_by: Optional[list[str]] = Field(None, description="with --public-key: fingerprints of the trusted keys "
+                                                              "whose signature of the version holds")
 
 
 class TagData(_Strict):
@@ -146,6 +149,17 @@ class GcOutput(_Ok):
     data: GcData
 
 
+class SignData(_Strict):
+    ref: str
+    key_fingerprint: str = Field(description="sha256 of the signer's PEM public key")
+    signatures: int = Field(description="signatures the version now carries")
+
+
+class SignOutput(_Ok):
+    command: Literal["sign"]
+    data: SignData
+
+
 class OtherOutput(_Ok):
     """train, attach, eval, tune, convert-gguf, cache: an object of the command's own."""
 
@@ -161,6 +175,6 @@ class ErrorOutput(_Strict):
     error: CliError
 
 
-class CliOutput(RootModel[Union[InitOutput, PublishOutput, PullOutput, ListOutput, ShowOutput, VerifyOutput,
+class CliOutput(RootModel[Union[InitOutput, PublishOutput, PullOutput, ListOutput, ShowOutput, VerifyOutput, SignOutput,
                                 TagOutput, YankOutput, GcOutput, OtherOutput, ErrorOutput]]):
     """What `memreg COMMAND --json` prints: one of these, chosen by `command` and `ok`."""
