@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memreg.train.defaults import DEFAULT_LR, DEFAULT_MAX_EPOCHS, PAPER_K  # noqa: F401 - re-exported
+from memreg.train.defaults import DEFAULT_LR, DEFAULT_MAX_EPOCHS, DEFAULT_SELECT_ON, PAPER_K  # noqa: F401 - re-exported
 
 # Settings that decide the artifacts of each stage (a stage's key also covers the stages before it).
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -30,6 +30,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "train": (
         "init", "beta", "steps", "epochs", "lr", "batch_size", "grad_accum",
         "warmup_fraction", "weight_decay", "seed", "max_epochs", "patience", "eval_every", "val_tokens",
+        "select_on", "select_base",
     ),
     "eval": ("weight_grid", "eval_stride"),
 }
@@ -91,6 +92,9 @@ class TrainConfig(BaseModel):
     eval_every: int | None = Field(default=None, ge=1, description="optimizer steps between evaluations; default: twice an epoch")
     val_tokens: int = Field(default=16_384, ge=2, description="held-out tokens scored at each evaluation")
     max_minutes: float | None = Field(default=None, gt=0, description="stop training after this long (this invocation), keep the best")
+    select_on: Literal["memory", "mixture"] = Field(
+        default=DEFAULT_SELECT_ON, description="what early stopping and the packaged checkpoint follow: the memory's validation loss, or base + memory's at its best weight")
+    select_base: str | None = Field(default=None, description="the base of --select-on mixture (and of the curve's mixture field); default: the teacher")
     lr: float = Field(default=DEFAULT_LR, gt=0)
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
@@ -147,6 +151,16 @@ def data_settings(config: TrainConfig) -> dict[str, Any]:
     return out
 
 
+def _selection_key(own: dict[str, Any], select_base: Any) -> None:
+    """Runs judged on the memory's loss against the teacher keep the keys made before --select-on."""
+    if own["select_on"] == "memory":
+        own.pop("select_on")
+    if own["select_base"] is None:
+        own.pop("select_base")
+    elif select_base is not None:
+        own["select_base"] = select_base
+
+
 def _jsonable(v: Any) -> Any:
     return str(v) if isinstance(v, Path) else v
 
@@ -156,9 +170,10 @@ def digest(obj: Any) -> str:
 
 
 def stage_keys(config: TrainConfig, *, corpus_digest: str, tokenizer_digest: str, block_size: int,
-               world_size: int = 1) -> dict[str, str]:
+               world_size: int = 1, select_base: Any = None) -> dict[str, str]:
     """One key per stage: a hash of its own settings and of the key of the stage before it.
-    Data-parallel training over several processes takes larger steps: another key."""
+    Data-parallel training over several processes takes larger steps: another key. `select_base`
+    names the weights of a --select-base folder (the ref alone does not)."""
     keys: dict[str, str] = {}
     previous = digest({"corpus": corpus_digest, "tokenizer": tokenizer_digest})
     for stage, names in STAGE_SETTINGS.items():
@@ -173,5 +188,7 @@ def stage_keys(config: TrainConfig, *, corpus_digest: str, tokenizer_digest: str
             own["world_size"] = world_size
         if stage == "index" and config.index_on_disk is None:  # the default keeps the keys made before the option
             own.pop("index_on_disk")
+        if stage == "train":
+            _selection_key(own, select_base)
         previous = keys[stage] = digest({"previous": previous, "stage": stage, **own})
     return keys

@@ -1,5 +1,6 @@
-"""Stages 5-7 of `memreg train`: the memory's init, its training (stopped on the validation loss) and
-the held-out evaluation that picks the recommended weight.
+"""Stages 5-7 of `memreg train`: the memory's init, its training (stopped on the validation loss of
+the memory alone or, by default, of base + memory at its best weight: `--select-on`) and the held-out
+evaluation that picks the recommended weight.
 
 Validation = the held-out documents of the corpus (no near-copy of a training document, see
 `neardup.py`). During training the first `val_tokens` of them are scored in non-overlapping windows
@@ -76,7 +77,9 @@ def score_shares(model_or_ref: Any, ids: np.ndarray, *, run: StageRunner, contex
 
 
 def train(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, init_ref: str, base_ref: str) -> Meta:
+    """Train the memory; `base_ref` is the base its validation mixes it with (--select-base, or the teacher)."""
     from memreg.train.knn import open_targets
+    from memreg.train.stopping import CRITERIA
     from memreg.train.trainer import BlockBatches, load_best, schedule, train_loop
 
     cfg = run.cfg
@@ -109,8 +112,9 @@ def train(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, init_
             beta=cfg.beta, grad_accum=cfg.grad_accum, vocab_size=vocab_size, seed=cfg.seed,
             checkpoint_every=cfg.checkpoint_every, device=run.device, on_step=on_step, dist=run.dist,
             validate=validate, eval_every=eval_every, patience=cfg.patience if sched.early_stopping else None,
-            max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None,
-            on_eval=lambda point: run.progress.advance(0, val_ppl=point["val_perplexity"]),
+            max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None, monitor=CRITERIA[cfg.select_on],
+            on_eval=lambda point: run.progress.advance(0, val_ppl=point["val_perplexity"],
+                                                       mix_ppl=point["val_perplexity_with_base"]),
         )
         if not run.dist.is_main:
             return None
@@ -121,6 +125,7 @@ def train(run: StageRunner, block_size: int, vocab_size: int, cmeta: Meta, init_
         return {"steps": outcome.steps, "max_steps": sched.total_steps, "warmup_steps": sched.warmup_steps,
                 "steps_per_epoch": sched.steps_per_epoch, "early_stopping": sched.early_stopping,
                 "stop_reason": outcome.stop_reason, "best_step": stop.best_step if stop.curve else outcome.steps,
+                "select_on": cfg.select_on, "select_base": cfg.select_base or cfg.teacher,
                 "eval_every": eval_every, "val_tokens": 0 if val is None else int(len(val)),
                 "curve": stop.curve, "final": outcome.metrics, "model": str(folder / "final"),
                 "processes": run.dist.world_size}
@@ -143,7 +148,7 @@ def _cached_scores(run: StageRunner, path: Path, compute) -> np.ndarray:
 
 def _validator(run: StageRunner, val: np.ndarray, base_lp: np.ndarray, block_size: int, vocab_size: int):
     """model -> the curve's validation fields: the memory's loss (nats) and perplexity alone, and
-    the base + memory perplexity at the best weight of the grid."""
+    the base + memory loss and perplexity at the best weight of the grid."""
     from memreg.evaluate import perplexity, weight_sweep
 
     def validate(model) -> dict[str, float]:
@@ -151,7 +156,8 @@ def _validator(run: StageRunner, val: np.ndarray, base_lp: np.ndarray, block_siz
         sweep = weight_sweep(base_lp, lp, run.cfg.weight_grid)
         best = _best_weight(sweep)
         return {"val_loss": float(-lp.mean()), "val_perplexity": perplexity(lp),
-                "val_perplexity_with_base": sweep[best], "val_weight": best}
+                "val_loss_with_base": math.log(sweep[best]), "val_perplexity_with_base": sweep[best],
+                "val_weight": best}
 
     return validate
 

@@ -94,6 +94,7 @@ class _Models:
     init: str
     tokenizer: Any  # the init's, checked equal to the teacher's
     block_size: int
+    select_base: str  # resolved --select-base: the base validation mixes the memory with (the teacher by default)
 
     @property
     def vocab_size(self) -> int:
@@ -121,7 +122,12 @@ def _resolve_models(config: TrainConfig) -> _Models:
     tok, teacher_tok = load_tokenizer(init_ref), load_tokenizer(teacher_ref)
     _check_tokenizers(teacher_tok, tok, config)
     block_size = _block_size(config, AutoConfig, {"teacher": teacher_ref, "init": init_ref})
-    return _Models(teacher=teacher_ref, init=init_ref, tokenizer=tok, block_size=block_size)
+    select_base = teacher_ref
+    if config.select_base is not None:
+        select_base = resolve_model_ref(config.select_base)
+        _check_select_base(config, load_tokenizer(select_base), tok, AutoConfig.from_pretrained(select_base, trust_remote_code=False),
+                           block_size)
+    return _Models(teacher=teacher_ref, init=init_ref, tokenizer=tok, block_size=block_size, select_base=select_base)
 
 
 def _read_corpus(run: StageRunner) -> _Corpus:
@@ -151,8 +157,9 @@ def _key_stages_and_claim_work_dir(run: StageRunner, models: _Models, cdigest: s
 
     tok_digest = fingerprint(models.tokenizer).digest
     identities = {"teacher": _model_identity(models.teacher), "init": _model_identity(models.init)}
+    select_base = _model_identity(models.select_base) if run.cfg.select_base is not None else None
     run.keys = stage_keys(run.cfg, corpus_digest=cdigest, tokenizer_digest=digest([tok_digest, identities]),
-                          block_size=models.block_size, world_size=run.dist.world_size)
+                          block_size=models.block_size, world_size=run.dist.world_size, select_base=select_base)
     claim = {"corpus_digest": cdigest, "tokenizer": tok_digest, "models": identities,
              "settings": {**data_settings(run.cfg), "block_size": models.block_size}}
     run.main_first(lambda: claim_work_dir(run, claim))
@@ -179,8 +186,8 @@ def _run_stages(run: StageRunner, models: _Models, corpus: _Corpus) -> tuple[dic
     metas["knn"] = stages.knn(run, k, vocab_size)  # every process searches its share of the rows
     metas["init"] = run.main_first(lambda: memory_stages.init(run, models.init))
     metas["train"] = memory_stages.train(run, block_size, vocab_size, metas["corpus"], metas["init"]["model"],
-                                         models.teacher)
-    scored, bases = _evaluated_models(run.cfg, models.teacher, models.init, metas)
+                                         models.select_base)
+    scored, bases = _evaluated_models(run.cfg, models, metas)
     metas["eval"] = memory_stages.evaluate(run, block_size, vocab_size, metas["corpus"], scored, bases)  # all processes
     return metas, k
 
@@ -217,6 +224,25 @@ def _check_tokenizers(teacher_tok: Any, tok: Any, config: TrainConfig) -> None:
         raise TokenizerMismatchError(
             f"teacher and init tokenizers differ: {compat.reason}{detail}; the memory decoder must share the teacher's tokenizer"
         )
+
+
+def _check_select_base(config: TrainConfig, base_tok: Any, tok: Any, base_config: Any, block_size: int) -> None:
+    """--select-base must read the memory's token ids, and whole validation blocks. Its context does
+    not lower the default block: that would change the datastore, which the base never touches."""
+    from memreg.models import context_length
+    from memreg.registry.fingerprinting import check_compatible
+
+    compat = check_compatible(base_tok, tok, name_a=f"the selection base {config.select_base}",
+                              name_b=f"the init model {config.init}")
+    if not compat.ok:
+        raise TokenizerMismatchError(
+            f"--select-base {config.select_base} cannot be mixed with this memory: {compat.reason}; "
+            "name a base with the teacher's tokenizer, or leave --select-base out to use the teacher")
+    n = context_length(base_config)
+    if n and block_size > n:
+        raise InvalidTrainSettingError(
+            f"--select-base {config.select_base} reads {n} tokens at most, fewer than the {block_size}-token blocks: "
+            f"use --block-size {n} or less, or another base")
 
 
 def _block_size(config: TrainConfig, auto_config: Any, refs: dict[str, str]) -> int:
@@ -261,21 +287,29 @@ def _resolve_k(run: StageRunner, rows: int) -> int:
     return run.cfg.k
 
 
-def _evaluated_models(config: TrainConfig, teacher_ref: str, init_ref: str,
+def _evaluated_models(config: TrainConfig, models: _Models,
                       metas: dict[str, Meta]) -> tuple[dict[str, str], dict[str, str]]:
     """Which models the held-out evaluation scores, and which of them are bases the memory is mixed with
     (named as the user gave them): the teacher always; the init too when it is a whole other model
-    (a truncated init is no base)."""
-    scored = {"memory": metas["train"]["model"], "teacher": teacher_ref, "init": metas["init"]["model"]}
+    (a truncated init is no base); the --select-base when it is another model."""
+    scored = {"memory": metas["train"]["model"], "teacher": models.teacher, "init": metas["init"]["model"]}
     bases = {"teacher": config.teacher}
-    if not metas["init"]["truncated"] and init_ref != teacher_ref:
+    if not metas["init"]["truncated"] and models.init != models.teacher:
         bases["init"] = config.init
+    if models.select_base != models.teacher and not ("init" in bases and models.select_base == models.init):
+        scored["select_base"] = models.select_base
+        bases["select_base"] = str(config.select_base)
     if metas["teacher"]["adapted"]:
         scored["adapted_teacher"] = metas["teacher"]["model"]
     return scored, bases
 
 
 def _warn_about_quality(run: StageRunner, metas: dict[str, Meta]) -> None:
+    train = metas["train"]
+    if train["curve"] and train["best_step"] == 0 and train["steps"] > 0:
+        judged = "base + memory" if train.get("select_on") == "mixture" else "the memory alone"
+        run.note(f"no trained checkpoint beat the untrained init on {judged}: the package holds the init; "
+                 "raise --patience or --max-epochs, lower --lr, or try --select-on memory", warning=True)
     ppl = metas["eval"].get("perplexity", {})
     if not ppl:
         return

@@ -1,9 +1,10 @@
 """When to stop training the memory decoder, and which checkpoint to package.
 
 Every `eval_every` optimizer steps the trainer scores the validation documents (the held-out
-documents of the training corpus) and hands the memory's validation loss to `EarlyStopping`.
-The best point so far is the one to package; after `patience` evaluations without an improvement
-of at least `min_delta` nats the run stops. The state is plain JSON, saved with every checkpoint, so
+documents of the training corpus) and hands the point to `EarlyStopping`, which judges one of its
+fields (`monitor`): the memory's own validation loss, or the loss of base + memory at the best weight
+of the grid (`CRITERIA`, `--select-on`). The best point so far is the one to package; after `patience`
+evaluations without an improvement of at least `min_delta` nats the run stops. The state is plain JSON, saved with every checkpoint, so
 a resumed run takes exactly the decisions an uninterrupted one would have taken.
 """
 
@@ -13,19 +14,23 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# --select-on -> the validation point's field it judges (nats per token; lower is better)
+CRITERIA = {"memory": "val_loss", "mixture": "val_loss_with_base"}
+
 
 @dataclass
 class EarlyStopping:
     patience: int | None  # None: never stop early (a fixed --steps/--epochs run still keeps the best)
     min_delta: float = 1e-3  # nats of validation loss that count as an improvement (0.1 % perplexity)
+    monitor: str = "val_loss"  # the field judged; states saved before the option judged the memory's loss
     best_loss: float = math.inf
     best_step: int = -1
     bad_evaluations: int = 0
     curve: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, step: int, point: dict[str, Any]) -> bool:
-        """Add an evaluation point (it must hold `val_loss`); True when it is the new best."""
-        loss = float(point["val_loss"])
+        """Add an evaluation point (it must hold the `monitor` field); True when it is the new best."""
+        loss = float(point[self.monitor])
         improved = loss < self.best_loss - self.min_delta  # the first finite point always improves on inf
         self.curve.append({"step": step, **point})
         if improved:

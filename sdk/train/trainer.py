@@ -128,13 +128,14 @@ def train_loop(
     device: str = "cpu", on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     dist: "Dist | None" = None, validate: Validate | None = None, eval_every: int | None = None,
     patience: int | None = None, max_seconds: float | None = None,
-    on_eval: Callable[[dict[str, Any]], None] | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None, monitor: str = "val_loss",
 ) -> TrainOutcome:
     """Run (or resume) training; returns where it stopped and the best checkpoint.
 
     With `validate` (model in eval mode -> {"val_loss": ..., ...}), the model is scored before the
     first step and every `eval_every` steps; the best point's weights are kept in `best-step-N/`,
-    and with `patience` the run stops after that many evaluations without improvement. With `dist`
+    and with `patience` the run stops after that many evaluations without improvement; "best" is
+    judged on the point's `monitor` field (the memory's `val_loss`, or `val_loss_with_base`). With `dist`
     of several processes: process r takes micro-batches (step*grad_accum + micro)*W + r, DDP
     averages the gradients, every process takes part in the (split) validation and gets the same
     result, so they stop at the same step; process 0 writes the checkpoints."""
@@ -144,7 +145,7 @@ def train_loop(
     torch.manual_seed(seed)
     model.to(device).train()
     opt, lr_sched = make_optimizer(model, lr=lr, weight_decay=weight_decay, sched=sched)
-    step, stopping, pending = _resume(model, opt, lr_sched, ckpt_dir, EarlyStopping(patience))
+    step, stopping, pending = _resume(model, opt, lr_sched, ckpt_dir, EarlyStopping(patience, monitor=monitor))
     accelerator, ddp_model, ddp_opt = _accelerate(model, opt, device=device, grad_accum=grad_accum, dist=dist)
     if on_step is not None and step:
         on_step(step, sched.total_steps, {})
@@ -325,6 +326,12 @@ def _resume(model, opt, lr_sched, ckpt_dir: Path, fresh: EarlyStopping) -> tuple
     torch.set_rng_state(state["torch_rng"])
     saved = json.loads((last / "stopping.json").read_text())
     stopping = EarlyStopping.from_state({**saved["stopping"], "patience": fresh.patience})
+    if stopping.monitor != fresh.monitor:  # its best so far was judged on another score: not comparable
+        from memreg.train.errors import InvalidTrainSettingError
+
+        raise InvalidTrainSettingError(
+            f"the checkpoints in {ckpt_dir} chose their best on {stopping.monitor!r}, this run on {fresh.monitor!r}: "
+            "resume with the same --select-on, or train into another folder")
     return int(state["step"]), stopping, saved["pending"]
 
 

@@ -38,11 +38,12 @@ def test_default_run_stops_on_the_held_out_loss_and_packages_the_best_checkpoint
     assert sched["early_stopping"] and extra["warmup_steps"] >= 1
     assert curve[0]["step"] == 0 and "train_kl" not in curve[0]  # the untrained init comes first
     for point in curve[1:]:
-        assert {"train_kl", "train_ce", "val_loss", "val_perplexity", "val_perplexity_with_base", "val_weight"} <= set(point)
+        assert {"train_kl", "train_ce", "val_loss", "val_perplexity", "val_loss_with_base", "val_perplexity_with_base",
+                "val_weight"} <= set(point)
     steps = [p["step"] for p in curve]
     assert steps == sorted(steps) and all(s % 10 == 0 for s in steps[:-1])
-    best = min(curve, key=lambda p: p["val_loss"])
-    assert sched["best_step"] == best["step"]
+    best = min(curve, key=lambda p: p["val_loss_with_base"])  # the default judges teacher + memory
+    assert sched["select_on"] == "mixture" and sched["best_step"] == best["step"]
     if sched["stop_reason"] == "patience":  # stopped before the cap, `patience` evaluations after the best
         assert result.steps < sched["max_steps"] and steps[-1] > best["step"]
     # the package holds the best checkpoint's weights, not the last step's
@@ -81,11 +82,13 @@ def test_gguf_teacher_and_init_with_init_layers(tmp_path):
     assert result.card.training.teacher_model == str(gguf)
 
 
-def _metas(memory: float, init: float, teacher: float, adapted: float | None = None) -> dict:
+def _metas(memory: float, init: float, teacher: float, adapted: float | None = None, *, best_step: int = 20,
+           select_on: str = "mixture") -> dict:
     ppl = {"memory": memory, "init": init, "teacher": teacher}
     if adapted is not None:
         ppl["adapted_teacher"] = adapted
-    return {"eval": {"perplexity": ppl}}
+    train = {"curve": [{"step": 0}, {"step": 20}], "best_step": best_step, "steps": 20, "select_on": select_on}
+    return {"eval": {"perplexity": ppl}, "train": train}
 
 
 class _Runner:
@@ -109,3 +112,12 @@ def test_quality_warnings(ppl, expected):
     assert len(run.warnings) == len(expected)
     for text, warning in zip(expected, run.warnings):
         assert text in warning
+
+
+@pytest.mark.parametrize("select_on, judged", [("mixture", "base + memory"), ("memory", "the memory alone")])
+def test_packaging_the_untrained_init_is_warned(select_on, judged):
+    """A run whose best checkpoint is step 0 (no trained one beat the init) packages the init: say so."""
+    run = _Runner()
+    _warn_about_quality(run, _metas(10.0, 10.0, 5.0, best_step=0, select_on=select_on))  # type: ignore[arg-type]
+    assert len(run.warnings) == 1
+    assert f"no trained checkpoint beat the untrained init on {judged}" in run.warnings[0]

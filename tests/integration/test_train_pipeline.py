@@ -258,3 +258,58 @@ def test_torch_search_needs_no_faiss_and_gives_faiss_targets(setup, tmp_path, mo
         d = np.sort(((keys - keys[row]) ** 2).sum(1))
         assert np.isclose(d[24], d[25], rtol=1e-5), f"row {row} differs without a tie at the 24th neighbour"
     assert len(differ) < 0.05 * len(dense["t"])
+
+
+def _replayed_best(curve: list[dict], field: str) -> int:
+    """The step memreg's EarlyStopping picks on `field` of a card's curve (no patience: every point)."""
+    from memreg.train.stopping import EarlyStopping
+
+    es = EarlyStopping(None, monitor=field)
+    for point in curve:
+        es.record(point["step"], point)
+    return es.best_step
+
+
+def test_select_on_picks_the_checkpoint_and_the_card_says_which(setup, tmp_path):
+    """The default judges base (the teacher) + memory: its best step follows the mixture's curve, the card
+    records both curves and the criterion, the summary names it. --select-on memory on the same work
+    folder reuses the datastore, retrains, and follows the memory's curve; --select-base another base."""
+    from typer.testing import CliRunner
+
+    from memreg.cli.train import train as train_command
+
+    app = typer.Typer()
+    app.command()(train_command)
+    common = dict(corpus=[str(p) for p in licence_texts(CORPUS[:2])], teacher=str(setup / "teacher"),
+                  init=str(setup / "init"), block_size=32, k=16, steps=24, eval_every=3, batch_size=4, lr=1e-2,
+                  eval_fraction=0.1, seed=5, work_dir=tmp_path / "work")  # lr: the memory alone overfits early
+    args = [*common["corpus"], "--teacher", common["teacher"], "--init", common["init"], "--out", str(tmp_path / "mix"),
+            "--block-size", "32", "--k", "16", "--steps", "24", "--eval-every", "3", "--batch-size", "4", "--lr", "1e-2",
+            "--eval-fraction", "0.1", "--seed", "5", "--work-dir", str(tmp_path / "work"), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"packaged the best checkpoint on base + memory with {setup / 'teacher'} (step" in result.output
+    mixture = PackageCard.model_validate_json((tmp_path / "mix" / "memreg.json").read_text()).training.extra
+    curve = mixture["learning_curve"]
+    assert len(curve) == 9 and all({"val_loss", "val_perplexity", "val_loss_with_base", "val_perplexity_with_base",
+                                    "val_weight"} <= set(p) for p in curve)
+    sched = mixture["schedule"]
+    assert sched["select_on"] == "mixture" and sched["select_base"] == str(setup / "teacher")
+    assert sched["best_step"] == _replayed_best(curve, "val_loss_with_base")
+
+    stages = _Stages()
+    memory = train(TrainConfig(**common, out=tmp_path / "mem", select_on="memory"), progress=stages)
+    assert stages.seen["datastore"] is True and stages.seen["knn targets"] is True and stages.seen["train"] is False
+    extra = memory.card.training.extra
+    assert extra["schedule"]["select_on"] == "memory"
+    assert extra["schedule"]["best_step"] == _replayed_best(extra["learning_curve"], "val_loss")
+    # same training, same curve: only the pick differs (the memory's best comes early, the mixture's late)
+    assert [p["val_loss"] for p in extra["learning_curve"]] == [p["val_loss"] for p in curve]
+    assert extra["schedule"]["best_step"] < sched["best_step"]
+
+    other = train(TrainConfig(**common, out=tmp_path / "other", select_base=str(setup / "init")))
+    extra = other.card.training.extra
+    assert extra["schedule"]["select_base"] == str(setup / "init")
+    assert [p["val_loss"] for p in extra["learning_curve"]] == [p["val_loss"] for p in curve]
+    assert [p["val_perplexity_with_base"] for p in extra["learning_curve"]] != [p["val_perplexity_with_base"] for p in curve]
+    assert extra["schedule"]["best_step"] == _replayed_best(extra["learning_curve"], "val_loss_with_base")
