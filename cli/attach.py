@@ -16,6 +16,7 @@ from memreg.cli import output
 from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options
 from memreg.cli.output import console, err_console, print_json, warn
 from memreg.cli.progress import count_progress, model_loading_bars
+from memreg.cli.sign_cmds import PublicKeyOpt, TrustOpt
 
 BaseArg = Annotated[str, typer.Argument(help="Base model: a Hugging Face model folder or id (with its tokenizer), or a .gguf file (converted once, see `memreg convert-gguf`).")]
 MemoriesArg = Annotated[
@@ -118,6 +119,8 @@ def attach(
     context: ContextOpt = None,
     stride: StrideOpt = None,
     force: ForceOpt = False,
+    trust: TrustOpt = None,
+    public_key: PublicKeyOpt = None,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
@@ -128,7 +131,7 @@ def attach(
     if prompt is None and not eval_files:
         raise ValueError("nothing to do: give --prompt TEXT to generate or --eval FILES to score")
     bars = not (json_ or quiet)
-    model = _compose(base, memories, registry, storage_option, force, bars=bars)
+    model = _compose(base, memories, registry, storage_option, force, bars=bars, trust=trust, public_keys=public_key or [])
     result: dict = {}  # under --json, one envelope holds the evaluation and the generation
     if eval_files:
         from memreg.evaluate import mixture_log_probs
@@ -181,6 +184,8 @@ def eval_cmd(
     plot: Annotated[Optional[Path], typer.Option(help="With --sweep: write perplexity against weight to this image.")] = None,
     fit: Annotated[bool, typer.Option("--fit-weights", help="Fit the memory weights by EM and report them.")] = False,
     force: ForceOpt = False,
+    trust: TrustOpt = None,
+    public_key: PublicKeyOpt = None,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
@@ -199,7 +204,8 @@ def eval_cmd(
     # weights left out are taken from manifests; with --sweep/--fit-weights they need not exist
     specs = memory if not (sweep or fit) else [s if "=" in s else f"{s}=0" for s in memory]
     bars = not (json_ or quiet)
-    model = _compose(base, specs, registry, storage_option, force, bars=bars)
+    model = _compose(base, specs, registry, storage_option, force, bars=bars, trust=trust,
+                     public_keys=public_key or [])
     lps = _score(model, _read_texts(data), context, stride, bars=bars)
     base_lp, mem_lps = lps[0], lps[1:]
     result: dict[str, Any] = {"tokens": int(base_lp.size), "perplexity_base": _ppl(base_lp)}

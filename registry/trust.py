@@ -128,3 +128,15 @@ def enforce(reg: Registry, manifest: Manifest, *, policy: str, keys: list[Truste
         raise UntrustedMemoryError(f"{line} (refused: trust policy require)")
     warn(f"{line} (used anyway: trust policy warn)")
     return result
+
+
+def enforce_refs(reg: Registry | None, refs: list[str], *, policy: str | None, public_keys: Iterable[str | Path],
+                 warn: Callable[[str], None]) -> None:
+    """The policy for each registry reference a composition uses (compose, attach, eval), before
+    any of them is pulled. `policy` None: $MEMREG_TRUST, else warn."""
+    chosen = resolve_policy(policy)
+    if reg is None or not refs or chosen == "off":
+        return
+    keys = trusted_keys(public_keys, registry_url=reg.url)
+    for ref in refs:
+        enforce(reg, reg.resolve(ref), policy=chosen, keys=keys, warn=warn)

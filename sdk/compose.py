@@ -154,6 +154,8 @@ def compose(
     context: int = 1024,
     stride: int = 512,
     dtype: torch.dtype | None = None,
+    trust: str | None = None,
+    public_keys: Sequence[str | os.PathLike] = (),
 ) -> ComposedLM:
     """Mix `memories` into `base`: p = (1 - sum w) p_base + sum_i w_i p_i, after checking tokenizers.
 
@@ -165,6 +167,9 @@ def compose(
       memory's recommended weight; "auto" fits them by EM on `held_out` text (or token ids).
     registry: a `Registry`, a URL, or None ($MEMREG_REGISTRY, else the local default).
     force: compose even when a tokenizer check fails (with a loud warning).
+    trust, public_keys: signatures of registry memories (memreg.registry.trust): "off", "warn" (a
+      UserWarning for one no trusted key signed) or "require" (UntrustedMemoryError); None reads
+      $MEMREG_TRUST, else warn. Keys: `public_keys`, $MEMREG_PUBLIC_KEYS and the trust file.
     """
     memories = _as_list(memories)  # none at all gives the base alone, as a ComposedLM
     if weights == "auto" and held_out is None:
@@ -173,6 +178,7 @@ def compose(
     base_model, tokenizer, base_tok = _base(base, tokenizer, dtype)
     registry_box: list = []
     mems = [describe(m, registry, registry_box, dtype) for m in memories]  # 1. describe
+    _check_signatures(registry_box, mems, trust, public_keys)  # before any memory byte is pulled
     _check_tokenizers(base_tok, rows_of(base_model), mems, force)  # 2. check, before any memory weight is read
     settled = _settle_weights(weights, mems)  # 3. weights (errors before loading too)
     models = _load_once(mems, base_model.device)  # 4. load
@@ -193,6 +199,15 @@ def compose(
         "registry": registry_box[0].url if registry_box else (registry if isinstance(registry, str) else None),
     }
     return composed
+
+
+def _check_signatures(registry_box: list, mems: list[Memory], trust: str | None,
+                      public_keys: Sequence[str | os.PathLike]) -> None:
+    from memreg.registry.trust import enforce_refs
+
+    refs = [m.source for m in mems if m.key.startswith("ref:")]
+    enforce_refs(registry_box[0] if registry_box else None, refs, policy=trust, public_keys=public_keys,
+                 warn=lambda line: warnings.warn(line, UserWarning, stacklevel=6))  # to compose's caller
 
 
 def _as_list(memories: MemorySpec | Sequence[MemorySpec]) -> list[MemorySpec]:

@@ -118,3 +118,71 @@ def test_bad_options_say_what_to_do(url, keys, tiny_package, tmp_path, env):
     assert listed == []  # nothing was published with an unusable key
     no_key = cli("sign", "law@1.0.0", "--registry", url, env=env)
     assert no_key.returncode == 2 and "--sign-key" in no_key.stderr
+
+
+# compose, attach and eval take the same policy, checked before any memory byte is pulled ---------
+@pytest.fixture
+def law(tmp_path, tiny_package, keys, env, monkeypatch):
+    """A local registry with law@1.0.0 signed by the publisher and law@1.1.0 unsigned; no trust
+    settings from the machine."""
+    from memreg.registry import Registry, signing
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    reg = Registry.init(str(tmp_path / "registry"))
+    signing.sign(reg, reg.publish(tiny_package, name="law", version="1.0.0").manifest, keys["publisher"][0])
+    reg.publish(tiny_package, name="law", version="1.1.0")
+    return reg
+
+
+def test_compose_refuses_an_unsigned_memory_under_require(law, keys, tiny_package, memreg_home):
+    import warnings
+
+    from memreg.compose import compose
+    from memreg.registry.trust import UntrustedMemoryError
+
+    pub = [keys["publisher"][1]]
+    with pytest.raises(UntrustedMemoryError, match="law@1.1.0 is not signed"):
+        compose(str(tiny_package), "law@1.1.0", 0.5, registry=law, trust="require", public_keys=pub)
+    assert cached_packages(memreg_home) == []  # refused before the memory was pulled
+    with pytest.warns(UserWarning, match="law@1.1.0 is not signed by a key you trust"):
+        compose(str(tiny_package), "law@1.1.0", 0.5, registry=law, trust="warn", public_keys=pub)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a memory signed by a trusted key passes silently
+        composed = compose(str(tiny_package), "law@1.0.0", 0.5, registry=law, trust="require", public_keys=pub)
+    assert composed.names == ["law@1.0.0"]
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """memreg in this process (torch is imported once for the module, not per command)."""
+    from memreg.cli.main import run
+
+    monkeypatch.setattr(sys, "argv", ["memreg", *args])
+    try:
+        run()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_attach_and_eval_take_the_trust_policy(law, keys, tiny_package, tmp_path, monkeypatch, capsys, memreg_home):
+    pub, base = str(keys["publisher"][1]), str(tiny_package)
+    common = ["--registry", law.url, "--public-key", pub]
+    code, out, err = run_cli(monkeypatch, capsys, "attach", base, "law@1.1.0=0.5", "--prompt", "The licence",
+                             "--max-new-tokens", "2", "--trust", "require", *common)
+    assert code == 1 and out == "" and "law@1.1.0 is not signed" in err and err.strip().count("\n") == 0, err
+    assert cached_packages(memreg_home) == []
+    code, out, err = run_cli(monkeypatch, capsys, "attach", base, "law@1.0.0=0.5", "--prompt", "The licence",
+                             "--max-new-tokens", "2", "--trust", "require", *common)
+    assert code == 0 and out.strip() and "warning" not in err, err
+    data = tmp_path / "held.txt"
+    data.write_text(Path("/usr/share/common-licenses/Apache-2.0").read_text()[:600])
+    code, out, err = run_cli(monkeypatch, capsys, "eval", base, "--memory", "law@1.1.0=0.5", "--data", str(data),
+                             "--json", *common)  # default policy: warn
+    doc = json.loads(out)
+    assert code == 0 and any("law@1.1.0 is not signed" in w for w in doc["warnings"]), doc
+    code, out, err = run_cli(monkeypatch, capsys, "eval", base, "--memory", "law@1.1.0=0.5", "--data", str(data),
+                             "--trust", "require", *common)
+    assert code == 1 and "not signed" in err
