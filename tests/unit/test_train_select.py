@@ -102,3 +102,13 @@ def test_a_bad_select_on_is_a_usage_error(tmp_path):
                                       "--select-on", "base"])
     assert result.exit_code == 2 and "--select-on" in result.output and "'mixture', 'memory'" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o.work").exists()
+
+
+def test_the_cli_default_is_the_train_configs():
+    import inspect
+
+    from memreg.cli.train import train as train_command
+
+    params = inspect.signature(train_command).parameters
+    assert params["select_on"].default == TrainConfig.model_fields["select_on"].default == "mixture"
+    assert params["select_base"].default is TrainConfig.model_fields["select_base"].default is None
