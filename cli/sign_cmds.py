@@ -103,7 +103,7 @@ def verify_signatures(reg, ref: str | None, public_keys: list[Path], save_signat
     keys = trust.trusted_keys(public_keys, registry_url=reg.url)
     report = reg.verify(m.ref)
     check = signing.check(reg, m, keys)
-    problems = report.problems + ([] if check.ok else check.problems)
+    problems = report.problems + ([] if check.ok else [f"{m.ref}: {p}" for p in check.problems])
     if report.ok and check.ok:
         problems += _check_pulled(reg, m, keys, check.signers, save_signatures)
     ok = not problems

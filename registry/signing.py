@@ -145,7 +145,7 @@ def check(reg: Registry, manifest: Manifest, keys: list[TrustedKey]) -> Signatur
     signers, problems = [], []
     found = records(reg, manifest)
     if not found:
-        return SignatureCheck(manifest.ref, [], [f"{manifest.ref} is not signed"])
+        return SignatureCheck(manifest.ref, [], ["it carries no signature"])
     for key, record, why in found:
         where = f"signature {key.rsplit('/', 1)[1][:12]}"
         problem = why or _record_problem(manifest, record, keys)
