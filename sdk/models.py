@@ -45,11 +45,16 @@ def load_causal_lm(ref: str | os.PathLike, *, dtype: Any = None, device: Any = N
 def _check_loading_info(ref: Any, info: dict[str, Any]) -> None:
     from memreg.registry.errors import WeightsMismatchError
 
-    groups = (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "wrong shape"))
-    if report := mismatch_report({what: [str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ()]
-                                  for key, what in groups}):
+    if report := loading_report(info):
         raise WeightsMismatchError(f"{ref}: the weights do not match config.json: {report}; refused "
                                    "rather than filled with a random init: re-save the model with save_pretrained")
+
+
+def loading_report(info: dict[str, Any]) -> str:
+    """What `from_pretrained(..., output_loading_info=True)` left out or could not fit, or ''."""
+    groups = (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "wrong shape"))
+    return mismatch_report({what: [str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ()]
+                            for key, what in groups})
 
 
 def mismatch_report(groups: dict[str, Any]) -> str:
