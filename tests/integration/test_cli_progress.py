@@ -94,14 +94,25 @@ print("hub download bars disabled:", are_progress_bars_disabled(), file=sys.stde
 """
 
 
-@pytest.mark.parametrize("flag, disabled", [(None, False), ("--json", True), ("--quiet", True)])
-def test_hub_download_bars_are_on_unless_json_or_quiet(world, flag, disabled):
+def _train_args(world, tmp_path) -> list[str]:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for p in LICENSES[:2]:
+        (corpus / Path(p).name).write_text(Path(p).read_text())
+    return ["train", str(corpus), "--teacher", world["base"], "--init", world["base"], "--out", str(tmp_path / "out"),
+            "--k", "8", "--block-size", "32", "--steps", "1", "--batch-size", "2", "--eval-fraction", "0.1"]
+
+
+@pytest.mark.parametrize("command, flag, disabled", [("eval", None, False), ("eval", "--json", True), ("eval", "--quiet", True),
+                                                    ("train", None, False), ("train", "--json", True)])
+def test_hub_download_bars_are_on_unless_json_or_quiet(world, tmp_path, command, flag, disabled):
     """The CLI used to set HF_HUB_DISABLE_PROGRESS_BARS=1 for every command (and drop the Hub's bars
     while loading), so a base downloaded from the Hub ran for minutes without a sign."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
-    args = [*_commands(world)["eval"], *([flag] if flag else [])]
+    base_args = _commands(world)["eval"] if command == "eval" else _train_args(world, tmp_path)
+    args = [*base_args, *([flag] if flag else [])]
     proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
