@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, Optional
 
 import typer
 
 from memreg.cli import output
 from memreg.cli.options import JsonOpt, QuietOpt
 from memreg.cli.output import console, print_json
-from memreg.train.defaults import DEFAULT_LR, DEFAULT_MAX_EPOCHS
+from memreg.train.defaults import DEFAULT_LR, DEFAULT_MAX_EPOCHS, DEFAULT_SELECT_ON
 
 if TYPE_CHECKING:
     from memreg.train import TrainConfig, TrainResult
@@ -40,6 +40,8 @@ def train(
     eval_every: Annotated[Optional[int], typer.Option(help="optimizer steps between evaluations [default: twice an epoch]", show_default=False)] = None,
     val_tokens: Annotated[int, typer.Option(help="held-out tokens scored at each evaluation")] = 16_384,
     max_minutes: Annotated[Optional[float], typer.Option(help="stop training after this many minutes and package the best checkpoint so far", show_default=False)] = None,
+    select_on: Annotated[Literal["mixture", "memory"], typer.Option(help="what early stopping and the packaged checkpoint follow on the held-out documents: base + memory at its best weight (mixture), or the memory alone")] = DEFAULT_SELECT_ON,
+    select_base: Annotated[Optional[str], typer.Option(help="the base of --select-on mixture: Hugging Face id, folder or .gguf file of the memory's tokenizer [default: the teacher]", show_default=False)] = None,
     lr: Annotated[float, typer.Option(help="peak AdamW learning rate (after a linear warm-up)")] = DEFAULT_LR,
     batch_size: Annotated[int, typer.Option(help="blocks per micro-batch")] = 8,
     grad_accum: Annotated[int, typer.Option(help="micro-batches per optimizer step")] = 1,
@@ -65,7 +67,7 @@ def train(
 ) -> None:
     """Train a memory decoder on CORPUS and write a package folder that `memreg publish` takes.
 
-    By default training stops when the memory's loss on the held-out documents stops improving (evaluated twice an epoch; --patience, --max-epochs, --max-minutes) and the best checkpoint is packaged; the card (memreg.json) holds the learning curve. Example, a memory for SmolLM2 from its own first 4 blocks: memreg train docs/ --teacher model.gguf --init model.gguf --init-layers 4 --out law-memory
+    By default training stops when base + memory (the teacher, or --select-base, mixed with the memory at its best weight) stops improving on the held-out documents (evaluated twice an epoch; --patience, --max-epochs, --max-minutes; --select-on memory judges the memory alone) and the best checkpoint is packaged; the card (memreg.json) holds the learning curve of both. Example, a memory for SmolLM2 from its own first 4 blocks: memreg train docs/ --teacher model.gguf --init model.gguf --init-layers 4 --out law-memory
 
     Several processes (one machine or many): launch the same command with accelerate. On 2 CPU processes (accelerate's --cpu launcher starts one process without MPI, so use its torchrun launcher): accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no -m memreg train CORPUS --teacher BIG --init SMALL --out DIR. On GPUs: accelerate launch --num_processes N -m memreg train ... --device cuda (torchrun --nproc_per_node N -m memreg train ... works too).
 
@@ -174,7 +176,10 @@ def _summary(result: TrainResult) -> None:
     console.print(f"memory decoder written to [bold]{result.out}[/] (k={result.k}, T={result.temperature:g}, "
                   f"{result.steps} steps, index {result.index}, {result.datastore_size} datastore entries)")
     if sched.get("best_step") is not None and extra.get("learning_curve"):
-        console.print(f"stopped: {sched['stop_reason']}; packaged the best checkpoint (step {sched['best_step']})")
+        judged = (f"base + memory with {sched['select_base']}" if sched.get("select_on") == "mixture"
+                  else "the memory alone")
+        console.print(f"stopped: {sched['stop_reason']}; packaged the best checkpoint on {judged} "
+                      f"(step {sched['best_step']})", highlight=False)
     ppl = (extra.get("validation") or {}).get("perplexity") or {}
     if "memory" in ppl:
         adapted = f", adapted teacher {ppl['adapted_teacher']:.2f}" if "adapted_teacher" in ppl else ""
