@@ -14,15 +14,19 @@ expects (FileNotFoundError, FileExistsError, ConcurrentUpdateError).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import hashlib
+import json
+import math
 import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from memreg.registry.errors import ConcurrentUpdateError, StoreError
+from memreg.registry.errors import ConcurrentUpdateError, InvalidArgumentError, StoreError
 from memreg.registry.store import Store
 
 # A silent endpoint must fail in bounded time: at most S3_RETRIES x S3_ATTEMPTS x read timeout
@@ -33,6 +37,11 @@ S3_CONNECT_TIMEOUT = 5
 S3_READ_TIMEOUT = 15
 S3_RETRIES = 2  # s3fs's own retry loop
 S3_ATTEMPTS = 2  # botocore's attempts per s3fs try
+# An endpoint that sends a byte every few seconds resets every connect and read timeout, so each
+# request also has an overall deadline, its retries included (-o deadline=SECONDS): a document
+# request ends within S3_DEADLINE; a blob request gets one more second per MIN_RATE bytes it carries.
+S3_DEADLINE = 60
+MIN_RATE = 64 * 2**10  # bytes per second
 READ_THREADS = 16  # documents read at once (read_many), and the client's connection pool
 
 # s3fs options that only shape its transfers: the document client has nothing to do with them
@@ -52,6 +61,33 @@ def s3_defaults(opts: dict[str, Any]) -> dict[str, Any]:
     config.setdefault("retries", {"total_max_attempts": S3_ATTEMPTS, "mode": "standard"})
     opts["config_kwargs"] = config
     return opts
+
+
+def pop_limits(opts: dict[str, Any]) -> tuple[int, float]:
+    """Take memreg's own S3 options out of `opts`: (retries, deadline), each checked. Refused in
+    one line: retries=0 left s3fs's retry loop with no try and no error to raise (a TypeError)."""
+    retries = _number(opts.pop("retries", S3_RETRIES), "retries", whole=True,
+                      rule="the number of tries of each S3 request, a whole number from 1 (no retry), e.g. retries=2")
+    deadline = _number(opts.pop("deadline", S3_DEADLINE), "deadline", whole=False,
+                       rule=f"the seconds a request may take in all, a number above 0, e.g. deadline={S3_DEADLINE}")
+    return int(retries), float(deadline)
+
+
+def check_limits(opts: dict[str, Any]) -> None:
+    """Refuse bad `retries` / `deadline` storage options before anything is opened (the CLI's check)."""
+    pop_limits(dict(opts))
+
+
+def _number(value: Any, key: str, *, whole: bool, rule: str) -> float:
+    """An option's value as a number: a JSON number, or a string of one in ASCII (float() and int()
+    would also read '\u0663' as 3)."""
+    if isinstance(value, str) and value.isascii():
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value <= 0 or (whole and (value < 1 or value != int(value))):
+        raise InvalidArgumentError(f"storage option {key}={value!r} is not allowed: {key} is {rule}")
+    return value
 
 
 def document_client(opts: dict[str, Any], retries: int = S3_RETRIES) -> Any:
@@ -94,10 +130,11 @@ class S3Store(Store):
 
     read_threads = READ_THREADS  # read_many: one GET per key, this many at once (botocore clients are thread-safe)
 
-    def __init__(self, root: str, url: str, opts: dict[str, Any], retries: int = S3_RETRIES) -> None:
+    def __init__(self, root: str, url: str, opts: dict[str, Any], retries: int = S3_RETRIES,
+                 deadline: float = S3_DEADLINE) -> None:
         self.root = root.rstrip("/")
         self.url = url
-        self._opts, self._retries = opts, retries
+        self._opts, self._retries, self.deadline = opts, retries, deadline
         self._lock = threading.Lock()
         self._client: Any = None
         self._fs: Any = None
@@ -119,9 +156,7 @@ class S3Store(Store):
         """s3fs, for blob transfers only (its import costs more than a whole `list`)."""
         with self._lock:
             if self._fs is None:
-                import fsspec
-
-                self._fs = fsspec.filesystem("s3", **self._opts)
+                self._fs = _deadline_s3fs()(deadline=self.deadline, registry_url=self.url, **self._opts)
                 self._fs.retries = self._retries  # s3fs's retry loop is an attribute, not an option
             return self._fs
 
@@ -129,10 +164,11 @@ class S3Store(Store):
         bucket, _, path = self._path(key).partition("/")
         return bucket, path
 
-    def _call(self, method: str, key: str | None = None, **params: Any) -> Any:
-        """One S3 request on the document client: a missing key is FileNotFoundError, a failed
-        condition stays botocore's ClientError (create and swap decide what it means), anything
-        else leaves as one actionable StoreError."""
+    def _call(self, method: str, key: str | None = None, *, then: Any = None, **params: Any) -> Any:
+        """One S3 request on the document client, and `then(response)` (reading its body), within
+        the deadline: a missing key is FileNotFoundError, a failed condition stays botocore's
+        ClientError (create and swap decide what it means), anything else leaves as one actionable
+        StoreError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         client = self.client
@@ -140,8 +176,13 @@ class S3Store(Store):
             params["Bucket"], params["Key"] = self._bucket_key(key)
         members = client.meta.service_model.operation_model(_OPERATIONS[method]).input_shape.members
         params = {k: v for k, v in self._extra.items() if k in members} | params  # s3fs's rule: where it applies
+
+        def request() -> Any:
+            response = getattr(client, method)(**params)
+            return then(response) if then else response
+
         try:
-            return getattr(client, method)(**params)
+            return self._in_time(request, key or params.get("Prefix") or method)
         except ClientError as e:
             if _is_precondition_failure(e):
                 raise
@@ -151,16 +192,42 @@ class S3Store(Store):
         except BotoCoreError as e:
             raise self._unreachable(e) from e
 
+    def _in_time(self, request: Any, what: str) -> Any:
+        """`request()`'s result or exception, or a StoreError once the deadline has passed. botocore
+        cannot be interrupted mid-read, so the request runs on a daemon thread that is left behind
+        (it ends when the endpoint does; it never keeps the process alive)."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = request()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread as is
+                box["error"] = e
+
+        worker = threading.Thread(target=run, name=f"memreg-s3 {what}", daemon=True)
+        worker.start()
+        worker.join(self.deadline)
+        if worker.is_alive():
+            raise self._overdue(what, self.deadline)
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _overdue(self, what: str, seconds: float) -> StoreError:
+        return overdue(self._client.meta.endpoint_url if self._client is not None else "AWS S3", self.url, what, seconds)
+
     # reads -------------------------------------------------------------------------------
     def read(self, key: str) -> bytes:
         return self.read_with_etag(key)[0]
 
     def read_with_etag(self, key: str) -> tuple[bytes, str]:
-        resp = self._call("get_object", key)
-        try:
-            return resp["Body"].read(), resp["ETag"]
-        except Exception as e:  # noqa: BLE001 - a connection dropped mid-body
-            raise self._unreachable(e) from e
+        def body(resp: dict) -> tuple[bytes, str]:
+            try:
+                return resp["Body"].read(), resp["ETag"]
+            except Exception as e:  # noqa: BLE001 - a connection dropped mid-body
+                raise self._unreachable(e) from e
+
+        return self._call("get_object", key, then=body)
 
     def exists(self, key: str) -> bool:
         try:
@@ -277,6 +344,68 @@ class S3Store(Store):
         path, _, upload_id = key.partition("?uploadId=")
         bucket, _, k = path.partition("/")
         self._call("abort_multipart_upload", Bucket=bucket, Key=k, UploadId=upload_id)
+
+
+def overdue(endpoint: str, url: str, what: str, seconds: float) -> StoreError:
+    return StoreError(
+        f"{endpoint} did not finish a request for {url} ({what}) within its {seconds:.0f} s deadline: "
+        "an endpoint sending bytes too slowly never trips the connect or read timeout; check the endpoint "
+        "URL (--storage-option endpoint_url=… or AWS_ENDPOINT_URL) and the network, or allow more with "
+        "-o deadline=SECONDS"
+    )
+
+
+@functools.cache
+def _deadline_s3fs() -> type:
+    """s3fs whose every request ends within the store's deadline, plus a second per MIN_RATE bytes
+    it sends or streams back (a blob's body is read after s3fs's call returns: bounded too). Built on
+    first use: importing s3fs costs more than a whole `list`."""
+    import asyncio
+    import time
+
+    from s3fs import S3FileSystem
+
+    class DeadlineS3FileSystem(S3FileSystem):
+        def __init__(self, *args: Any, deadline: float, registry_url: str, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)  # instances are cached by all arguments, these two included
+            self.deadline, self.registry_url = deadline, registry_url
+
+        def on_overdue(self, what: str, seconds: float) -> StoreError:
+            s3 = getattr(self, "_s3", None)
+            return overdue(s3.meta.endpoint_url if s3 is not None else "AWS S3", self.registry_url, what, seconds)
+
+        async def _call_s3(self, method: Any, *akwarglist: Any, **kwargs: Any) -> Any:
+            body = kwargs.get("Body")
+            budget = self.deadline + (len(body) if isinstance(body, (bytes, bytearray)) else 0) / MIN_RATE
+            start = time.monotonic()
+            what = f"{method} {kwargs.get('Key', '')}".strip()
+            try:
+                resp = await asyncio.wait_for(super()._call_s3(method, *akwarglist, **kwargs), budget)
+            except asyncio.TimeoutError:
+                raise self.on_overdue(what, budget) from None
+            if isinstance(resp, dict) and "Body" in resp:
+                budget += (resp.get("ContentLength") or 0) / MIN_RATE
+                resp["Body"] = _BoundedBody(resp["Body"], start + budget, lambda: self.on_overdue(what, budget))
+            return resp
+
+    class _BoundedBody:
+        """A response body whose reads end by `until` (time.monotonic()); forwards read and close,
+        the two s3fs uses."""
+
+        def __init__(self, body: Any, until: float, overdue: Any) -> None:
+            self._body, self._until, self._overdue = body, until, overdue
+
+        async def read(self, *args: Any) -> bytes:
+            try:
+                return await asyncio.wait_for(self._body.read(*args), max(0.0, self._until - time.monotonic()))
+            except asyncio.TimeoutError:
+                self._body.close()
+                raise self._overdue() from None
+
+        def close(self) -> None:
+            self._body.close()
+
+    return DeadlineS3FileSystem
 
 
 # botocore method -> S3 operation name (its input shape says which extra parameters apply)

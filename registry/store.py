@@ -16,6 +16,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -220,16 +221,30 @@ class LocalStore(Store):
         dest.parent.mkdir(parents=True, exist_ok=True)
         return dest
 
+    @contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """A failed write (a full disk, a read-only folder) as one StoreError naming the key; the
+        temp file it was writing is already gone (atomic_path, write_temp)."""
+        try:
+            yield
+        except (FileExistsError, ConcurrentUpdateError):
+            raise
+        except OSError as e:
+            raise StoreError(f"cannot write {key} to {self.url}: {e.strerror or e}; nothing was changed there "
+                             "(free some space or fix the folder's permissions, then run the command again)") from e
+
     def put_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
-        with atomic_path(self._dest(key)) as tmp:  # readers see the old bytes or the new, never half
+        with self._writing(key), atomic_path(self._dest(key)) as tmp:  # readers see the old bytes or the new
             self.fs.put_file(str(local), str(tmp), callback=no_progress(callback))
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        atomic_write_bytes(self._dest(key), data, fsync=True)
+        with self._writing(key):
+            atomic_write_bytes(self._dest(key), data, fsync=True)
 
     def create(self, key: str, data: bytes) -> None:
-        dest = self._dest(key)
-        tmp = write_temp(dest, data, fsync=True)
+        with self._writing(key):
+            dest = self._dest(key)
+            tmp = write_temp(dest, data, fsync=True)
         try:
             os.link(tmp, dest)  # atomic and exclusive: EEXIST if anybody created it first
         except FileExistsError:
@@ -242,7 +257,7 @@ class LocalStore(Store):
 
         dest = Path(self._path(key))
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest.parent / f".lock-{dest.name}", "a+b") as lock:
+        with self._writing(key), open(dest.parent / f".lock-{dest.name}", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, and by the kernel if we die
             try:
                 current = _content_etag(dest.read_bytes())
@@ -314,8 +329,8 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store
     opts = dict(storage_options or {})
     if url.startswith(("s3://", "s3a://")):  # no url_to_fs: it would import s3fs, which only blobs need
         opts = s3.s3_defaults(opts)
-        retries = int(opts.pop("retries", s3.S3_RETRIES))  # s3fs's retry loop is an attribute, not an option
-        return s3.S3Store(url.split("://", 1)[1], url, opts, retries)
+        retries, deadline = s3.pop_limits(opts)  # memreg's own options: neither botocore nor s3fs takes them
+        return s3.S3Store(url.split("://", 1)[1], url, opts, retries, deadline)
     import fsspec.core
 
     fs, root = fsspec.core.url_to_fs(url, **opts)
