@@ -22,7 +22,12 @@ or unreadable:
   `show NAME` or `verify --repair`: said in the README.
 * `list` without --all validates only the entry it prints for each package (pydantic building every
   summary cost 0.13 s at 10,000 versions); damage elsewhere in an index is met, and repaired, by
-  `list --all`, `show NAME` or `verify --repair`.
+  `list --all`, `show NAME` or `verify --repair`. An index `list` cannot use (a version key that is no
+  version, a summary without its fingerprint, …) is rebuilt with a warning naming it, never fatal.
+* A repair (`show`'s, `verify --repair`'s) rebuilds the index from a listing taken *after* it read the
+  index, and writes by compare-and-swap against that read (_rewrite): a yank, tag or publish that
+  lands while it reads the manifests either is in its listing or changed the index, which fails the
+  swap and starts the rebuild again. `show` compares every summary with its manifest.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any
 
 from memreg.registry import catalog
 from memreg.registry.catalog import PREFIX, index_key
-from memreg.registry.errors import ConcurrentUpdateError, ManifestError
+from memreg.registry.errors import ConcurrentUpdateError, InvalidReferenceError, ManifestError
 from memreg.registry.layout import manifest_key, parse_package_key, tag_key
 from memreg.registry.reading import checked_manifest, parse, valid, warn
 from memreg.registry.refs import check_name, check_version, version_key
@@ -112,15 +117,18 @@ def fetch_one(store: Store, name: str) -> tuple[bytes | None, Listing]:
 
 
 def read_one(store: Store, name: str, fetched: tuple[bytes | None, Listing] | None = None) -> PackageState:
-    """One package from the truth (its listing, its tags; manifests the index cannot summarise),
-    with the summaries the index already has; the index is repaired where it differed. `fetched`:
-    what fetch_one returned, when the caller needed the listing too."""
+    """One package from the truth: its listing, its tags and every manifest (a summary the index
+    holds is compared with its manifest, so a damaged or forged one is repaired, not served again);
+    the index is repaired where it differed. `fetched`: what fetch_one returned, when the caller
+    needed the listing too."""
     raw, listing = fetched or fetch_one(store, name)
     old = _parse_index(store, name, raw) if raw is not None else None
-    fresh, state = _from_truth(store, name, old or NameIndex(name=name), listing)
+    fresh, state = _from_truth(store, name, _pending(old or NameIndex(name=name)), listing)
     exists = old is not None or any(listing)  # no index for a name nobody published (`show typo`)
-    if exists and fresh != old and (written := _write_back(store, name, raw, fresh)):
-        catalog.note(store, name, written)
+    if exists and fresh != old:
+        # `fetched` read the index and listed the package at once, so the index may be newer than
+        # the listing: the repair lists again after reading the index it replaces
+        _repair(store, name, fresh)
     return state
 
 
@@ -187,8 +195,8 @@ def rebuild(store: Store) -> list[str]:
         except Exception:  # noqa: BLE001 - a stray folder: read_all warns about it
             continue
         names.append(name)
-        fresh, _ = _from_truth(store, name, NameIndex(name=name))
-        if _update(store, name, lambda _old: fresh, rebuild_missing=False, note=False):
+        verified, _ = _from_truth(store, name, NameIndex(name=name))  # every manifest: seconds for a large package
+        if _rewrite(store, name, verified, force=True, note=False):
             done.append(name)
     catalog.rewrite(store, names)
     return done
@@ -237,6 +245,8 @@ def _latest_state(name: str, raw: bytes | None) -> PackageState | None:
                 continue
             summary = IndexedVersion.model_validate(head.versions[v]).summary
             fp = TokenizerFingerprint.model_validate(head.fingerprints[summary.tokenizer])
+            if (summary.name, summary.version, fp.digest) != (name, v, summary.tokenizer):
+                return None  # an entry that contradicts its key: _parse_index names the damage
             return PackageState(name=name, summaries={v: summary}, fingerprints={fp.digest: fp}, listed=[v],
                                 yanked=set(head.yanked), tags=dict(head.tags))
         return PackageState(name=name, yanked=set(head.yanked), tags=dict(head.tags))  # every version yanked
@@ -253,10 +263,31 @@ def _parse_index(store: Store, name: str, raw: bytes | None) -> NameIndex | None
     except ManifestError as e:
         warn(f"{e}; rebuilt from the manifests")
         return None
-    if index.name != name:
-        warn(f"{store.url}/{index_key(name)} indexes {index.name!r}; rebuilt from the manifests")
+    if problem := _index_problem(name, index):
+        warn(f"{store.url}/{index_key(name)} {problem}; rebuilt from the manifests")
         return None
     return index
+
+
+def _index_problem(name: str, index: NameIndex) -> str | None:
+    """What the schema lets through and `list` cannot use: a key that is no version (sorting the
+    versions failed, for every package), an entry whose summary names another version, a summary
+    whose fingerprint is missing (`--compatible-with` raised KeyError)."""
+    if index.name != name:
+        return f"indexes {index.name!r}"
+    for v in [*index.versions, *index.yanked, *index.tags.values()]:
+        try:
+            check_version(v)
+        except InvalidReferenceError:
+            return f"names version {v!r}, which is not a semantic version"
+    for v, e in index.versions.items():
+        if e.summary is not None and (e.summary.name, e.summary.version) != (name, v):
+            return f"holds a summary of {e.summary.ref} under {name}@{v}"
+        if e.summary is not None and e.summary.tokenizer not in index.fingerprints:
+            return f"lacks the tokenizer fingerprint {e.summary.tokenizer} of {name}@{v}"
+    if bad := [d for d, fp in index.fingerprints.items() if fp.digest != d]:
+        return f"files a fingerprint under {bad[0]}, not under its digest"
+    return None
 
 
 def _summarise(store: Store, name: str, version: str, raw: bytes | None) -> Manifest | None:
@@ -281,7 +312,8 @@ def _settle_pending(store: Store, name: str, index: NameIndex, docs: dict[str, b
 
 def _from_truth(store: Store, name: str, index: NameIndex, listing: Listing | None = None) -> tuple[NameIndex, PackageState]:
     """Rebuild from one listing of the package (`listing`, or taken now); manifests are read only
-    where `index` has no summary."""
+    where `index` has no summary, so its summaries must be ones checked against their manifests
+    (manifests never change); its pending entries are kept while young."""
     manifests, yanked, tags = listing or list_package(store, name)
     need = [k for v, k in manifests.items() if (e := index.versions.get(v)) is None or e.summary is None
             or e.summary.tokenizer not in index.fingerprints]
@@ -332,13 +364,47 @@ def _state(index: NameIndex) -> PackageState:
                         listed=sorted(summaries, key=version_key), yanked=set(index.yanked), tags=dict(index.tags))
 
 
+def _pending(index: NameIndex) -> NameIndex:
+    """The index without its summaries: what a rebuild keeps of it (announcements of publishers that
+    may be between their announcement and their manifest)."""
+    return NameIndex(name=index.name, versions={v: e for v, e in index.versions.items() if e.summary is None})
+
+
+def _rewrite(store: Store, name: str, verified: NameIndex, *, force: bool = False, note: bool = True,
+             attempts: int = WRITE_ATTEMPTS) -> bool:
+    """Write the index rebuilt from the truth, with the summaries of `verified` (checked against
+    their manifests, which never change, so not read again). The package is listed again *after*
+    the index is read, and the write is a compare-and-swap against that read: a yank, tag or publish
+    that landed since `verified` was built (reading every manifest takes seconds) is in the new
+    listing or changed the index, and then the swap fails and the rebuild starts over. `force`:
+    write even if the index already says the same (`verify --repair` rewrites every index)."""
+    summarised = {v: e for v, e in verified.versions.items() if e.summary is not None}
+
+    def change(current: NameIndex) -> NameIndex | None:
+        known = NameIndex(name=name, versions={**_pending(current).versions, **summarised},
+                          fingerprints=verified.fingerprints)
+        fresh = _from_truth(store, name, known)[0]
+        return fresh if force or fresh != current else None
+
+    return _update(store, name, change, rebuild_missing=False, note=note, attempts=attempts)
+
+
+def _repair(store: Store, name: str, verified: NameIndex) -> None:
+    """A reader's repair: one attempt (a lost race means somebody else is writing the index), never
+    an error (read-only credentials, a flaky store: the answer stands)."""
+    try:
+        _rewrite(store, name, verified, attempts=1)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def _update(store: Store, name: str, change: Callable[[NameIndex], NameIndex | None], *,
-            rebuild_missing: bool = True, note: bool = True) -> bool:
+            rebuild_missing: bool = True, note: bool = True, attempts: int = WRITE_ATTEMPTS) -> bool:
     """Apply `change` to the index by compare-and-swap, retrying lost races. A missing or unreadable
     index is first rebuilt from the truth, so a writer never replaces it with one that knows only its
     own change; what was written is then copied into the catalog (`note`, best effort). Returns
-    whether something was written; ConcurrentUpdateError after WRITE_ATTEMPTS."""
-    for attempt in range(WRITE_ATTEMPTS):
+    whether something was written; ConcurrentUpdateError after `attempts`."""
+    for attempt in range(attempts):
         try:
             raw, etag = store.read_with_etag(index_key(name))
         except FileNotFoundError:
@@ -358,7 +424,7 @@ def _update(store: Store, name: str, change: Callable[[NameIndex], NameIndex | N
         if note:
             catalog.note(store, name, data)
         return True
-    raise ConcurrentUpdateError(f"{store.url}/{index_key(name)} kept changing under {WRITE_ATTEMPTS} attempts; try again")
+    raise ConcurrentUpdateError(f"{store.url}/{index_key(name)} kept changing under {attempts} attempts; try again")
 
 
 def _best_effort(store: Store, name: str, change: Callable[[NameIndex], NameIndex | None]) -> None:

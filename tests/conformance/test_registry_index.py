@@ -198,3 +198,55 @@ def test_a_registry_without_indexes_lists_everything(reg):
         reg.store.delete(index_key(name))  # as a registry written by a memreg before indexes
     assert _listed(reg) == EXPECTED
     assert [s.manifest.ref for s in reg.list(all_versions=True)] == ["code@0.1.0", "law@1.0.0", "law@1.1.0"]
+
+
+# issue 23 item 4: one damaged index is rebuilt with a warning naming it, never fatal for everyone --------
+def _put_index(reg: Registry, doc: dict) -> None:
+    reg.store.put_bytes(index_key("law"), json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("all_versions", [False, True], ids=["list", "list-all"])
+def test_a_version_key_that_is_not_semver_is_rebuilt_with_a_warning(reg, caplog, all_versions):
+    doc = _index(reg, "law").model_dump(mode="json")
+    doc["versions"]["banana"] = doc["versions"]["1.1.0"]  # made `list` and `list --all` fail for every package
+    _put_index(reg, doc)
+    with caplog.at_level(logging.WARNING, logger="memreg.registry"):
+        listed = [s.manifest.ref for s in reg.list(all_versions=all_versions)]
+    assert listed == (["code@0.1.0", "law@1.0.0", "law@1.1.0"] if all_versions else ["code@0.1.0", "law@1.1.0"])
+    assert f"{reg.url}/{index_key('law')}" in caplog.text and "'banana'" in caplog.text
+    assert sorted(_index(reg, "law").versions) == ["1.0.0", "1.1.0"]  # rebuilt from the manifests
+
+
+@pytest.mark.parametrize("all_versions", [False, True], ids=["list", "list-all"])
+def test_an_index_without_a_summarys_fingerprint_is_rebuilt_with_a_warning(reg, caplog, all_versions):
+    index = _index(reg, "law")
+    digest = index.versions["1.1.0"].summary.tokenizer
+    _put_index(reg, index.model_copy(update={"fingerprints": {}}).model_dump(mode="json"))
+    with caplog.at_level(logging.WARNING, logger="memreg.registry"):
+        listed = [s.manifest.ref for s in reg.list(fingerprint=digest, all_versions=all_versions)]  # was KeyError
+    assert listed == (["code@0.1.0", "law@1.0.0", "law@1.1.0"] if all_versions else ["code@0.1.0", "law@1.1.0"])
+    assert f"{reg.url}/{index_key('law')}" in caplog.text and digest in caplog.text
+    assert digest in _index(reg, "law").fingerprints
+
+
+def test_a_deeply_nested_index_is_rebuilt_with_a_warning(reg, caplog):
+    reg.store.put_bytes(index_key("law"), b'{"name": "law", "versions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    with caplog.at_level(logging.WARNING, logger="memreg.registry"):
+        assert _listed(reg) == EXPECTED
+    assert f"{reg.url}/{index_key('law')}" in caplog.text
+    assert sorted(_index(reg, "law").versions) == ["1.0.0", "1.1.0"]
+
+
+@pytest.mark.parametrize("ref", ["law", "law@1.0.0", "law:latest"])
+def test_show_repairs_a_forged_summary_of_a_version_that_exists(reg, ref):
+    """show compared only the set of versions with the listing: a summary that lies about a version
+    that exists survived it, and `list` kept printing the lie."""
+    index = _index(reg, "law")
+    lie = {v: e.model_copy(update={"summary": e.summary.model_copy(update={"description": "LIE", "parameter_count": 1})})
+           for v, e in index.versions.items()}
+    reg.store.put_bytes(index_key("law"), index.model_copy(update={"versions": lie}).model_dump_json().encode())
+    reg.show(ref)
+    assert [(e.summary.description, e.summary.parameter_count > 1) for _, e in sorted(_index(reg, "law").versions.items())] \
+        == [("first", True), ("second", True)]
+    assert [(r, d) for r, d, *_ in _listed(reg, all_versions=True)] == [("code@0.1.0", "code"), ("law@1.0.0", "first"),
+                                                                        ("law@1.1.0", "second")]
