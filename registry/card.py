@@ -1,11 +1,13 @@
 """The human-readable model card: publish renders the manifest into the package's README.md.
 
-The card opens with YAML metadata in the Hugging Face model-card layout (what
-`huggingface_hub.ModelCard` reads), so a package mirrored to the Hub reads well there; memreg does
-not depend on huggingface_hub, so the YAML is written here, every value as JSON (valid YAML, quoted
-safely). The card depends only on the package's content, never on its version, created_at or the
-memreg version: the same folder published again, or as a new version, gives the same README.md
-bytes, so a new version of unchanged weights still uploads nothing (the version is in memreg.json).
+The card opens with YAML metadata in the Hugging Face model-card layout, so a package mirrored to
+the Hub reads well there: huggingface_hub's `ModelCardData` and `EvalResult` build and validate it
+(`base_model` only when it is a Hub id; perplexities in `model-index`), imported only here, when a
+card is rendered (tokenizers already depends on huggingface_hub). Every value is written as JSON
+(valid YAML, quoted safely), so the bytes do not depend on a YAML library's version. The card
+depends only on the package's content, never on its version, created_at or the memreg version: the
+same folder published again, or as a new version, gives the same README.md bytes, so a new version
+of unchanged weights still uploads nothing (the version is in memreg.json).
 
 A README.md the author put in the folder is kept, below the generated part; a card memreg generated
 earlier (a pulled package published again, e.g. by `memreg tune --write`) is replaced, not nested.
@@ -40,17 +42,17 @@ def render_readme(m: Manifest, author: str = "") -> str:
 
 
 def _front_matter(m: Manifest) -> str:
-    meta: dict[str, Any] = {
-        "library_name": "transformers",
-        "pipeline_tag": "text-generation",
-        "tags": ["memreg", "memory-decoder", *m.domain.labels],
-    }
-    if m.domain.license:
-        meta["license"] = m.domain.license.lower()  # the Hub's ids are lower-case SPDX ids
-    if m.domain.language:
-        meta["language"] = [m.domain.language]
-    if m.training is not None:
-        meta["base_model"] = m.training.init_model
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(
+        library_name="transformers", pipeline_tag="text-generation",
+        tags=["memreg", "memory-decoder", *m.domain.labels],
+        license=m.domain.license.lower() if m.domain.license else None,  # the Hub's ids are lower-case SPDX ids
+        language=[m.domain.language] if m.domain.language else None,
+        base_model=hub_id(m.training.init_model, _source(m, "init")) if m.training is not None else None,
+        model_name=m.name, eval_results=_eval_results(m) or None,
+    )
+    meta: dict[str, Any] = data.to_dict()  # eval_results become the model-index the Hub reads
     meta["memreg"] = {
         "name": m.name, "tokenizer_fingerprint": m.tokenizer.digest,
         "recommended_weight": m.metrics.recommended_weight,
@@ -59,12 +61,48 @@ def _front_matter(m: Manifest) -> str:
     return "\n".join(lines)
 
 
+def _eval_results(m: Manifest) -> list:
+    """Each evaluation's held-out perplexity of the base alone and with the memory, as two metrics."""
+    from huggingface_hub import EvalResult
+
+    out = []
+    for e in m.metrics.evaluations:
+        # dataset_type "text": held-out text files, as the datasets library's "text" loader reads them
+        common = {"task_type": "text-generation", "task_name": "Held-out perplexity", "dataset_type": "text",
+                  "dataset_name": e.dataset, "metric_type": "perplexity"}
+        out.append(EvalResult(**common, metric_value=round(e.perplexity_base, 4), metric_name=f"{e.base} alone"))
+        out.append(EvalResult(**common, metric_value=round(e.perplexity_with_memory, 4),
+                              metric_name=f"{e.base} with this memory (weight {e.weight:g})"))
+    return out
+
+
+def hub_id(ref: str, source: str | None) -> str | None:
+    """`ref` when it can name a Hub model repository, else None. The Hub refuses a `base_model` that
+    is not a repo id, so a local folder or .gguf file (as recorded at training time by `source`, or
+    recognisable by its spelling in packages older than that record) is never one."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if source == "local" or ref.endswith(".gguf"):
+        return None
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        return None
+    return ref
+
+
+def _source(m: Manifest, role: str) -> str | None:
+    """"hub" or "local": where `memreg train` found the teacher or init (None: not recorded)."""
+    sources = m.training.extra.get("model_sources") if m.training is not None else None
+    return sources.get(role) if isinstance(sources, dict) else None
+
+
 def _body(m: Manifest) -> list[str]:
     out = [f"# {m.name}", ""]
     if m.description:
         out += [m.description, ""]
     out += [
-        "A memory decoder packaged by [memreg](https://memreg.dev): a small causal LM trained to imitate a",
+        "A memory decoder packaged by memreg: a small causal LM trained to imitate a",
         "kNN retriever over a domain corpus. It plugs into any base model that shares its tokenizer; their",
         "next-token distributions are mixed, p = (1 − w)·p_base + w·p_memory.",
         "",
@@ -131,7 +169,8 @@ def _training(m: Manifest) -> list[str]:
     t = m.training
     if t is None:
         return ["## Training provenance", "", "Not recorded (the package was not trained by `memreg train`).", ""]
-    rows = [("teacher", t.teacher_model), ("initialised from", t.init_model), ("corpus digest", f"`{t.corpus_digest}`"),
+    rows = [("teacher", _model_cell(m, "teacher", t.teacher_model)), ("initialised from", _model_cell(m, "init", t.init_model)),
+            ("corpus digest", f"`{t.corpus_digest}`"),
             ("corpus tokens", t.corpus_tokens), ("datastore size", t.datastore_size), ("index", t.index),
             ("k neighbours", t.k), ("kNN temperature", _num(t.knn_temperature)),
             ("loss", f"{_num(t.beta)}·KL(p_kNN ‖ p_mem) + {_num(1 - t.beta)}·CE"), ("steps", t.steps),
@@ -139,6 +178,11 @@ def _training(m: Manifest) -> list[str]:
             ("memreg", t.memreg_version)]
     return ["## Training provenance", "", "| | |", "|---|---|",
             *(f"| {k} | {_cell(str(v))} |" for k, v in rows if v is not None), ""]
+
+
+def _model_cell(m: Manifest, role: str, ref: str) -> str:
+    """A model reference as the card shows it: a local path says so (it is not in the metadata)."""
+    return ref if hub_id(ref, _source(m, role)) else f"{ref} (a local path, on the machine that trained it)"
 
 
 def _model(m: Manifest) -> list[str]:

@@ -8,6 +8,7 @@ carry them stay readable by every memreg that reads format 1.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from memreg.train.config import TrainConfig
@@ -44,6 +45,8 @@ def _extra(cfg: TrainConfig, metas: dict[str, Meta], *, skipped: int, warnings: 
         "grad_accum": cfg.grad_accum, "warmup_steps": tmeta["warmup_steps"], "weight_decay": cfg.weight_decay,
         "final_loss": tmeta["final"], "nprobe": kmeta.get("nprobe"), "knn_sample_recall": kmeta.get("sample_recall"),
         "key": "last_ffn_input",
+        # the model card's base_model must be a Hub id: a folder can be spelled like one (org/model)
+        "model_sources": {"teacher": _source(cfg.teacher), "init": _source(cfg.init)},
         "loss": "beta*KL(p_knn||p_mem)+(1-beta)*CE",
         "processes": {"datastore": metas["datastore"].get("processes", 1), "knn": kmeta.get("processes", 1),
                       "train": tmeta.get("processes", 1)},
@@ -69,6 +72,11 @@ def _extra(cfg: TrainConfig, metas: dict[str, Meta], *, skipped: int, warnings: 
         },
         "warnings": list(warnings),
     }
+
+
+def _source(ref: str) -> str:
+    """"local" when transformers loads `ref` from this machine (a folder or .gguf file), else "hub"."""
+    return "local" if Path(ref).expanduser().exists() else "hub"
 
 
 def _rounded(point: dict[str, Any]) -> dict[str, Any]:
