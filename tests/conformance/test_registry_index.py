@@ -82,11 +82,23 @@ def test_a_publisher_killed_before_the_index_update_is_found_and_indexed(reg, ti
     assert not [k for k in reads if k.startswith("packages/")]  # and the next reader needs no manifest
 
 
-@pytest.mark.parametrize("damage", ["delete", "garbage", "other name", "wrong schema"])
+def _misfiled(reg: Registry, damage: str) -> bytes:
+    """law's index with an entry filed under a key that is not its own."""
+    index = _index(reg, "law")
+    if damage == "summary under another version":
+        return index.model_copy(update={"versions": {**index.versions, "1.1.0": index.versions["1.0.0"]}}).model_dump_json().encode()
+    (digest, fp), = index.fingerprints.items()
+    return index.model_copy(update={"fingerprints": {"sha256:" + "0" * 64: fp}}).model_dump_json().encode()
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "other name", "wrong schema", "summary under another version",
+                                    "fingerprint under another digest"])
 def test_a_missing_or_damaged_index_is_rebuilt(reg, damage, caplog):
     key = index_key("law")
     if damage == "delete":
         reg.store.delete(key)
+    elif damage in ("summary under another version", "fingerprint under another digest"):
+        reg.store.put_bytes(key, _misfiled(reg, damage))
     else:
         raw = {"garbage": b"{not json", "other name": _index(reg, "code").model_dump_json().encode(),
                "wrong schema": b'{"format_version": 1, "name": "law", "versions": {"1.1.0": {"token": 3}}}'}[damage]
@@ -96,6 +108,8 @@ def test_a_missing_or_damaged_index_is_rebuilt(reg, damage, caplog):
     if damage != "delete":
         assert "rebuilt from the manifests" in caplog.text
     assert sorted(_index(reg, "law").versions) == ["1.0.0", "1.1.0"]
+    assert [s.manifest.ref for s in reg.list(fingerprint=_index(reg, "law").versions["1.1.0"].summary.tokenizer,
+                                             all_versions=True)] == ["code@0.1.0", "law@1.0.0", "law@1.1.0"]
 
 
 def test_damage_below_the_printed_entry_waits_for_list_all(reg, caplog):
