@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from memreg.cli import output
-from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options
+from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options, usage_error
 from memreg.cli.output import console, err_console, print_json, warn
 from memreg.cli.progress import count_progress, model_loading_bars
 from memreg.cli.sign_cmds import PublicKeyOpt, TrustOpt
@@ -31,22 +31,49 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Compose even when a tok
 
 
 def _compose(base: str, specs: list[str], registry: str | None, options: list[str] | None, force: bool, *,
-             bars: bool, **kw: Any):
-    from memreg.compose import compose, parse_memory_spec
+             bars: bool, hint: str = "'MEMORIES'", **kw: Any):
+    """The composed model; `hint` names the argument or option the specs came from in usage errors."""
+    from memreg.compose import compose
+    from memreg.registry.errors import TokenizerMismatchError
 
+    refs, weights = _memory_specs(specs, hint)
     model_loading_bars(downloads=bars)  # a base from the Hub shows its download; local weights load silently
-
-    refs, weights = [], []
-    for spec in specs:
-        ref, w = parse_memory_spec(spec)
-        refs.append(ref)
-        weights.append(w)
     reg = None
     if any(not Path(r).expanduser().is_dir() for r in refs):  # a registry is opened only when needed
         from memreg.registry import Registry
 
         reg = Registry.open(registry, storage_options=storage_options(options))
-    return compose(base, refs, weights, registry=reg, force=force, **kw)
+    try:
+        model = compose(base, refs, weights, registry=reg, force=force, **kw)
+    except TokenizerMismatchError as e:  # the SDK's message names its argument; the user has an option
+        raise TokenizerMismatchError(str(e).replace("force=True", "--force")) from None
+    _refuse_duplicates(refs, model.names, hint)
+    return model
+
+
+def _memory_specs(specs: list[str], hint: str) -> tuple[list[str], list[float | None]]:
+    """REF[=WEIGHT] as typed. A weight that is not a number in [0, 1], or weights that add up past 1,
+    are usage errors (exit 2), refused before any model loads."""
+    from memreg.compose import parse_memory_spec
+    from memreg.mixture import check_weights
+
+    try:
+        pairs = [parse_memory_spec(s) for s in specs]
+        check_weights([w for _, w in pairs if w is not None])
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=hint) from None
+    return [r for r, _ in pairs], [w for _, w in pairs]
+
+
+def _refuse_duplicates(refs: list[str], names: list[str], hint: str) -> None:
+    """Two specs that are one memory (law:stable and law@1.0.0, or law twice) would report one weight
+    under one name and lose the other: refused, as the user surely meant one memory or two others."""
+    first: dict[str, str] = {}
+    for ref, name in zip(refs, names):
+        if name in first:
+            both = f"{ref} is given twice" if first[name] == ref else f"{first[name]} and {ref} are the same memory ({name})"
+            raise typer.BadParameter(f"{both}: give each memory once, with one weight", param_hint=hint)
+        first[name] = ref
 
 
 def _read_texts(paths: list[Path]) -> list[str]:
@@ -108,12 +135,12 @@ def attach(
     base: BaseArg,
     memories: MemoriesArg,
     prompt: Annotated[Optional[str], typer.Option(help="Text to continue; the output streams as it is generated.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 50,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 50,
     sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 1.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling: keep the smallest set with this much probability.")] = 1.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens.")] = None,
-    beams: Annotated[int, typer.Option(help="Beam search with N beams (printed at the end).")] = 1,
+    top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample among the k most likely tokens.")] = None,
+    beams: Annotated[int, typer.Option(min=1, help="Beam search with N beams (printed at the end); not with --sample.")] = 1,
     seed: Annotated[Optional[int], typer.Option(help="Random seed for --sample.")] = None,
     eval_files: Annotated[Optional[list[Path]], typer.Option("--eval", help="Text files: print perplexity of the base alone and composed.")] = None,
     context: ContextOpt = None,
@@ -129,7 +156,8 @@ def attach(
     """Attach memories to a base model: generate from --prompt, or compare perplexity with --eval."""
     output.start("attach", json_mode=json_)  # warnings into the envelope, also when called in-process
     if prompt is None and not eval_files:
-        raise ValueError("nothing to do: give --prompt TEXT to generate or --eval FILES to score")
+        raise usage_error("nothing to do: give --prompt TEXT to generate or --eval FILES to score")
+    _check_decoding(sample, temperature, top_p, beams)
     bars = not (json_ or quiet)
     model = _compose(base, memories, registry, storage_option, force, bars=bars, trust=trust, public_keys=public_key or [])
     result: dict = {}  # under --json, one envelope holds the evaluation and the generation
@@ -152,6 +180,18 @@ def attach(
         result.update(_generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_))
     if json_:
         print_json(result)
+
+
+def _check_decoding(sample: bool, temperature: float, top_p: float, beams: int) -> None:
+    """Decoding options that cannot work together: usage errors before any model loads."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise typer.BadParameter(f"{temperature:g} is not a temperature: give a number > 0 (it only matters with --sample)",
+                                 param_hint="'--temperature'")
+    if not 0 < top_p <= 1:
+        raise typer.BadParameter(f"{top_p:g} is not a probability in (0, 1]", param_hint="'--top-p'")
+    if sample and beams > 1:
+        raise usage_error(f"--sample and --beams {beams} do not go together: beam search keeps the likeliest beams, "
+                          "it does not sample; give one of them")
 
 
 def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_) -> dict:
@@ -204,7 +244,7 @@ def eval_cmd(
     # weights left out are taken from manifests; with --sweep/--fit-weights they need not exist
     specs = memory if not (sweep or fit) else [s if "=" in s else f"{s}=0" for s in memory]
     bars = not (json_ or quiet)
-    model = _compose(base, specs, registry, storage_option, force, bars=bars, trust=trust,
+    model = _compose(base, specs, registry, storage_option, force, bars=bars, hint="'--memory'", trust=trust,
                      public_keys=public_key or [])
     lps = _score(model, _read_texts(data), context, stride, bars=bars)
     base_lp, mem_lps = lps[0], lps[1:]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from memreg.cli.options import JsonOpt
-from memreg.cli.output import console, print_json
+from memreg.cli.output import console, print_json, styled
 
 app = typer.Typer(name="cache", help="The local cache of pulled packages ($MEMREG_HOME/cache).",
                   no_args_is_help=True)
@@ -64,7 +64,7 @@ def verify(json_: JsonOpt = False) -> None:
         print_json({"cache": str(cache.root), "ok": not problems, "problems": problems})
     else:
         for p in problems:
-            console.print(f"[red]FAIL[/red] {p}")
+            console.print(styled("FAIL", "red"), p)
         console.print(f"{'ok' if not problems else 'FAILED'}: {len(cache.blobs())} blobs, "
                       f"{len(cache.packages())} packages checked in {cache.root}")
     if problems:

@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from memreg.cli.options import JsonOpt
-from memreg.cli.output import console, err_console, print_json
+from memreg.cli.output import clean, console, err_console, print_json, styled
 
 SMOLLM2_WORD = "smollm2"
 
@@ -95,7 +95,7 @@ def convert_gguf(file: FileArg, out: OutOpt = ..., json_: JsonOpt = False) -> No
     if json_:
         print_json(result)
         return
-    console.print(f"[bold]{folder}[/]  ({seconds:.0f} s)")
+    console.print(styled(str(folder), "bold"), f" ({seconds:.0f} s)")
     console.print(f"  architecture  {summary.architecture} ({summary.model_type})")
     tied = ", output embedding tied to the input one" if summary.tie_word_embeddings else ""
     console.print(f"  parameters    {summary.parameters:,}{tied}")
@@ -125,5 +125,5 @@ def _fail(message: str) -> NoReturn:
     if os.environ.get("MEMREG_DEBUG") == "1" and sys.exc_info()[0] is not None:
         raise
     first = message.strip().splitlines()[0] if message.strip() else "conversion failed"
-    typer.echo(f"error: {first}", err=True)
+    typer.echo(f"error: {clean(first)}", err=True)
     raise typer.Exit(1)

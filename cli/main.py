@@ -131,11 +131,12 @@ def run(argv: list[str] | None = None) -> None:
         elif show is not None:
             show()
         else:
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {output.clean(message)}", file=sys.stderr)  # may quote registry text
         sys.exit(code)
 
     try:
-        rc = app(args=argv, prog_name="memreg", standalone_mode=False)  # typer.Exit's code is returned
+        with output.routed_warnings():
+            rc = app(args=argv, prog_name="memreg", standalone_mode=False)  # typer.Exit's code is returned
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except typer.Exit as e:

@@ -40,3 +40,13 @@ def storage_options(pairs: list[str] | None) -> dict[str, Any]:
     if "endpoint_url" in out:  # s3fs wants it inside client_kwargs
         out.setdefault("client_kwargs", {})["endpoint_url"] = out.pop("endpoint_url")
     return out
+
+
+def usage_error(message: str) -> Exception:
+    """click's UsageError as the app raises it: exit 2 with the command's usage hint. typer >= 0.16
+    vendors its own click (see main._click_exception_types), whose class is the one that counts."""
+    try:
+        from typer._click.exceptions import UsageError
+    except ImportError:  # a typer that uses the installed click
+        from click.exceptions import UsageError
+    return UsageError(message)

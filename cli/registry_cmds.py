@@ -14,8 +14,8 @@ from typing import Annotated, Optional
 import typer
 
 from memreg.cli import output
-from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options
-from memreg.cli.output import byte_progress, console, print_json, warn
+from memreg.cli.options import JsonOpt, QuietOpt, RegistryOpt, StorageOpt, storage_options, usage_error
+from memreg.cli.output import byte_progress, console, print_json, styled, warn
 from memreg.cli import sign_cmds
 from memreg.cli.sign_cmds import PublicKeyOpt, SignKeyOpt, TrustOpt
 
@@ -48,7 +48,7 @@ def _model_fingerprint(model: str):
     from transformers import AutoTokenizer
 
     try:
-        return fingerprint(AutoTokenizer.from_pretrained(model))
+        return fingerprint(AutoTokenizer.from_pretrained(model, trust_remote_code=False))  # never run a Hub repo's code
     except OSError as e:
         raise typer.BadParameter(f"{model} is neither a folder nor a Hub model whose tokenizer is cached or "
                                  f"reachable ({str(e).splitlines()[0]})", param_hint="--compatible-with") from None
@@ -94,6 +94,7 @@ def publish(
     leaves no half-published version; the same content again is a no-op."""
     from memreg.registry.package import read_card
 
+    _check_publishable(path, name, version)
     reg = _open(registry, storage_option)
     if sign_key:
         sign_cmds.check_key(sign_key)  # an unusable key publishes nothing
@@ -117,6 +118,26 @@ def publish(
         console.print(f"  tag {m.name}:{t} -> {m.version}" + (f" (was {prev})" if prev else ""))
     if signed_by:
         console.print(f"  signed with key {signed_by[:16]}…")
+
+
+def _check_publishable(path: Path, name: str | None, version: str | None) -> None:
+    """What the registry would refuse in its own terms (an empty name, a folder with no config.json),
+    said in the command's: a PEFT adapter is attached as it is, a package needs a name and version."""
+    from memreg.registry.errors import PackageError
+    from memreg.registry.package import read_card
+
+    if not path.is_dir():
+        return  # the registry's message says what a package folder is
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise PackageError(f"{path} is a PEFT adapter, which memreg attaches as it is (memreg attach BASE {path}=0.3) "
+                           "but publishes only merged: save PeftModel.merge_and_unload() with save_pretrained "
+                           "(and the tokenizer) and publish that folder")
+    card = read_card(path)
+    missing = [opt for opt, value in (("--name", name or card.name), ("--version", version or card.version)) if not value]
+    if missing:
+        what = " and ".join(opt.removeprefix("--") for opt in missing)
+        raise usage_error(f"{path} has no memreg.json card that gives the package's {what}: give {' and '.join(missing)}, "
+                          "e.g. --name law --version 1.0.0")
 
 
 def pull(
@@ -178,7 +199,19 @@ def list_(
         m = r.manifest
         table.add_row(m.name, m.version + (" (yanked)" if r.yanked else ""), ",".join(m.domain.labels),
                       f"{m.parameter_count / 1e6:.1f}M", _human(m.size), ",".join(r.tags), m.description)
-    console.print(table if rows else f"no packages in {reg.url}")
+    console.print(table if rows else _nothing_listed(reg, domain=domain, compatible_with=compatible_with,
+                                                     all_versions=all_versions))
+
+
+def _nothing_listed(reg, *, domain: str | None, compatible_with: str | None, all_versions: bool) -> str:
+    """Why `list` shows no row: an empty registry, or filters that none of its packages passes."""
+    n = len({r.manifest.name for r in reg.list(all_versions=all_versions)}) if domain or compatible_with else 0
+    if not n:
+        return f"no packages in {reg.url}"
+    tests = ([f"has domain label {domain!r}"] if domain else []) + (
+        [f"is compatible with {compatible_with}"] if compatible_with else [])
+    versions = ", in any version" if all_versions else ""
+    return f"{n} package{'s' if n > 1 else ''} in {reg.url}, none of which {' and '.join(tests)}{versions}"
 
 
 def show(
@@ -195,7 +228,7 @@ def show(
         print_json({"manifest": m.model_dump(mode="json"), "versions": versions,
                     "yanked": sorted(yanked), "tags": tags})
         return
-    console.print(f"[bold]{m.ref}[/bold]  {m.description}")
+    console.print(styled(m.ref, "bold"), f" {m.description}")
     console.print(f"  domain     {', '.join(m.domain.labels) or '-'}  language {m.domain.language or '-'}  licence {m.domain.license or '-'}")
     console.print(f"  model      {m.model.architecture}, {m.model.parameter_count:,} parameters, {m.model.dtype}, {m.model.embedding_rows} embedding rows")
     console.print(f"  tokenizer  {m.tokenizer.digest} ({m.tokenizer.model_type}, {m.tokenizer.vocab_size} tokens)")
@@ -241,7 +274,7 @@ def verify(
                     "problems": report.problems, "indexes_rebuilt": rebuilt}, ok=report.ok, error=error)
     else:
         for p in report.problems:
-            console.print(f"[red]FAIL[/red] {p}")
+            console.print(styled("FAIL", "red"), p)
         console.print(f"{'ok' if report.ok else 'FAILED'}: {len(report.checked_versions)} versions, "
                       f"{report.checked_blobs} blobs checked, {len(report.problems)} problems"
                       + (f"; {len(rebuilt)} package indexes rebuilt" if repair else ""))

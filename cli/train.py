@@ -11,7 +11,7 @@ import typer
 
 from memreg.cli import output
 from memreg.cli.options import JsonOpt, QuietOpt
-from memreg.cli.output import console, print_json
+from memreg.cli.output import clean, console, print_json, styled
 from memreg.train.defaults import DEFAULT_LR, DEFAULT_MAX_EPOCHS, DEFAULT_SELECT_ON
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def _summary(result: TrainResult) -> None:
 
     extra = result.card.training.extra if result.card.training else {}
     sched = extra.get("schedule") or {}
-    console.print(f"memory decoder written to [bold]{result.out}[/] (k={result.k}, T={result.temperature:g}, "
+    console.print("memory decoder written to", styled(str(result.out), "bold"), f"(k={result.k}, T={result.temperature:g}, "
                   f"{result.steps} steps, index {result.index}, {result.datastore_size} datastore entries)")
     if sched.get("best_step") is not None and extra.get("learning_curve"):
         judged = (f"base + memory with {sched['select_base']}" if sched.get("select_on") == "mixture"
@@ -186,7 +186,7 @@ def _summary(result: TrainResult) -> None:
         console.print(f"held-out perplexity alone: memory {ppl['memory']:.2f}, its untrained init {ppl['init']:.2f}, "
                       f"teacher {ppl['teacher']:.2f}{adapted}")
     for warning in result.warnings:
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        console.print(styled("warning:", "bold yellow"), warning)  # text, never markup (cli/output.py)
     if result.card.metrics.evaluations:
         table = Table(title="held-out perplexity")
         for col in ("base", "alone", "+ memory", "weight"):
@@ -233,7 +233,7 @@ class _RichProgress:
     def note(self, message: str, *, warning: bool = False) -> None:
         text = f"warning: {message}" if warning else f"note: {message}"
         if self._bar is not None:
-            self._bar.console.print(f"[bold yellow]{text}[/]" if warning else text, highlight=False)
+            self._bar.console.print(styled(text, "bold yellow") if warning else clean(text), markup=False, highlight=False)
         else:
             print(text, file=sys.stderr)
 

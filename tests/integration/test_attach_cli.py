@@ -165,10 +165,7 @@ def test_tune_write_publishes_a_new_version_recommending_the_fitted_weight(world
 
 @pytest.mark.parametrize(
     "spec, expected",
-    [
-        ("{mem}=1.5", "1.5"),
-        ("{mem}=-0.2", "-0.2"),
-        ("{mem}=heavy", "'heavy'"),
+    [  # bad weights are usage errors (exit 2): tests/integration/test_cli_option_values.py
         ("{other}", "different tokenizer"),
         ("pymem@1.0.0", "different tokenizer"),
         ("./no-such-folder", "not a package folder"),
