@@ -42,6 +42,16 @@ def cli(*args: str, env: dict[str, str], check: bool = False) -> subprocess.Comp
     return memreg_cli(*args, env=env, check=check)
 
 
+def envelope(proc: subprocess.CompletedProcess) -> dict:
+    """The --json envelope, checked against the published schema of the CLI's output."""
+    import jsonschema
+
+    doc = json.loads(proc.stdout)
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas/json/cli-output.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    return doc
+
+
 def cached_packages(memreg_home: Path) -> list[Path]:
     return list((memreg_home / "cache" / "packages").glob("*/*"))
 
@@ -50,7 +60,7 @@ def test_publish_signed_pull_require_verify_and_model_signing_cli(url, keys, tin
     pub = str(keys["publisher"][1])
     out = cli("publish", str(tiny_package), "--name", "law", "--version", "1.0.0", "--sign-key", str(keys["publisher"][0]),
               "--registry", url, "--json", env=env, check=True)
-    signed_by = json.loads(out.stdout)["data"]["signed_by"]
+    signed_by = envelope(out)["data"]["signed_by"]
     assert len(signed_by) == 64
     pulled = cli("pull", "law@1.0.0", "--trust", "require", "--public-key", pub, "--registry", url, env=env, check=True)
     folder = Path(pulled.stdout.strip())
@@ -59,7 +69,7 @@ def test_publish_signed_pull_require_verify_and_model_signing_cli(url, keys, tin
     sigs = tmp_path / "sigs"
     verified = cli("verify", "law@1.0.0", "--public-key", pub, "--save-signatures", str(sigs), "--registry", url,
                    "--json", env=env, check=True)
-    doc = json.loads(verified.stdout)
+    doc = envelope(verified)
     assert doc["ok"] and doc["data"]["signed_by"] == [signed_by] and doc["data"]["problems"] == []
     sig, = sigs.glob("*.sig")
     # OpenSSF's own CLI accepts the pulled folder as it is
@@ -101,7 +111,7 @@ def test_sign_after_the_fact_by_a_reviewer(url, keys, tiny_package, env):
     reviewer = str(keys["reviewer"][1])
     assert cli("pull", "law@1.0.0", "--trust", "require", "--public-key", reviewer, "--registry", url, env=env).returncode == 1
     out = cli("sign", "law@1.0.0", "--sign-key", str(keys["reviewer"][0]), "--registry", url, "--json", env=env, check=True)
-    assert json.loads(out.stdout)["data"]["signatures"] == 2
+    assert envelope(out)["data"]["signatures"] == 2
     cli("pull", "law@1.0.0", "--trust", "require", "--public-key", reviewer, "--registry", url, env=env, check=True)
 
 
@@ -118,6 +128,11 @@ def test_bad_options_say_what_to_do(url, keys, tiny_package, tmp_path, env):
     assert listed == []  # nothing was published with an unusable key
     no_key = cli("sign", "law@1.0.0", "--registry", url, env=env)
     assert no_key.returncode == 2 and "--sign-key" in no_key.stderr
+    no_ref = cli("verify", "--public-key", str(keys["publisher"][1]), "--registry", url, env=env)
+    assert no_ref.returncode == 2 and "checks one version" in no_ref.stderr
+    cli("publish", str(tiny_package), "--name", "law", "--version", "1.0.0", "--registry", url, env=env, check=True)
+    missing = cli("pull", "law@1.0.0", "--public-key", str(tmp_path / "nope.pub"), "--registry", url, env=env)
+    assert missing.returncode == 1 and "cannot read public key file" in missing.stderr
 
 
 # compose, attach and eval take the same policy, checked before any memory byte is pulled ---------
