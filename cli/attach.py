@@ -194,9 +194,20 @@ def _check_decoding(sample: bool, temperature: float, top_p: float, beams: int) 
                           "it does not sample; give one of them")
 
 
+def _streamer(tok):
+    """transformers' TextStreamer, printing the text as characters (output.clean): byte-level models
+    can emit any byte, ESC included, and a memory comes from a registry."""
+    from transformers import TextStreamer
+
+    class CleanStreamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            super().on_finalized_text(output.clean(text), stream_end)
+
+    return CleanStreamer(tok, skip_prompt=False, skip_special_tokens=True)
+
+
 def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_) -> dict:
     import torch
-    from transformers import TextStreamer
 
     tok = model.tokenizer
     enc = tok([prompt], return_tensors="pt")
@@ -206,7 +217,7 @@ def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, 
     out = model.generate(
         enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
         temperature=temperature, top_p=top_p, top_k=top_k, num_beams=beams,
-        streamer=TextStreamer(tok, skip_prompt=False, skip_special_tokens=True) if stream else None,
+        streamer=_streamer(tok) if stream else None,
     )
     text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     if not json_ and not stream:

@@ -77,6 +77,14 @@ def test_an_error_quoting_escape_sequences_shows_them_escaped(tmp_path):
     assert r"pkg\x1b]0;pwned\x07" in proc.stderr
 
 
+def test_attach_streams_generated_text_as_characters(tiny_package):
+    # the streamer prints the prompt too (skip_prompt=False): an ESC in it stands for one the models emit
+    proc = memreg_cli("attach", str(tiny_package), f"{tiny_package}=0.5", "--prompt", "Licence \x1b]52;c;aGk=\x07\x1b[2J",
+                      "--max-new-tokens", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(r"Licence \x1b]52;c;aGk=\x07\x1b[2J") and not CONTROL.search(proc.stdout.rstrip("\n"))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_the_console_prints_any_text_as_characters(text):
