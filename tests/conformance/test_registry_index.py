@@ -87,7 +87,7 @@ def _misfiled(reg: Registry, damage: str) -> bytes:
     index = _index(reg, "law")
     if damage == "summary under another version":
         return index.model_copy(update={"versions": {**index.versions, "1.1.0": index.versions["1.0.0"]}}).model_dump_json().encode()
-    (digest, fp), = index.fingerprints.items()
+    (_, fp), = index.fingerprints.items()
     return index.model_copy(update={"fingerprints": {"sha256:" + "0" * 64: fp}}).model_dump_json().encode()
 
 
