@@ -6,9 +6,11 @@ from cached blobs (hard links where the filesystem allows) into a temp folder an
 folder that exists is complete.
 
 Nothing cached is trusted forever. When a blob or a folder is written, a record of each file's
-size and mtime (nanoseconds) is kept with it (`<hex>.stat`, `<folder>/.memreg-files.json`); every pull
-compares them (a stat per file, no read), and `pull --verify` / `memreg cache verify` re-hash.
-Anything that differs is thrown away and fetched again from the registry.
+size, mtime, inode and ctime (nanoseconds) is kept with it (`<hex>.stat`, `<folder>/.memreg-files.json`);
+every pull compares them (a stat per file, no read), and `pull --verify` / `memreg cache verify` re-hash.
+An edit that restores the mtime still moves the ctime; so does a hard link made elsewhere to the same
+blob, which is why a ctime that alone moved is settled by hashing the file once. Anything that
+differs is thrown away and fetched again from the registry.
 
 Temp files and folders are held under flock(2) by the process writing them: a lock that can be
 taken means its writer is dead (the kernel drops locks of killed processes), so leftovers of a
@@ -17,22 +19,22 @@ killed pull are removed by the next pull or `memreg cache clean`, and a live pul
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memreg.registry.errors import DigestMismatchError, ManifestError
 from memreg.registry.fsutil import TMP_PREFIX, no_progress, sha256_file
+from memreg.registry.fsutil import locked_temp as _locked_temp
+from memreg.registry.fsutil import remove_if_abandoned as _remove_if_abandoned
 from memreg.registry.package import CARD
-from memreg.registry.settings import cache_dir
+from memreg.registry.reading import warn
+from memreg.registry.settings import cache_dir, cards_dir
 from memreg.registry.store import Store
 from memreg.schemas import FileEntry, Manifest
 
@@ -69,8 +71,38 @@ class CachedPackage:
 
 
 def _stat_record(path: Path) -> list[int]:
+    """What one stat says of a file's identity: size, mtime, inode, ctime (all nanoseconds). An edit
+    that restores the mtime (os.utime) still moves the ctime, which no one can set back."""
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def _is_stat_record(value: object) -> bool:
+    """[size, mtime_ns] (older caches) or [size, mtime_ns, ino, ctime_ns], whole numbers only."""
+    return (isinstance(value, list) and len(value) in (2, 4)
+            and all(type(x) is int for x in value))  # type(): bool is an int too
+
+
+def _still_holds(path: Path, recorded: object, hexdigest: str) -> list[int] | None:
+    """The file's stat record now if it still holds the bytes it held when `recorded` was taken,
+    else None. The same record: no read. Only the ctime moved (or an older record without inode
+    and ctime): a hard link to the same inode added or removed elsewhere in the cache moves it
+    too, so the bytes decide, hashed once; the caller keeps the new record."""
+    now = _stat_record(path)
+    if now == recorded:
+        return now
+    if not _is_stat_record(recorded) or recorded[:3] != now[:len(recorded[:3])]:  # type: ignore[index]
+        return None
+    return now if sha256_file(path) == hexdigest else None
+
+
+def _read_record(folder: Path) -> dict[str, list[int]] | None:
+    """A package folder's record (relative path -> stat record), or None where it is missing or
+    not of that shape (a stray or damaged file: the caller says so or rebuilds it)."""
+    record = _read_json(folder / RECORD)
+    if isinstance(record, dict) and all(_is_stat_record(v) for v in record.values()):
+        return record
+    return None
 
 
 def _read_json(path: Path) -> object | None:
@@ -78,29 +110,6 @@ def _read_json(path: Path) -> object | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-@contextmanager
-def _locked_temp(path: Path, *, folder: bool) -> Iterator[Path]:
-    """Create `path` (a file or folder) held under an exclusive flock until the block ends."""
-    while True:
-        if folder:
-            path.mkdir()
-            fd = os.open(path, os.O_RDONLY)
-        else:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:  # a cleaner may have taken it between creation and lock: then start again
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-        path = path.with_name(f"{path.name.rsplit('.', 1)[0]}.{uuid.uuid4().hex}")
-    try:
-        yield path
-    finally:
-        os.close(fd)
 
 
 def _write_locked(path: Path, data: bytes) -> None:
@@ -112,27 +121,6 @@ def _write_locked(path: Path, data: bytes) -> None:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def _remove_if_abandoned(path: Path) -> bool:
-    """Remove a temp file/folder whose writer is gone (its lock can be taken)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return False  # a live writer holds it
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
-    return True
 
 
 class Cache:
@@ -150,11 +138,14 @@ class Cache:
         """The blob is cached and unchanged since it was verified: same size and mtime as
         recorded then (a stat), and with `verify` the same sha256 (a full read)."""
         p = self.blob_path(entry)
+        recorded = _read_json(self._record_path(p))
         try:
-            if _stat_record(p) != _read_json(self._record_path(p)) or p.stat().st_size != entry.size:
+            if p.stat().st_size != entry.size or (now := _still_holds(p, recorded, entry.hex)) is None:
                 return False
         except FileNotFoundError:
             return False
+        if now != recorded:
+            _write_locked(self._record_path(p), json.dumps(now).encode())
         return not verify or sha256_file(p) == entry.hex
 
     def package_dir(self, manifest: Manifest) -> Path:
@@ -195,17 +186,22 @@ class Cache:
         """The assembled folder holds exactly the manifest's files, unchanged since assembly
         (size and mtime; with `verify`, every file re-hashed and the card compared)."""
         folder = self.package_dir(manifest)
-        record = _read_json(folder / RECORD)
-        if not folder.is_dir() or not isinstance(record, dict):
+        record = _read_record(folder)
+        if not folder.is_dir() or record is None:
             return False
         found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()} - {RECORD}
         if found != {e.path for e in manifest.model.files} | {CARD} or set(record) != found:
             return False  # a file added (a .py dropped in), removed or renamed
+        digests = {e.path: e.hex for e in manifest.model.files}
+        digests[CARD] = hashlib.sha256(manifest.model_dump_json(indent=2).encode()).hexdigest()
         try:
-            if any(_stat_record(folder / path) != rec for path, rec in record.items()):
-                return False
+            now = {path: _still_holds(folder / path, rec, digests[path]) for path, rec in record.items()}
         except FileNotFoundError:
             return False
+        if any(v is None for v in now.values()):
+            return False
+        if now != record:  # bytes re-hashed after a ctime move: keep the new stats
+            _write_locked(folder / RECORD, json.dumps(now).encode())
         if verify:
             if (folder / CARD).read_text() != manifest.model_dump_json(indent=2):
                 return False
@@ -260,12 +256,16 @@ class Cache:
 
     def packages(self) -> list[CachedPackage]:
         out = []
-        for record in sorted((self.root / "packages").glob(f"*/*/{RECORD}")):
-            folder = record.parent
-            doc = _read_json(folder / CARD)
+        for path in sorted((self.root / "packages").glob(f"*/*/{RECORD}")):
+            folder = path.parent
+            doc, record = _read_json(folder / CARD), _read_record(folder)
             if folder.name.startswith(TMP) or not isinstance(doc, dict):
                 continue
-            size = sum(v[0] for v in (_read_json(record) or {}).values())
+            if record is None:
+                warn(f"{path} is not a record of the folder's files; skipped (the next pull of that "
+                     "package rebuilds the folder, `memreg cache clean` removes it)")
+                continue
+            size = sum(v[0] for v in record.values())
             out.append(CachedPackage(str(doc.get("name")), str(doc.get("version")), folder, size))
         return out
 
@@ -296,16 +296,35 @@ class Cache:
     def clean(self) -> int:
         """Remove every cached package and blob, and temp files of killed pulls; a live pull's
         temp files (locked) stay. Bytes freed."""
-        freed = 0
+        freed = self._clean_cards() if self.root == cache_dir() else 0
         for sub, pattern in (("packages", "*/*"), ("blobs", "sha256/*/*")):  # packages first: no folder outlives its blobs
             for p in sorted((self.root / sub).glob(pattern)):
-                size = sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+                size = _bytes_in(p)
                 if p.name.startswith(TMP):
                     freed += size if _remove_if_abandoned(p) else 0
                     continue
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 freed += size
         return freed
+
+    @staticmethod
+    def _clean_cards() -> int:
+        """The model cards publishes staged beside the cache ($MEMREG_HOME/cards): a live publish's
+        folder is locked and kept; cards older memreg versions left there are removed. Bytes freed."""
+        freed = 0
+        for p in sorted(cards_dir().glob("*")):
+            size = _bytes_in(p)
+            if p.name.startswith(TMP):
+                freed += size if _remove_if_abandoned(p) else 0
+            elif p.is_file():
+                p.unlink(missing_ok=True)
+                freed += size
+        return freed
+
+
+def _bytes_in(p: Path) -> int:
+    """Bytes of a file, or of every file below a folder."""
+    return sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
 
 
 def _place(blob: Path, target: Path) -> None:

@@ -218,17 +218,18 @@ def card_file(folder: Path, m: Manifest, staging: Path) -> tuple[str, Path]:
     return README, local
 
 
-def with_model_card(folder: Path, files: list, entries: list, manifest: Manifest) -> tuple[list, list, Manifest]:
-    """The package's files and manifest with README.md replaced by the card rendered from `manifest`."""
+def with_model_card(folder: Path, files: list, entries: list, manifest: Manifest,
+                    staging: Path) -> tuple[list, list, Manifest]:
+    """The package's files and manifest with README.md replaced by the card rendered from `manifest`
+    (written under `staging`, which the caller removes once the card is uploaded)."""
     from memreg.registry.fsutil import file_digest
     from memreg.registry.package import LocalFile
-    from memreg.registry.settings import memreg_home
     from memreg.schemas import FileEntry
 
     files = [f for f in files if f.path != README]
     entries = [e for e in entries if e.path != README]
     bare = manifest.model_copy(update={"model": manifest.model.model_copy(update={"files": entries})})
-    path, local = card_file(folder, bare, memreg_home() / "cards")  # beside the cache, never in it
+    path, local = card_file(folder, bare, staging)
     size = local.stat().st_size
     files.append(LocalFile(path, local, size))
     entries.append(FileEntry(path=path, digest=file_digest(local), size=size))

@@ -9,9 +9,11 @@ Light on purpose (no torch): `memreg.registry` and every registry command import
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,11 +50,15 @@ def write_temp(path: Path, data: bytes, *, fsync: bool = False) -> Path:
     """`data` in a new temp file beside `path` (for callers that commit it themselves, e.g. by an
     exclusive link(2)); with `fsync` the bytes are on disk before the name can appear."""
     tmp = temp_beside(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:  # a full disk (ENOSPC) fails here: leave no half-written temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 
@@ -70,6 +76,52 @@ def atomic_write_text(path: Path, text: str, *, fsync: bool = False) -> None:
 
 def atomic_write_json(path: Path, doc: object, *, indent: int | None = None) -> None:
     atomic_write_text(path, json.dumps(doc, indent=indent))
+
+
+@contextmanager
+def locked_temp(path: Path, *, folder: bool) -> Iterator[Path]:
+    """Create `path` (a file or folder) held under an exclusive flock(2) until the block ends: a
+    lock that can be taken means its writer is dead (the kernel drops the locks of killed
+    processes), so `remove_if_abandoned` removes leftovers of killed writers and never a live one's."""
+    while True:
+        if folder:
+            path.mkdir()
+            fd = os.open(path, os.O_RDONLY)
+        else:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # a cleaner may have taken it between creation and lock: then start again
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        path = path.with_name(f"{path.name.rsplit('.', 1)[0]}.{uuid.uuid4().hex}")
+    try:
+        yield path
+    finally:
+        os.close(fd)
+
+
+def remove_if_abandoned(path: Path) -> bool:
+    """Remove a temp file/folder made by `locked_temp` whose writer is gone (its lock can be taken)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False  # a live writer holds it
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return True
 
 
 def no_progress(callback: Callback | None) -> Callback:

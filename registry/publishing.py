@@ -10,8 +10,10 @@ lease names them first, and they are checked again once the manifest protects th
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,11 +22,12 @@ from typing import TYPE_CHECKING
 from memreg.registry import index as name_index
 from memreg.registry.card import with_model_card
 from memreg.registry.errors import ManifestNotFoundError, VersionExistsError
-from memreg.registry.fsutil import file_digest, no_progress
+from memreg.registry.fsutil import TMP_PREFIX, file_digest, locked_temp, no_progress
 from memreg.registry.gc import LEASES
 from memreg.registry.layout import blob_key, manifest_key
 from memreg.registry.package import LocalFile, model_info, read_card, scan_folder
 from memreg.registry.refs import check_name, check_version
+from memreg.registry.settings import cards_dir
 from memreg.registry.store import Store
 from memreg.registry.tagging import refuse_latest
 from memreg.schemas import DomainMetadata, FileEntry, Manifest, PackageCard
@@ -57,26 +60,42 @@ def publish(reg: Registry, folder: str | Path, *, name: str | None, version: str
     tags = [check_name(t, what="tag") for t in tags]
     for t in tags:
         refuse_latest(t)
-    files, entries, manifest = _describe(folder, card, name, version, description, domain, callback)
-    existing = _existing_manifest(reg, manifest)
-    if existing is not None:  # same content again: still heal blobs lost or corrupted since
-        healed = _protect_and_heal(reg.store, files, existing.model.files, reused=existing.model.files)
-        return PublishResult(existing, created=False, uploaded=healed, skipped=len(entries) - healed,
-                             tags=_move_tags(reg, existing, tags), healed=healed)
-    uploaded, reused = _upload_missing(reg.store, files, entries, callback)
-    healed = _protect_and_heal(reg.store, files, entries, reused=reused)
-    committed, created = _commit(reg, manifest)
-    if created:
-        # A gc that listed the leases just before ours was written may still have deleted a blob
-        # between our check and the manifest: look again now that the manifest protects them.
-        healed += _heal_missing(reg.store, files, entries)
+    with _card_staging() as staging:
+        files, entries, manifest = _describe(folder, card, name, version, description, domain, callback, staging)
+        existing = _existing_manifest(reg, manifest)
+        if existing is not None:  # same content again: still heal blobs lost or corrupted since
+            with _lease(reg.store, existing.model.files):
+                healed = _heal(reg.store, files, existing.model.files, reused=existing.model.files)
+            return PublishResult(existing, created=False, uploaded=healed, skipped=len(entries) - healed,
+                                 tags=_move_tags(reg, existing, tags), healed=healed)
+        uploaded, reused = _upload_missing(reg.store, files, entries, callback)
+        with _lease(reg.store, entries):
+            healed = _heal(reg.store, files, entries, reused=reused)
+            committed, created = _commit(reg, manifest)
+            if created:
+                # A gc that listed the leases just before ours was written may still have deleted a blob
+                # between our check and the manifest: look again now that the manifest protects them.
+                healed += _heal_missing(reg.store, files, entries)
     name_index.published(reg.store, committed)
     return PublishResult(committed, created=created, uploaded=uploaded + healed,
                          skipped=len(entries) - uploaded - healed, tags=_move_tags(reg, committed, tags), healed=healed)
 
 
+@contextmanager
+def _card_staging() -> Iterator[Path]:
+    """A folder of this publish's own for the model card it renders, removed when the publish ends
+    however it ends; locked while it lives, so `memreg cache clean` removes only a killed publish's."""
+    cards_dir().mkdir(parents=True, exist_ok=True)
+    with locked_temp(cards_dir() / f"{TMP_PREFIX}publish.{uuid.uuid4().hex}", folder=True) as staging:
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def _describe(folder: Path, card: PackageCard, name: str, version: str, description: str | None,
-              domain: DomainMetadata | None, callback: Callback) -> tuple[list[LocalFile], list[FileEntry], Manifest]:
+              domain: DomainMetadata | None, callback: Callback,
+              staging: Path) -> tuple[list[LocalFile], list[FileEntry], Manifest]:
     """Hash the folder's files and build the manifest that will describe them, model card included."""
     from memreg.registry.fingerprinting import fingerprint
 
@@ -95,7 +114,7 @@ def _describe(folder: Path, card: PackageCard, name: str, version: str, descript
         training=card.training,
         metrics=card.metrics,
     )
-    return with_model_card(folder, files, entries, manifest)  # README.md: the card
+    return with_model_card(folder, files, entries, manifest, staging)  # README.md: the card
 
 
 def _upload_missing(store: Store, files: list[LocalFile], entries: list[FileEntry],
@@ -104,7 +123,7 @@ def _upload_missing(store: Store, files: list[LocalFile], entries: list[FileEntr
     uploaded, reused = 0, []
     for f, entry in zip(files, entries):
         if store.exists(blob_key(entry)):
-            reused.append(entry)  # re-checked by _protect_and_heal, after the lease that protects it from gc
+            reused.append(entry)  # re-checked by _heal, under the lease that protects it from gc
             callback.relative_update(entry.size)
             continue
         store.put_file(blob_key(entry), f.local, callback=callback.branched(str(f.local), blob_key(entry)))
@@ -127,12 +146,10 @@ def _commit(reg: Registry, manifest: Manifest) -> tuple[Manifest, bool]:
     return manifest, True
 
 
-def _protect_and_heal(store: Store, files: list[LocalFile], entries: list[FileEntry], *,
-                      reused: list[FileEntry]) -> int:
-    """Write a lease naming every blob this publish relies on (gc keeps leased blobs), then
-    check them: a reused blob must hold our exact bytes (size and digest, see
-    Store.same_content), any other must exist with our size. Re-upload what fails."""
-    _write_lease(store, entries)
+def _heal(store: Store, files: list[LocalFile], entries: list[FileEntry], *, reused: list[FileEntry]) -> int:
+    """Under a lease (gc keeps leased blobs), check every blob this publish relies on: a reused
+    blob must hold our exact bytes (size and digest, see Store.same_content), any other must exist
+    with our size. Re-upload what fails."""
     local = {f.path: f.local for f in files}
     reused_keys = {blob_key(e) for e in reused}
     healed = 0
@@ -163,12 +180,21 @@ def _has_size(store: Store, key: str, size: int) -> bool:
         return False
 
 
-def _write_lease(store: Store, entries: list[FileEntry]) -> None:
-    """A lease is a small document under leases/ naming blobs a publish is about to reference.
-    It is left in place and expires after LEASE_TTL (gc removes it): a gc whose snapshot of the
-    manifests predates this publish's manifest still sees the lease."""
+@contextmanager
+def _lease(store: Store, entries: list[FileEntry]) -> Iterator[None]:
+    """A lease is a small document under leases/ naming blobs a publish is about to reference. After
+    a publish it is left in place and expires after LEASE_TTL (gc removes it): a gc whose snapshot
+    of the manifests predates this publish's manifest still sees the lease. A publish that fails
+    (a full disk, a lost connection) removes it: nothing it protected is referenced."""
     doc = {"created_at": datetime.now(timezone.utc).isoformat(), "blobs": sorted({blob_key(e) for e in entries})}
-    store.put_bytes(f"{LEASES}/{uuid.uuid4().hex}.json", json.dumps(doc).encode())
+    key = f"{LEASES}/{uuid.uuid4().hex}.json"
+    store.put_bytes(key, json.dumps(doc).encode())
+    try:
+        yield
+    except BaseException:
+        with suppress(Exception):  # the publish's own error is the one to report; LEASE_TTL expires it anyway
+            store.delete(key)
+        raise
 
 
 def _existing_manifest(reg: Registry, new: Manifest) -> Manifest | None:

@@ -19,3 +19,8 @@ def default_registry_url() -> str:
 
 def cache_dir() -> Path:
     return memreg_home() / "cache"
+
+
+def cards_dir() -> Path:
+    """Where publish stages the model cards it renders (beside the cache, never in it)."""
+    return memreg_home() / "cards"
