@@ -176,6 +176,7 @@ def list_(
     compatible_with: Annotated[Optional[str], typer.Option(
         help="Only memories whose tokenizer matches: a model folder or a fingerprint (sha256:…).")] = None,
     all_versions: Annotated[bool, typer.Option("--all", help="Every version, yanked ones too.")] = False,
+    signed_by: sign_cmds.SignedByOpt = None,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
@@ -189,6 +190,8 @@ def list_(
         else:
             fp = _model_fingerprint(compatible_with)  # whole: a memory differing only in its pad id matches too
     rows = reg.list(domain=domain, fingerprint=fp, all_versions=all_versions)
+    if signed_by:
+        rows = sign_cmds.signed_rows(reg, rows, signed_by)
     if json_:
         print_json([_summary(r.manifest, yanked=r.yanked, tags=r.tags) for r in rows])
         return
@@ -224,9 +227,10 @@ def show(
     reg = _open(registry, storage_option)
     m, state = reg.show(ref)
     versions, yanked, tags = state.listed, state.yanked, state.tags
+    signatures = sign_cmds.signatures_shown(reg, m)
     if json_:
         print_json({"manifest": m.model_dump(mode="json"), "versions": versions,
-                    "yanked": sorted(yanked), "tags": tags})
+                    "yanked": sorted(yanked), "tags": tags, "signatures": signatures})
         return
     console.print(styled(m.ref, "bold"), f" {m.description}")
     console.print(f"  domain     {', '.join(m.domain.labels) or '-'}  language {m.domain.language or '-'}  licence {m.domain.license or '-'}")
@@ -244,6 +248,8 @@ def show(
     console.print("  versions   " + ", ".join(v + (" (yanked)" if v in yanked else "") for v in versions))
     if tags:
         console.print("  tags       " + ", ".join(f"{t} -> {v}" for t, v in sorted(tags.items())))
+    for sig in signatures:
+        console.print(f"  signed     by {(sig['key_fingerprint'] or '?')[:16]}… at {sig['signed_at'] or '?'}: {sig['note']}")
 
 
 def verify(

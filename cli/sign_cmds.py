@@ -90,6 +90,43 @@ def sign(
         console.print(f"signed {m.ref} with key {fingerprint[:16]}… ({count} signature{'s' * (count != 1)})")
 
 
+SignedByOpt = Annotated[Optional[Path], typer.Option(
+    "--signed-by", metavar="PUBLIC_KEY", help="Only versions this key (a PEM public key file) signed, checked with it.")]
+
+
+def signed_rows(reg, rows: list, key_file: Path) -> list:
+    """`memreg list --signed-by`: the rows whose version the key's signature holds for (each row
+    costs its manifest and its signatures: only with the option)."""
+    from memreg.registry import signing, trust
+
+    keys = trust.trusted_keys([key_file], registry_url=reg.url)
+    return [r for r in rows if signing.check(reg, reg.manifest(r.manifest.name, r.manifest.version), keys).ok]
+
+
+def signatures_shown(reg, m) -> list[dict]:
+    """`memreg show`: each signature of the version, who made it (the key's fingerprint, as the
+    signer said) and when, and whether a key you trust verifies it."""
+    from memreg.registry import signing, trust
+
+    try:
+        keys = trust.trusted_keys(registry_url=reg.url)
+    except trust.TrustConfigError as e:
+        warn(str(e))
+        keys = []
+    rows = []
+    for key, record, why in signing.records(reg, m):
+        digest = key.rsplit("/", 1)[1][: -len(".json")]
+        if record is None:
+            rows.append({"signature": digest, "key_fingerprint": None, "signed_at": None, "verified": False,
+                         "note": f"signature {why}"})
+            continue
+        problem = signing.record_problem(m, record, keys)
+        rows.append({"signature": digest, "key_fingerprint": record.key_fingerprint,
+                     "signed_at": record.signed_at.isoformat(), "verified": not problem,
+                     "note": "verified with a key you trust" if not problem else f"signature {problem}"})
+    return rows
+
+
 def verify_signatures(reg, ref: str | None, public_keys: list[Path], save_signatures: Path | None, json_: bool) -> None:
     """`memreg verify REF --public-key PATH`: the version's blobs re-hashed, its signatures checked
     against the manifest, then model-signing's own check of every file of the pulled folder. Exit 1

@@ -148,7 +148,7 @@ def check(reg: Registry, manifest: Manifest, keys: list[TrustedKey]) -> Signatur
         return SignatureCheck(manifest.ref, [], ["it carries no signature"])
     for key, record, why in found:
         where = f"signature {key.rsplit('/', 1)[1][:12]}"
-        problem = why or _record_problem(manifest, record, keys)
+        problem = why or record_problem(manifest, record, keys)
         if problem:
             problems.append(f"{where} {problem}")
         elif record.key_fingerprint not in signers:
@@ -156,7 +156,8 @@ def check(reg: Registry, manifest: Manifest, keys: list[TrustedKey]) -> Signatur
     return SignatureCheck(manifest.ref, signers, problems)
 
 
-def _record_problem(manifest: Manifest, record: SignatureRecord, keys: list[TrustedKey]) -> str:
+def record_problem(manifest: Manifest, record: SignatureRecord, keys: list[TrustedKey]) -> str:
+    """Why this signature does not vouch for this version with one of these keys ("" when it does)."""
     if (record.name, record.version) != (manifest.name, manifest.version):
         return f"was made for {record.name}@{record.version}, not {manifest.ref}"
     key = next((k for k in keys if k.fingerprint == record.key_fingerprint), None)

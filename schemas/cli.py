@@ -60,11 +60,20 @@ class PullData(_Strict):
     yanked: bool = Field(description="true: the version is yanked (a warning says so too)")
 
 
+class SignatureRow(_Strict):
+    signature: str = Field(description="sha256 of the signature document (its name)")
+    key_fingerprint: Optional[str] = Field(description="sha256 of the signer's PEM public key, as the signer said")
+    signed_at: Optional[str] = Field(description="when, as the signer said")
+    verified: bool = Field(description="a key you trust verifies it for this very version")
+    note: str
+
+
 class ShowData(_Strict):
     manifest: dict[str, Any] = Field(description="the manifest (schemas/json/manifest.schema.json)")
     versions: list[str]
     yanked: list[str]
     tags: dict[str, str]
+    signatures: list[SignatureRow] = Field([], description="the version's signatures (memreg sign)")
 
 
 class VerifyData(_Strict):

@@ -113,6 +113,18 @@ def test_sign_after_the_fact_by_a_reviewer(url, keys, tiny_package, env):
     out = cli("sign", "law@1.0.0", "--sign-key", str(keys["reviewer"][0]), "--registry", url, "--json", env=env, check=True)
     assert envelope(out)["data"]["signatures"] == 2
     cli("pull", "law@1.0.0", "--trust", "require", "--public-key", reviewer, "--registry", url, env=env, check=True)
+    # show says who signed, and which signature a key you trust verifies
+    shown = envelope(cli("show", "law@1.0.0", "--registry", url, "--json", check=True,
+                         env={**env, "MEMREG_PUBLIC_KEYS": str(keys["publisher"][1])}))["data"]["signatures"]
+    assert sorted(s["verified"] for s in shown) == [False, True]
+    assert any("which you do not trust" in s["note"] for s in shown) and all(s["signed_at"] for s in shown)
+    human = cli("show", "law@1.0.0", "--registry", url, env=env, check=True).stdout
+    assert human.count("signed     by ") == 2
+    # list --signed-by keeps the versions that key's signature holds for
+    cli("publish", str(tiny_package), "--name", "law", "--version", "1.1.0", "--registry", url, env=env, check=True)
+    listed = envelope(cli("list", "--all", "--signed-by", reviewer, "--registry", url, "--json", env=env, check=True))
+    assert [r["version"] for r in listed["data"]] == ["1.0.0"]
+    assert envelope(cli("list", "--all", "--registry", url, "--json", env=env, check=True))["data"][1]["version"] == "1.1.0"
 
 
 def test_bad_options_say_what_to_do(url, keys, tiny_package, tmp_path, env):
