@@ -244,10 +244,11 @@ class Registry:
         r = parse_ref(ref) if isinstance(ref, str) else ref
         if r.version or (r.tag and r.tag != VIRTUAL_LATEST):
             m, state = self.store.together(lambda: self.resolve(r), lambda: self.package(r.name))
-            return m, state
-        fetched = name_index.fetch_one(self.store, r.name)
-        m, state = self.store.together(lambda: self._latest(r.name, fetched[1]),
-                                       lambda: name_index.read_one(self.store, r.name, fetched))
+        else:
+            fetched = name_index.fetch_one(self.store, r.name)
+            m, state = self.store.together(lambda: self._latest(r.name, fetched[1]),
+                                           lambda: name_index.read_one(self.store, r.name, fetched))
+        name_index.correct_summary(self.store, m, state)
         return m, state
 
     def rebuild_index(self) -> list[str]:

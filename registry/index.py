@@ -27,7 +27,12 @@ or unreadable:
 * A repair (`show`'s, `verify --repair`'s) rebuilds the index from a listing taken *after* it read the
   index, and writes by compare-and-swap against that read (_rewrite): a yank, tag or publish that
   lands while it reads the manifests either is in its listing or changed the index, which fails the
-  swap and starts the rebuild again. `show` compares every summary with its manifest.
+  swap and starts the rebuild again.
+* Summaries are checked against their manifests by `verify --repair` (every manifest: seconds for a
+  large package) and, for the version it shows, by `show` (it reads that manifest anyway:
+  correct_summary). `show` does not read every manifest of a package: at 10,000 versions on S3 that
+  is minutes, against its sub-second budget; a forged summary of another version is met by
+  `verify --repair`.
 """
 
 from __future__ import annotations
@@ -117,13 +122,12 @@ def fetch_one(store: Store, name: str) -> tuple[bytes | None, Listing]:
 
 
 def read_one(store: Store, name: str, fetched: tuple[bytes | None, Listing] | None = None) -> PackageState:
-    """One package from the truth: its listing, its tags and every manifest (a summary the index
-    holds is compared with its manifest, so a damaged or forged one is repaired, not served again);
-    the index is repaired where it differed. `fetched`: what fetch_one returned, when the caller
-    needed the listing too."""
+    """One package from the truth (its listing, its tags; manifests the index cannot summarise),
+    with the summaries the index already has; the index is repaired where it differed. `fetched`:
+    what fetch_one returned, when the caller needed the listing too."""
     raw, listing = fetched or fetch_one(store, name)
     old = _parse_index(store, name, raw) if raw is not None else None
-    fresh, state = _from_truth(store, name, _pending(old or NameIndex(name=name)), listing)
+    fresh, state = _from_truth(store, name, old or NameIndex(name=name), listing)
     exists = old is not None or any(listing)  # no index for a name nobody published (`show typo`)
     if exists and fresh != old:
         # `fetched` read the index and listed the package at once, so the index may be newer than
@@ -150,6 +154,27 @@ def announce(store: Store, name: str, version: str) -> None:
 
 def published(store: Store, manifest: Manifest) -> None:
     """After the manifest exists. Best effort: a failure leaves the entry pending, which readers settle."""
+    _best_effort(store, manifest.name, _summary_of(manifest))
+
+
+def correct_summary(store: Store, manifest: Manifest, state: PackageState) -> None:
+    """`show`: the summary of the version it shows, checked against that version's manifest (read
+    anyway); one that differs is replaced, in `state` and in the index (one attempt, never an error:
+    read-only credentials or a lost race leave the answer standing)."""
+    summary = VersionSummary.of(manifest)
+    if manifest.version not in state.summaries or state.summaries[manifest.version] == summary:
+        return
+    warn(f"{store.url}/{index_key(manifest.name)} held a summary of {manifest.ref} that differs from its manifest; corrected")
+    state.summaries[manifest.version] = summary
+    state.fingerprints[manifest.tokenizer.digest] = manifest.tokenizer
+    try:
+        _update(store, manifest.name, _summary_of(manifest), attempts=1)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _summary_of(manifest: Manifest) -> Callable[[NameIndex], NameIndex | None]:
+    """The index change that files `manifest`'s summary under its version."""
 
     def change(index: NameIndex) -> NameIndex | None:
         entry = IndexedVersion(summary=VersionSummary.of(manifest))
@@ -158,7 +183,7 @@ def published(store: Store, manifest: Manifest) -> None:
         fps = {**index.fingerprints, manifest.tokenizer.digest: manifest.tokenizer}
         return index.model_copy(update={"versions": {**index.versions, manifest.version: entry}, "fingerprints": fps})
 
-    _best_effort(store, manifest.name, change)
+    return change
 
 
 def set_yanked(store: Store, name: str, version: str, yanked: bool) -> None:
