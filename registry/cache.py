@@ -19,6 +19,7 @@ killed pull are removed by the next pull or `memreg cache clean`, and a live pul
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -96,6 +97,13 @@ def _still_holds(path: Path, recorded: object, hexdigest: str) -> list[int] | No
     return now if sha256_file(path) == hexdigest else None
 
 
+def _keep_record(path: Path, record: object) -> None:
+    """Replace a record whose file was re-hashed and found unchanged. Only saves the next pull a
+    hash, so a failure is no error: a concurrent pull may have moved the folder aside meanwhile."""
+    with contextlib.suppress(OSError):
+        _write_locked(path, json.dumps(record).encode())
+
+
 def _read_record(folder: Path) -> dict[str, list[int]] | None:
     """A package folder's record (relative path -> stat record), or None where it is missing or
     not of that shape (a stray or damaged file: the caller says so or rebuilds it)."""
@@ -145,7 +153,7 @@ class Cache:
         except FileNotFoundError:
             return False
         if now != recorded:
-            _write_locked(self._record_path(p), json.dumps(now).encode())
+            _keep_record(self._record_path(p), now)
         return not verify or sha256_file(p) == entry.hex
 
     def package_dir(self, manifest: Manifest) -> Path:
@@ -201,7 +209,7 @@ class Cache:
         if any(v is None for v in now.values()):
             return False
         if now != record:  # bytes re-hashed after a ctime move: keep the new stats
-            _write_locked(folder / RECORD, json.dumps(now).encode())
+            _keep_record(folder / RECORD, now)
         if verify:
             if (folder / CARD).read_text() != manifest.model_dump_json(indent=2):
                 return False
