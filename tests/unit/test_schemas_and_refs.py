@@ -139,3 +139,12 @@ def test_look_alike_versions_have_no_rank_and_no_document(version):
         with pytest.raises(ValidationError, match="version"):
             model.model_validate_json(json.dumps({**doc, **{k: v for k, v in stamp.items() if k in model.model_fields}}))
     assert not re.fullmatch(SEMVER_PATTERN, version) and "\\d" not in SEMVER_PATTERN
+
+
+@pytest.mark.parametrize("size", ["\u0661\u0660", "1\uff10", "\u00b2"])
+def test_sizes_in_documents_are_ascii_numbers(size):
+    """pydantic's lax mode reads a JSON string "10" as 10; a string of non-ASCII digits never."""
+    digest = "sha256:" + "0" * 64
+    with pytest.raises(ValidationError, match="size"):
+        FileEntry.model_validate_json(json.dumps({"path": "a", "digest": digest, "size": size}))
+    assert FileEntry.model_validate_json(json.dumps({"path": "a", "digest": digest, "size": "10"})).size == 10
