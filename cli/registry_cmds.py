@@ -121,17 +121,12 @@ def publish(
 
 
 def _check_publishable(path: Path, name: str | None, version: str | None) -> None:
-    """What the registry would refuse in its own terms (an empty name, a folder with no config.json),
-    said in the command's: a PEFT adapter is attached as it is, a package needs a name and version."""
-    from memreg.registry.errors import PackageError
+    """What the registry would refuse in its own terms (name= and version=), said in the command's
+    (--name, --version) as a usage error."""
     from memreg.registry.package import read_card
 
     if not path.is_dir():
         return  # the registry's message says what a package folder is
-    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        raise PackageError(f"{path} is a PEFT adapter, which memreg attaches as it is (memreg attach BASE {path}=0.3) "
-                           "but publishes only merged: save PeftModel.merge_and_unload() with save_pretrained "
-                           "(and the tokenizer) and publish that folder")
     card = read_card(path)
     missing = [opt for opt, value in (("--name", name or card.name), ("--version", version or card.version)) if not value]
     if missing:

@@ -70,6 +70,10 @@ def scan_folder(folder: Path) -> list[LocalFile]:
     if problem := files_problem([f.path for f in files]):
         raise PackageError(f"{folder}: {problem}; rename one")
     names = {f.path for f in files}
+    if "config.json" not in names and "adapter_config.json" in names:
+        raise PackageError(f"{folder} is a PEFT adapter, which memreg attaches as it is (memreg attach BASE {folder}=0.3, "
+                           "or compose(base, [folder])) but publishes only merged: save PeftModel.merge_and_unload() "
+                           "with save_pretrained (and the tokenizer) and publish that folder")
     if "config.json" not in names:
         raise PackageError(f"{folder} has no config.json: save the model with save_pretrained(folder)")
     if not any(n.endswith(".safetensors") for n in names):

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 
 from memreg.registry import index as name_index
 from memreg.registry.card import with_model_card
-from memreg.registry.errors import ManifestNotFoundError, VersionExistsError
+from memreg.registry.errors import InvalidArgumentError, ManifestNotFoundError, VersionExistsError
 from memreg.registry.fsutil import TMP_PREFIX, file_digest, locked_temp, no_progress
 from memreg.registry.gc import LEASES
 from memreg.registry.layout import blob_key, manifest_key
-from memreg.registry.package import LocalFile, model_info, read_card, scan_folder
+from memreg.registry.package import CARD, LocalFile, model_info, read_card, scan_folder
 from memreg.registry.refs import check_name, check_version
 from memreg.registry.settings import cards_dir
 from memreg.registry.store import Store
@@ -55,6 +55,9 @@ def publish(reg: Registry, folder: str | Path, *, name: str | None, version: str
     callback = no_progress(callback)
     folder = Path(folder)
     card = read_card(folder)
+    if not (name or card.name) or not (version or card.version):
+        raise InvalidArgumentError(f"{folder} has no {CARD} card that names the package and its version: give "
+                                   "name= and version=, e.g. publish(folder, name='law', version='1.0.0')")
     name = check_name(name or card.name or "")
     version = check_version(version or card.version or "", name=name)
     tags = [check_name(t, what="tag") for t in tags]

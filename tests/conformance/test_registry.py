@@ -173,3 +173,21 @@ def test_gc_removes_only_unreferenced_blobs(reg, tiny_package, tmp_path):
     report = reg.gc(grace=timedelta(0))
     assert report.removed_blobs == [f"blobs/sha256/{digest[:2]}/{digest}"]
     assert reg.verify().ok and reg.pull("law")
+
+
+def test_publish_without_a_card_asks_for_name_and_version_and_an_adapter_for_merging(reg, tmp_path, tiny_package):
+    """Registry.publish said "'' is not a valid name" for a folder without memreg.json, and "save the
+    model with save_pretrained" for a PEFT adapter folder that was saved so; nothing is written."""
+    from memreg.registry.errors import InvalidArgumentError, PackageError
+
+    with pytest.raises(InvalidArgumentError, match=r"no memreg.json card .* give name= and version="):
+        reg.publish(tiny_package)
+    with pytest.raises(InvalidArgumentError, match="give name= and version="):
+        reg.publish(tiny_package, name="law")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (adapter / "adapter_model.safetensors").write_bytes((tiny_package / "model.safetensors").read_bytes())
+    with pytest.raises(PackageError, match="is a PEFT adapter, which memreg attaches as it is.*merge_and_unload"):
+        reg.publish(adapter, name="law", version="1.0.0")
+    assert reg.store.list("packages") == [] and reg.store.list("blobs") == []
