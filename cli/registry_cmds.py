@@ -223,9 +223,10 @@ def show(
     m, state = reg.show(ref)
     versions, yanked, tags = state.listed, state.yanked, state.tags
     signatures = sign_cmds.signatures_shown(reg, m)
+    yank = reg.yank_record(m.name, m.version) if m.version in yanked else None
     if json_:
-        print_json({"manifest": m.model_dump(mode="json"), "versions": versions,
-                    "yanked": sorted(yanked), "tags": tags, "signatures": signatures})
+        print_json({"manifest": m.model_dump(mode="json"), "versions": versions, "yanked": sorted(yanked), "tags": tags,
+                    "signatures": signatures, "yank": yank and yank.model_dump(mode="json", include={"reason", "yanked_at"})})
         return
     console.print(styled(m.ref, "bold"), f" {m.description}")
     console.print(f"  domain     {', '.join(m.domain.labels) or '-'}  language {m.domain.language or '-'}  licence {m.domain.license or '-'}")
@@ -240,6 +241,9 @@ def show(
         console.print(f"  weight     {m.metrics.recommended_weight:g} recommended")
     for f in m.model.files:
         console.print(f"  file       {f.path}  {_human(f.size)}  {f.digest[:19]}…")
+    if m.version in yanked:
+        console.print(f"  yanked     {yank.yanked_at:%Y-%m-%d %H:%M} UTC: {yank.reason or 'no reason given'}" if yank else
+                      "  yanked     (no readable yank record)")
     console.print("  versions   " + ", ".join(v + (" (yanked)" if v in yanked else "") for v in versions))
     if tags:
         console.print("  tags       " + ", ".join(f"{t} -> {v}" for t, v in sorted(tags.items())))

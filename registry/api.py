@@ -42,6 +42,7 @@ from memreg.schemas import (
     TokenizerFingerprint,
     UnsupportedFormatError,
     VersionSummary,
+    YankRecord,
 )
 
 if TYPE_CHECKING:
@@ -299,6 +300,10 @@ class Registry:
 
     def yank(self, ref: str | Ref, reason: str = "") -> Manifest:
         return tagging.yank(self, ref, reason)
+
+    def yank_record(self, name: str, version: str) -> YankRecord | None:
+        """Why and when name@version was yanked (None: it is not)."""
+        return tagging.yank_record(self, name, version)
 
     def unyank(self, ref: str | Ref) -> Manifest:
         """Undo a yank: `name` and `name:latest` may choose the version again. Unyanking a version

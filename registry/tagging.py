@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from memreg.registry import index as name_index
-from memreg.registry.errors import ConcurrentUpdateError, InvalidReferenceError, YankedVersionError
+from memreg.registry.errors import ConcurrentUpdateError, InvalidReferenceError, ManifestError, YankedVersionError
 from memreg.registry.layout import VIRTUAL_LATEST, tag_key, yank_key
-from memreg.registry.reading import parse
-from memreg.registry.refs import Ref, check_name, parse_ref
+from memreg.registry.reading import parse, warn
+from memreg.registry.refs import Ref, check_name, check_version, parse_ref
 from memreg.registry.store import Store
 from memreg.schemas import Manifest, TagPointer, YankRecord
 
@@ -88,6 +88,24 @@ def yank(reg: Registry, ref: str | Ref, reason: str) -> Manifest:
         pass  # yanking twice is a no-op
     name_index.set_yanked(reg.store, m.name, m.version, True)
     return m
+
+
+def yank_record(reg: Registry, name: str, version: str) -> YankRecord | None:
+    """Why and when name@version was yanked; None when it is not (or the record is unreadable, with a
+    warning naming it: the version stays yanked, only the reason is lost)."""
+    key = yank_key(check_name(name), check_version(version, name=name))
+    where = f"{reg.url}/{key}"
+    try:
+        rec = parse(YankRecord, reg.store.read(key), where)
+    except FileNotFoundError:
+        return None
+    except ManifestError as e:
+        warn(f"{e}; its reason is not shown")
+        return None
+    if (rec.name, rec.version) != (name, version):
+        warn(f"{where} is a yank record of {rec.name}@{rec.version}; its reason is not shown")
+        return None
+    return rec
 
 
 def unyank(reg: Registry, ref: str | Ref) -> Manifest:

@@ -74,6 +74,7 @@ class ShowData(_Strict):
     yanked: list[str]
     tags: dict[str, str]
     signatures: list[SignatureRow] = Field([], description="the version's signatures (memreg sign)")
+    yank: Optional[dict[str, Any]] = Field(None, description="the shown version's yank record (reason, yanked_at), when it is yanked")
 
 
 class VerifyData(_Strict):

@@ -183,3 +183,16 @@ def test_help_teaches(tmp_path):
     out = memreg_cli("publish", "--help", check=True).stdout
     assert "--registry" in out and "--tag" in out and "safetensors" in out
     assert shutil.which(sys.executable)
+
+
+def test_show_says_why_a_version_was_yanked(reg_url, tiny_package):
+    """pull and compose warn "`memreg show REF` says why": show prints the yank record's reason."""
+    memreg_cli("publish", str(tiny_package), "--name", "law", "--version", "1.0.0", "--registry", reg_url, check=True)
+    memreg_cli("yank", "law@1.0.0", "--reason", "trained on the wrong licences", "--registry", reg_url, check=True)
+    text = memreg_cli("show", "law@1.0.0", "--registry", reg_url, check=True).stdout
+    assert "yanked" in text and "UTC: trained on the wrong licences" in text
+    data = json.loads(memreg_cli("show", "law@1.0.0", "--registry", reg_url, "--json", check=True).stdout)["data"]
+    assert data["yank"]["reason"] == "trained on the wrong licences" and data["yanked"] == ["1.0.0"]
+    memreg_cli("unyank", "law@1.0.0", "--registry", reg_url, check=True)
+    data = json.loads(memreg_cli("show", "law@1.0.0", "--registry", reg_url, "--json", check=True).stdout)["data"]
+    assert data["yank"] is None and data["yanked"] == []
