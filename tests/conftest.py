@@ -159,6 +159,21 @@ def memreg_cli(*args: str, env: dict[str, str] | None = None, check: bool = Fals
     return proc
 
 
+def memreg_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run `memreg ARGS` in this process (torch is imported once per test module, not per command):
+    (exit code, stdout, stderr)."""
+    from memreg.cli.main import run
+
+    monkeypatch.setattr(sys, "argv", ["memreg", *args])
+    try:
+        run()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
 from tiny_lms import LICENSES, STDLIB, gpt2, llama, real_text, save_package, train_tokenizer
+from conftest import memreg_in_process as memreg
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +32,6 @@ def world(tmp_path_factory):
     reg.publish(other)
     return {"root": root, "base": str(base), "mem": str(mem), "other": str(other), "data": str(data),
             "registry": str(root / "registry"), "tok": tok}
-
-
-def memreg(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from memreg.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["memreg", *args])
-    try:
-        run()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_attach_streams_a_completion_from_a_registry_memory(world, monkeypatch, capsys):

@@ -5,27 +5,14 @@ tag --force work from the command line."""
 from __future__ import annotations
 
 import json
-import sys
 
 import jsonschema
 import pytest
 
-from tests.conftest import REPO
+from conftest import REPO
+from conftest import memreg_in_process as memreg
 
 SCHEMA = json.loads((REPO / "schemas" / "json" / "cli-output.schema.json").read_text())
-
-
-def memreg(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from memreg.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["memreg", *args])
-    try:
-        run()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def valid(text: str) -> dict:

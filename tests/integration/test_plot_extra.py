@@ -6,21 +6,9 @@ from __future__ import annotations
 import sys
 import tomllib
 from pathlib import Path
+from conftest import memreg_in_process as _memreg
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _memreg(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from memreg.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["memreg", *args])
-    try:
-        run()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_plot_without_matplotlib_names_the_extra_before_loading_models(monkeypatch, capsys, tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import memreg_cli
 from conformance.test_signing import make_key  # one key maker for both suites (tests/ is on the path)
+from conftest import memreg_in_process as run_cli
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -178,20 +179,6 @@ def test_compose_refuses_an_unsigned_memory_under_require(law, keys, tiny_packag
         warnings.simplefilter("error")  # a memory signed by a trusted key passes silently
         composed = compose(str(tiny_package), "law@1.0.0", 0.5, registry=law, trust="require", public_keys=pub)
     assert composed.names == ["law@1.0.0"]
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """memreg in this process (torch is imported once for the module, not per command)."""
-    from memreg.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["memreg", *args])
-    try:
-        run()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_attach_and_eval_take_the_trust_policy(law, keys, tiny_package, tmp_path, monkeypatch, capsys, memreg_home):
