@@ -9,7 +9,7 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
+from train_helpers import licence_texts, make_model, make_model_of_another_tokenizer, make_tokenizer, single_thread_fixture  # noqa: E402
 
 from memreg.train import TrainConfig, TrainProgress, train  # noqa: E402
 from memreg.train.errors import (CorpusTooSmallError, EmptyCorpusError, InvalidTrainSettingError,  # noqa: E402
@@ -166,15 +166,7 @@ def test_empty_eval_corpus(models, tmp_path):
 
 
 def test_tokenizer_mismatch_is_refused_before_any_work(models, tmp_path):
-    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(tm.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train([str(p) for p in licence_texts()], trainers.BpeTrainer(vocab_size=350, special_tokens=["<pad>"],
-                                                                      show_progress=False))
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<pad>").save_pretrained(tmp_path / "other")
-    make_model(tmp_path / "other-model", "gpt2", tokenizer_from=tmp_path / "other")
+    make_model_of_another_tokenizer(tmp_path)
     cfg = TrainConfig(corpus=[str(p) for p in licence_texts(["BSD"])], teacher=str(tmp_path / "other-model"),
                       init=str(models / "init"), out=tmp_path / "pkg")
     with pytest.raises(TokenizerMismatchError, match="teacher and init tokenizers differ") as e:

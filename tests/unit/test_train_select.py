@@ -9,7 +9,7 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import typer  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_model, make_teacher_and_init
+from train_helpers import licence_texts, make_model, make_model_of_another_tokenizer, make_teacher_and_init
 
 from memreg.train import TrainConfig, train
 from memreg.train.config import DATA_STAGES, stage_keys
@@ -64,15 +64,7 @@ def _one_line(err: Exception) -> None:
 
 
 def test_a_base_with_another_tokenizer_is_refused_before_any_work(models, tmp_path):
-    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(tm.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train([str(p) for p in licence_texts()], trainers.BpeTrainer(vocab_size=350, special_tokens=["<pad>"],
-                                                                      show_progress=False))
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<pad>").save_pretrained(tmp_path / "other")
-    make_model(tmp_path / "other-model", "gpt2", tokenizer_from=tmp_path / "other")
+    make_model_of_another_tokenizer(tmp_path)
     cfg = TrainConfig(corpus=[str(p) for p in licence_texts(["BSD"])], teacher=str(models / "teacher"),
                       init=str(models / "init"), out=tmp_path / "pkg", select_base=str(tmp_path / "other-model"))
     with pytest.raises(TokenizerMismatchError, match="--select-base .*other-model cannot be mixed with this memory") as e:

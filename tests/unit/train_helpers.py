@@ -51,6 +51,19 @@ def make_model(folder: Path, family: str = "gpt2", *, tokenizer_from: Path, seed
     return model
 
 
+def make_model_of_another_tokenizer(root: Path) -> Path:
+    """A tiny GPT-2 whose tokenizer (another BPE, `<pad>` special) is not the shared one: root/other-model."""
+    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(tm.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train([str(p) for p in licence_texts()], trainers.BpeTrainer(vocab_size=350, special_tokens=["<pad>"],
+                                                                      show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<pad>").save_pretrained(root / "other")
+    make_model(root / "other-model", "gpt2", tokenizer_from=root / "other")
+    return root / "other-model"
+
 def make_teacher_and_init(root: Path) -> Path:
     """root/tok, root/teacher (GPT-2, width 48) and root/init (GPT-2, width 32): one tokenizer."""
     make_tokenizer(root / "tok")
