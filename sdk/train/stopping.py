@@ -4,8 +4,13 @@ Every `eval_every` optimizer steps the trainer scores the validation documents (
 documents of the training corpus) and hands the point to `EarlyStopping`, which judges one of its
 fields (`monitor`): the memory's own validation loss, or the loss of base + memory at the best weight
 of the grid (`CRITERIA`, `--select-on`). The best point so far is the one to package; after `patience`
-evaluations without an improvement of at least `min_delta` nats the run stops. The state is plain JSON, saved with every checkpoint, so
-a resumed run takes exactly the decisions an uninterrupted one would have taken.
+evaluations without an improvement of at least `min_delta` nats the run stops. Patience starts once a
+trained checkpoint has beaten the untrained init (the point at step 0): under `--select-on mixture`
+base + memory cannot beat the base alone (weight 0) until the memory has learned enough to earn a
+weight (a SmolLM2 stub of 4 blocks starts at 5.7 x 10^7 validation perplexity), and counting those
+evaluations would stop the run after `patience` of them and package the untrained init. The budget
+(--max-epochs, --max-minutes, --steps) still bounds such a run. The state is plain JSON, saved with
+every checkpoint, so a resumed run takes exactly the decisions an uninterrupted one would have taken.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class EarlyStopping:
         self.curve.append({"step": step, **point})
         if improved:
             self.best_loss, self.best_step, self.bad_evaluations = loss, step, 0
-        else:
+        elif self.best_step != 0:  # while the untrained init is the best, patience has not started
             self.bad_evaluations += 1
         return improved
 

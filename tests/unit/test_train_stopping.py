@@ -52,6 +52,19 @@ def test_early_stopping_state_machine():
     assert EarlyStopping(patience=None, bad_evaluations=99).should_stop is False
 
 
+def test_patience_starts_once_a_trained_checkpoint_beats_the_init():
+    """Under --select-on mixture the first evaluations may not beat step 0 (base + untrained init is the
+    base alone): they must not use up patience, or the init is packaged before training began."""
+    es = EarlyStopping(patience=2, min_delta=0.0, monitor=CRITERIA["mixture"])
+    es.record(0, {"val_loss_with_base": 3.0})
+    for step in (10, 20, 30, 40):  # the memory is still learning: base + memory = the base alone
+        assert not es.record(step, {"val_loss_with_base": 3.0}) and not es.should_stop
+    assert es.record(50, {"val_loss_with_base": 2.9}) and es.best_step == 50
+    es.record(60, {"val_loss_with_base": 2.95})
+    es.record(70, {"val_loss_with_base": 2.95})
+    assert es.should_stop and es.best_step == 50
+
+
 class _Plateau:
     """A validation 'loss' that falls until `best_at` evaluations, then rises: a synthetic plateau.
     Records a copy of the weights it saw at each call, to check which ones were packaged."""
