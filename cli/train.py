@@ -40,7 +40,7 @@ def train(
     eval_every: Annotated[Optional[int], typer.Option(help="optimizer steps between evaluations [default: twice an epoch]", show_default=False)] = None,
     val_tokens: Annotated[int, typer.Option(help="held-out tokens scored at each evaluation")] = 16_384,
     max_minutes: Annotated[Optional[float], typer.Option(help="stop training after this many minutes and package the best checkpoint so far", show_default=False)] = None,
-    select_on: Annotated[Literal["mixture", "memory"], typer.Option(help="what early stopping and the packaged checkpoint follow on the held-out documents: base + memory at its best weight (mixture), or the memory alone")] = DEFAULT_SELECT_ON,
+    select_on: Annotated[Literal["mixture", "memory"], typer.Option(help="what early stopping and the packaged checkpoint follow on the held-out documents: the memory alone (memory), or base + memory at its best weight (mixture)")] = DEFAULT_SELECT_ON,
     select_base: Annotated[Optional[str], typer.Option(help="the base of --select-on mixture: Hugging Face id, folder or .gguf file of the memory's tokenizer [default: the teacher]", show_default=False)] = None,
     lr: Annotated[float, typer.Option(help="peak AdamW learning rate (after a linear warm-up)")] = DEFAULT_LR,
     batch_size: Annotated[int, typer.Option(help="blocks per micro-batch")] = 8,
@@ -67,7 +67,7 @@ def train(
 ) -> None:
     """Train a memory decoder on CORPUS and write a package folder that `memreg publish` takes.
 
-    By default training stops when base + memory (the teacher, or --select-base, mixed with the memory at its best weight) stops improving on the held-out documents (evaluated twice an epoch; --patience, --max-epochs, --max-minutes; --select-on memory judges the memory alone) and the best checkpoint is packaged; the card (memreg.json) holds the learning curve of both. Example, a memory for SmolLM2 from its own first 4 blocks: memreg train docs/ --teacher model.gguf --init model.gguf --init-layers 4 --out law-memory
+    By default training stops when the memory's loss stops improving on the held-out documents (evaluated twice an epoch; --patience, --max-epochs, --max-minutes; --select-on mixture judges base + memory at its best weight instead, the base being the teacher or --select-base) and the best checkpoint is packaged; the card (memreg.json) holds the learning curve of both. Example, a memory for SmolLM2 from its own first 4 blocks: memreg train docs/ --teacher model.gguf --init model.gguf --init-layers 4 --out law-memory
 
     Several processes (one machine or many): launch the same command with accelerate. On 2 CPU processes (accelerate's --cpu launcher starts one process without MPI, so use its torchrun launcher): accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no -m memreg train CORPUS --teacher BIG --init SMALL --out DIR. On GPUs: accelerate launch --num_processes N -m memreg train ... --device cuda (torchrun --nproc_per_node N -m memreg train ... works too).
 

@@ -42,8 +42,8 @@ def test_default_run_stops_on_the_held_out_loss_and_packages_the_best_checkpoint
                 "val_weight"} <= set(point)
     steps = [p["step"] for p in curve]
     assert steps == sorted(steps) and all(s % 10 == 0 for s in steps[:-1])
-    best = min(curve, key=lambda p: p["val_loss_with_base"])  # the default judges teacher + memory
-    assert sched["select_on"] == "mixture" and sched["best_step"] == best["step"]
+    best = min(curve, key=lambda p: p["val_loss"])  # the default judges the memory alone
+    assert sched["select_on"] == "memory" and sched["best_step"] == best["step"]
     if sched["stop_reason"] == "patience":  # stopped before the cap, `patience` evaluations after the best
         assert result.steps < sched["max_steps"] and steps[-1] > best["step"]
     # the package holds the best checkpoint's weights, not the last step's

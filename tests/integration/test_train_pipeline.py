@@ -271,9 +271,10 @@ def _replayed_best(curve: list[dict], field: str) -> int:
 
 
 def test_select_on_picks_the_checkpoint_and_the_card_says_which(setup, tmp_path):
-    """The default judges base (the teacher) + memory: its best step follows the mixture's curve, the card
-    records both curves and the criterion, the summary names it. --select-on memory on the same work
-    folder reuses the datastore, retrains, and follows the memory's curve; --select-base another base."""
+    """--select-on mixture judges base (the teacher) + memory: its best step follows the mixture's curve, the
+    card records both curves and the criterion, the summary names it. --select-on memory (the default) on
+    the same work folder reuses the datastore, retrains, and follows the memory's curve; --select-base
+    another base."""
     from typer.testing import CliRunner
 
     from memreg.cli.train import train as train_command
@@ -285,7 +286,7 @@ def test_select_on_picks_the_checkpoint_and_the_card_says_which(setup, tmp_path)
                   eval_fraction=0.1, seed=5, work_dir=tmp_path / "work")  # lr: the memory alone overfits early
     args = [*common["corpus"], "--teacher", common["teacher"], "--init", common["init"], "--out", str(tmp_path / "mix"),
             "--block-size", "32", "--k", "16", "--steps", "24", "--eval-every", "3", "--batch-size", "4", "--lr", "1e-2",
-            "--eval-fraction", "0.1", "--seed", "5", "--work-dir", str(tmp_path / "work"), "--quiet"]
+            "--eval-fraction", "0.1", "--seed", "5", "--work-dir", str(tmp_path / "work"), "--quiet", "--select-on", "mixture"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert f"packaged the best checkpoint on base + memory with {setup / 'teacher'} (step" in result.output
@@ -307,7 +308,7 @@ def test_select_on_picks_the_checkpoint_and_the_card_says_which(setup, tmp_path)
     assert [p["val_loss"] for p in extra["learning_curve"]] == [p["val_loss"] for p in curve]
     assert extra["schedule"]["best_step"] < sched["best_step"]
 
-    other = train(TrainConfig(**common, out=tmp_path / "other", select_base=str(setup / "init")))
+    other = train(TrainConfig(**common, out=tmp_path / "other", select_on="mixture", select_base=str(setup / "init")))
     extra = other.card.training.extra
     assert extra["schedule"]["select_base"] == str(setup / "init")
     assert [p["val_loss"] for p in extra["learning_curve"]] == [p["val_loss"] for p in curve]

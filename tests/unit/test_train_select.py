@@ -51,7 +51,7 @@ def test_criterion_and_base_rekey_training_but_not_the_data():
     for v in variants:
         assert all(v[s] == memory[s] for s in (*DATA_STAGES, "init"))  # datastore, index, kNN targets reused
         assert v["eval"] != memory["eval"]
-    assert _cfg().select_on == "mixture" and _cfg().select_base is None  # the default (bench/select_criterion.py)
+    assert _cfg().select_on == "memory" and _cfg().select_base is None  # the default (held-out quickstart, README)
 
 
 @pytest.fixture(scope="module")
@@ -102,5 +102,5 @@ def test_the_cli_default_is_the_train_configs():
     from memreg.cli.train import train as train_command
 
     params = inspect.signature(train_command).parameters
-    assert params["select_on"].default == TrainConfig.model_fields["select_on"].default == "mixture"
+    assert params["select_on"].default == TrainConfig.model_fields["select_on"].default == "memory"
     assert params["select_base"].default is TrainConfig.model_fields["select_base"].default is None
