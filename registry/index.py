@@ -337,8 +337,8 @@ def _settle_pending(store: Store, name: str, index: NameIndex, docs: dict[str, b
 
 def _from_truth(store: Store, name: str, index: NameIndex, listing: Listing | None = None) -> tuple[NameIndex, PackageState]:
     """Rebuild from one listing of the package (`listing`, or taken now); manifests are read only
-    where `index` has no summary, so its summaries must be ones checked against their manifests
-    (manifests never change); its pending entries are kept while young."""
+    where `index` has no summary, whose summaries are kept as they are (`verify --repair` passes an
+    index without any, so it reads every manifest); its pending entries are kept while young."""
     manifests, yanked, tags = listing or list_package(store, name)
     need = [k for v, k in manifests.items() if (e := index.versions.get(v)) is None or e.summary is None
             or e.summary.tokenizer not in index.fingerprints]
@@ -397,8 +397,9 @@ def _pending(index: NameIndex) -> NameIndex:
 
 def _rewrite(store: Store, name: str, verified: NameIndex, *, force: bool = False, note: bool = True,
              attempts: int = WRITE_ATTEMPTS) -> bool:
-    """Write the index rebuilt from the truth, with the summaries of `verified` (checked against
-    their manifests, which never change, so not read again). The package is listed again *after*
+    """Write the index rebuilt from the truth, with the summaries of `verified` (not read again:
+    `verify --repair`'s come from every manifest, a reader's repair keeps those the index held, and
+    `show` checks the one it shows: correct_summary). The package is listed again *after*
     the index is read, and the write is a compare-and-swap against that read: a yank, tag or publish
     that landed since `verified` was built (reading every manifest takes seconds) is in the new
     listing or changed the index, and then the swap fails and the rebuild starts over. `force`:
