@@ -1,4 +1,4 @@
-"""Does a domain-adapted teacher make better kNN targets? (DESIGN.md, "The teacher decides the targets")
+"""Does a domain-adapted teacher make better kNN targets? (The teacher's neighbours are the memory's training targets.)
 
     python bench/teacher_adaptation.py [--adapt-steps 60] [--work /tmp/memreg-adapt]
 

@@ -1,4 +1,4 @@
-"""The mixture rule of DESIGN.md, in one place.
+"""The mixture rule of a base and its memories, in one place.
 
     p(y|x) = (1 - sum_i w_i) * p_base(y|x) + sum_i w_i * p_mem_i(y|x)
 

@@ -1,4 +1,4 @@
-"""`train(config) -> TrainResult`: the stages of DESIGN.md in order, then the package.
+"""`train(config) -> TrainResult`: the stages of a memory decoder's training in order, then the package.
 
 The stage runner (work folder, keys, resume) is `runner.py`; the stage bodies are `stages.py`
 (corpus, teacher adaptation, datastore, index, kNN targets) and `memory_stages.py` (init, training
