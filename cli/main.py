@@ -9,6 +9,7 @@ import typer
 
 from memreg.cli import cache_cmds
 from memreg.cli import registry_cmds as reg
+from memreg.cli import serve as serve_cmd
 from memreg.cli import sign_cmds
 
 app = typer.Typer(
@@ -51,6 +52,7 @@ app.command()(reg.yank)
 app.command()(reg.unyank)
 app.command()(reg.gc)
 app.command()(sign_cmds.sign)
+app.command()(serve_cmd.serve)  # imports torch and the server only when run
 app.add_typer(cache_cmds.app, name="cache")
 
 
