@@ -93,12 +93,9 @@ def _composed(base: str, specs: list[str], registry: str | None, options: list[s
               trust: str | None, public_keys: list[Path] | None) -> tuple[Any, Any, str]:
     """The base and memories composed as `memreg attach` composes them (same checks, same errors)."""
     from memreg.cli.attach import _compose
+    from memreg.compose import parse_memory_spec
 
     model = _compose(base, specs, registry, options, force, bars=True, hint="'--memory'", trust=trust,
                      public_keys=public_keys or [])
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:  # a model class that does not carry its base's tokenizer
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(base)
-    return model, tokenizer, "+".join([Path(base).name or base, *model.names])
+    refs = [parse_memory_spec(s)[0] for s in specs]  # as typed, without their weights
+    return model, model.tokenizer, "+".join(Path(ref).name or ref for ref in [base, *refs])

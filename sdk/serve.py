@@ -49,9 +49,9 @@ def load_folder(folder: str | os.PathLike) -> tuple[Any, Any]:
     """A saved composition (or any causal-LM folder) as transformers loads it, and its tokenizer.
 
     A composition folder holds references, not weights: `AutoModelForCausalLM` resolves them once
-    memreg's classes are registered (importing `memreg.compose` does it). The tokenizer is the
-    folder's own when it has one, else the model's (a composition's is its base's)."""
-    import memreg.compose  # noqa: F401 - registers the composition's config and model with the Auto classes
+    memreg's classes are registered with the Auto classes. The tokenizer is the folder's own when it
+    has one, else the model's (a composition's is its base's)."""
+    from memreg.compose import ComposedForCausalLM  # noqa: F401 - registers the composition with the Auto classes
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(folder).expanduser()
