@@ -40,7 +40,7 @@ def storage_options(pairs: list[str] | None) -> dict[str, Any]:
     if "endpoint_url" in out:  # s3fs wants it inside client_kwargs
         out.setdefault("client_kwargs", {})["endpoint_url"] = out.pop("endpoint_url")
     from memreg.registry.errors import InvalidArgumentError
-    from memreg.registry.s3 import check_limits
+    from memreg.registry.store.s3 import check_limits
 
     try:  # memreg's own limits (retries, deadline): a bad value is a usage error, before anything opens
         check_limits(out)

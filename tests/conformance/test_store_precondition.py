@@ -12,7 +12,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from memreg.registry.errors import ConcurrentUpdateError, StoreError
-from memreg.registry.store import S3Store, _is_precondition_failure, open_store
+from memreg.registry.store import S3Store, open_store
+from memreg.registry.store.s3 import is_precondition_failure
 
 
 def _s3_error(code: str, message: str, status: int, **error: str) -> ClientError:
@@ -34,7 +35,7 @@ def _real_412(store: S3Store) -> ClientError:
 def test_real_412_from_s3_is_a_precondition_failure(s3_url):
     store = open_store(s3_url)
     err = _real_412(store)
-    assert _is_precondition_failure(err)
+    assert is_precondition_failure(err)
     assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 412  # it is the real thing
 
 
@@ -43,7 +44,7 @@ def test_precondition_kept_as_the_cause_of_an_oserror_counts():
     try:
         raise OSError(5, "precondition") from _s3_error("PreconditionFailed", "At least one condition failed", 412)
     except OSError as e:
-        assert _is_precondition_failure(e)
+        assert is_precondition_failure(e)
 
 
 def test_real_exclusive_create_conflict_is_file_exists(s3_url):
@@ -56,7 +57,7 @@ def test_real_exclusive_create_conflict_is_file_exists(s3_url):
 @pytest.mark.parametrize("code,status", [("PreconditionFailed", 412), ("ConditionalRequestConflict", 409),
                                          ("SomeFutureCode", 412)])
 def test_precondition_codes_count(code, status):
-    assert _is_precondition_failure(_s3_error(code, "condition did not hold", status))
+    assert is_precondition_failure(_s3_error(code, "condition did not hold", status))
 
 
 @pytest.mark.parametrize("code,message,status", [
@@ -67,11 +68,11 @@ def test_precondition_codes_count(code, status):
 def test_lookalike_message_with_412_does_not_count(code, message, status):
     err = _s3_error(code, message, status)
     assert "412" in repr(err)  # the old substring test would have said yes
-    assert not _is_precondition_failure(err)
+    assert not is_precondition_failure(err)
 
 
 def test_plain_oserror_mentioning_412_does_not_count():
-    assert not _is_precondition_failure(OSError(5, "connection reset after 412 bytes"))
+    assert not is_precondition_failure(OSError(5, "connection reset after 412 bytes"))
 
 
 def test_lookalike_on_swap_is_a_store_error_not_a_concurrent_update(s3_url, monkeypatch):

@@ -101,20 +101,21 @@ def test_silent_endpoint_fails_instead_of_hanging(silent_endpoint):
 
 
 def test_s3_stores_get_bounded_timeouts_by_default(s3_url):
-    from memreg.registry import store as s
+    from memreg.registry.store import open_store
+    from memreg.registry.store import s3 as s
 
-    fs = s.open_store(s3_url).fs
+    fs = open_store(s3_url).fs
     assert fs.config_kwargs["connect_timeout"] == s.S3_CONNECT_TIMEOUT == 5
     assert fs.config_kwargs["read_timeout"] == s.S3_READ_TIMEOUT == 15
     assert fs.config_kwargs["retries"] == {"total_max_attempts": s.S3_ATTEMPTS, "mode": "standard"}
     assert fs.retries == s.S3_RETRIES == 2
-    custom = s.open_store(s3_url, {"config_kwargs": {"read_timeout": 60}, "retries": 4}).fs
+    custom = open_store(s3_url, {"config_kwargs": {"read_timeout": 60}, "retries": 4}).fs
     assert custom.config_kwargs["read_timeout"] == 60 and custom.retries == 4
     # the document client (botocore, no outer retry loop) gets the same bound: 2 x 2 attempts
-    config = s.open_store(s3_url).client.meta.config
+    config = open_store(s3_url).client.meta.config
     assert (config.connect_timeout, config.read_timeout) == (5, 15)
     assert config.retries == {"total_max_attempts": s.S3_ATTEMPTS * s.S3_RETRIES, "mode": "standard"}
-    config = s.open_store(s3_url, {"config_kwargs": {"read_timeout": 60}, "retries": 4}).client.meta.config
+    config = open_store(s3_url, {"config_kwargs": {"read_timeout": 60}, "retries": 4}).client.meta.config
     assert config.read_timeout == 60 and config.retries["total_max_attempts"] == s.S3_ATTEMPTS * 4
 
 

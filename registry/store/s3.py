@@ -1,4 +1,4 @@
-"""S3 behaviour of the Store (s3://), kept out of store.py so the protocol reads alone.
+"""s3:// as a Store.
 
 Two clients over the same storage options, each where it is best:
   * the registry's small documents (manifests, indexes, tags, listings, conditional writes) go
@@ -24,10 +24,14 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from memreg.registry.errors import ConcurrentUpdateError, InvalidArgumentError, StoreError
-from memreg.registry.store import Store
+from memreg.registry.fsutil import no_progress
+from memreg.registry.store.base import BLOCK_SIZE, Store
+
+if TYPE_CHECKING:
+    from fsspec.callbacks import Callback
 
 # A silent endpoint must fail in bounded time: at most S3_RETRIES x S3_ATTEMPTS x read timeout
 # (2 x 2 x 15 s = 60 s) plus s3fs's short back-off, instead of s3fs's and botocore's defaults
@@ -76,6 +80,14 @@ def pop_limits(opts: dict[str, Any]) -> tuple[int, float]:
 def check_limits(opts: dict[str, Any]) -> None:
     """Refuse bad `retries` / `deadline` storage options before anything is opened (the CLI's check)."""
     pop_limits(dict(opts))
+
+
+def open_s3(url: str, storage_options: dict[str, Any]) -> S3Store:
+    """The S3Store of an s3:// (or s3a://) URL; memreg's own options (retries, deadline) are taken out
+    of `storage_options` here, since neither botocore nor s3fs takes them."""
+    opts = s3_defaults(storage_options)
+    retries, deadline = pop_limits(opts)
+    return S3Store(url.split("://", 1)[1], url, opts, retries, deadline)
 
 
 def _number(value: Any, key: str, *, whole: bool, rule: str) -> float:
@@ -132,8 +144,7 @@ class S3Store(Store):
 
     def __init__(self, root: str, url: str, opts: dict[str, Any], retries: int = S3_RETRIES,
                  deadline: float = S3_DEADLINE) -> None:
-        self.root = root.rstrip("/")
-        self.url = url
+        super().__init__(root, url)
         self._opts, self._retries, self.deadline = opts, retries, deadline
         self._lock = threading.Lock()
         self._client: Any = None
@@ -152,7 +163,7 @@ class S3Store(Store):
             return self._client
 
     @property
-    def fs(self) -> Any:  # type: ignore[override]
+    def fs(self) -> Any:
         """s3fs, for blob transfers only (its import costs more than a whole `list`)."""
         with self._lock:
             if self._fs is None:
@@ -184,7 +195,7 @@ class S3Store(Store):
         try:
             return self._in_time(request, key or params.get("Prefix") or method)
         except ClientError as e:
-            if _is_precondition_failure(e):
+            if is_precondition_failure(e):
                 raise
             if _status(e) == 404 or _code(e) in ("NoSuchKey", "NotFound", "NoSuchBucket"):
                 raise FileNotFoundError(errno.ENOENT, f"not found in {self.url}", key or params.get("Prefix")) from e
@@ -229,13 +240,6 @@ class S3Store(Store):
 
         return self._call("get_object", key, then=body)
 
-    def exists(self, key: str) -> bool:
-        try:
-            self._call("head_object", key)
-            return True
-        except FileNotFoundError:
-            return False
-
     def size(self, key: str) -> int:
         return int(self._call("head_object", key)["ContentLength"])
 
@@ -272,6 +276,16 @@ class S3Store(Store):
 
     def etag_of(self, data: bytes) -> str:
         return f'"{hashlib.md5(data).hexdigest()}"'  # S3's ETag of a single-part upload  # noqa: S324
+
+    # blobs: through s3fs ---------------------------------------------------------------------
+    def put_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
+        self.fs.put_file(str(local), self._path(key), callback=no_progress(callback))
+
+    def get_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
+        self.fs.get_file(self._path(key), str(local), callback=no_progress(callback))
+
+    def open_read(self, key: str, block_size: int = BLOCK_SIZE) -> IO[bytes]:
+        return self.fs.open(self._path(key), "rb", block_size=block_size)
 
     # writes ------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -446,7 +460,7 @@ def _s3_etag(local: Path, part_size: int, *, multipart: bool) -> str:
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
-def _is_precondition_failure(e: BaseException) -> bool:
+def is_precondition_failure(e: BaseException) -> bool:
     """Whether S3 refused a conditional write, decided from the error code and HTTP status of the
     botocore ClientError (raised as is, or kept by s3fs as the cause of its OSError). Never from message text: a
     key like `law/1.412.0.json` or a request id may contain "412" in any other error."""
