@@ -172,8 +172,9 @@ def _device_settings() -> dict:
 
 def memreg_run(work: Path, name: str, *, data: Path, teacher: str, init: str, beta: float, lr: float, seed: int,
                scale: Scale, work_key: str, max_epochs: float | None = None, init_layers: int | None = None,
-               corpus: str = "train.jsonl", val_tokens: int | None = None) -> dict:
-    """One `memreg.train` run (early-stopped on the validation documents); its card's story as JSON."""
+               corpus: str = "train.jsonl", val_tokens: int | None = None, settings: dict | None = None) -> dict:
+    """One `memreg.train` run (early-stopped on the validation documents); its card's story as JSON.
+    `settings`: further TrainConfig fields (e.g. max_minutes)."""
 
     def build() -> dict:
         from memreg.train import TrainConfig, train
@@ -183,7 +184,7 @@ def memreg_run(work: Path, name: str, *, data: Path, teacher: str, init: str, be
                           name=name.replace("_", "-"), beta=beta, lr=lr, seed=seed, block_size=BLOCK,
                           batch_size=BATCH, max_epochs=max_epochs or scale.max_epochs, patience=scale.patience,
                           val_tokens=val_tokens or scale.valid, **_device_settings(),
-                          **({"k": scale.k} if scale.k is not None else {}))
+                          **({"k": scale.k} if scale.k is not None else {}), **(settings or {}))
         log(f"  memreg train {name} (beta {beta:g}, lr {lr:g}, seed {seed})")
         timer, t0 = _Timer(), time.monotonic()
         shutil.rmtree(cfg.out, ignore_errors=True)
@@ -210,6 +211,7 @@ def memreg_run(work: Path, name: str, *, data: Path, teacher: str, init: str, be
 
 LORA_TARGETS = {"gpt2": (["c_attn", "c_proj", "c_fc"], True),
                 "llama": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False)}
+LORA_TARGETS["qwen2"] = LORA_TARGETS["llama"]  # the same projection names (the family track)
 
 
 def lora_run(work: Path, name: str, *, base: str, work_dir: Path, rank: int, lr: float, scale: Scale, seed: int = 0,
@@ -283,8 +285,10 @@ def lora_rank_for(base: Path, params: int) -> int:
 
 
 # ------------------------------------------------------------------------------------- scoring
-def score(work: Path, model_name: str, model_path: str, text: str, ids: np.ndarray, stride: int = STRIDE) -> np.ndarray:
-    """Per-token log p of a text under a model (sliding windows), cached."""
+def score(work: Path, model_name: str, model_path: str, text: str, ids: np.ndarray, stride: int = STRIDE,
+          batch_size: int | None = None) -> np.ndarray:
+    """Per-token log p of a text under a model (sliding windows), cached. `batch_size`: windows per
+    forward (default 8 on the CPU, 64 on a GPU; fewer bound the logits' memory of a large vocabulary)."""
     path = work / "logprobs" / f"{model_name}__{text}{'' if stride == STRIDE else f'__s{stride}'}.npy"
     if path.exists():
         return np.load(path)
@@ -296,7 +300,7 @@ def score(work: Path, model_name: str, model_path: str, text: str, ids: np.ndarr
     t0 = time.monotonic()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(DEVICE).eval()
     lp = target_log_probs(model, ids, context=CONTEXT, stride=stride, vocab_size=model.config.vocab_size,
-                          batch_size=8 if DEVICE == "cpu" else 64)
+                          batch_size=batch_size or (8 if DEVICE == "cpu" else 64))
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, lp)
     log(f"  scored {model_name} on {text}: ppl {qs.ppl(lp):.2f} ({time.monotonic() - t0:.0f} s)")
@@ -731,7 +735,19 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="cache folder [runs/quality-v2, -quick, -gpu or -tiny]")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--fresh", action="store_true", help="delete the cache first")
-    args = ap.parse_args(argv)
+    ap.add_argument("--track", choices=["v2", "family"], default="v2", help="v2: the tracks above; family: one memory "
+                    "for the Qwen2.5-Coder pair on the Python documentation (bench/family_track.py, its own options)")
+    args, rest = ap.parse_known_args(argv)
+    if args.track == "family":
+        import family_track
+
+        return family_track.main(rest + (["--scale", args.scale] if args.scale else [])
+                                 + (["--device", args.device] if args.device != "cpu" else [])
+                                 + (["--work", args.work] if args.work else []) + ["--out", args.out]
+                                 + (["--fresh"] if args.fresh else []) + (["--prepare-data"] if args.prepare_data else [])
+                                 + (["--pack-to", args.pack_to] if args.pack_to else []))
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     scale_name = args.scale or ("quick" if args.quick else "cpu")
 
     import torch

@@ -40,15 +40,17 @@ def _side(name: str) -> str:
     return {0: "test", 1: "valid"}.get(b, "train")
 
 
-def make_splits(out: Path, domain: str, tok, caps: dict[str, int], doc_max_tokens: int, min_docs: int = MIN_DOCS) -> dict:
-    """Write out/{train,valid,test}.jsonl ({"source", "text"} per line) and return the split's report."""
+def make_splits(out: Path, domain: str, tok, caps: dict[str, int], doc_max_tokens: int, min_docs: int = MIN_DOCS,
+                documents: dict[str, str] | None = None) -> dict:
+    """Write out/{train,valid,test}.jsonl ({"source", "text"} per line) and return the split's report.
+    `documents` (source name -> text) replaces the domain's own reader (examples/domains.py)."""
     from memreg.train.neardup import near_duplicate_clusters, ngram_overlap
 
     report_path = out / "split.json"
     if report_path.exists():
         return json.loads(report_path.read_text())
     docs = {}
-    for name, text in domain_documents(domain).items():
+    for name, text in (domain_documents(domain) if documents is None else documents).items():
         ids = tok(text, add_special_tokens=False)["input_ids"][:doc_max_tokens]
         if len(ids) >= 16:  # a few words are no document to score
             docs[name] = tok.decode(ids)
