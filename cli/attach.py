@@ -111,12 +111,16 @@ def _ppl(lp) -> float:
 
 
 def _window(model, context: int | None, stride: int | None) -> dict[str, int]:
-    """Sliding-window sizes: a window never exceeds what every member's position table holds."""
-    if context is None:
-        from memreg.models import context_length
+    """Sliding-window sizes: a window never exceeds what every member's position table holds
+    (default: that, at most 1024); a longer --context is a usage error, before any scoring."""
+    from memreg.compose import ContextTooLongError
+    from memreg.compose.scoring import window
 
-        context = min([1024, *[n for m in model.members if (n := context_length(m.config))]])
-    return {"context": context, "stride": stride or max(1, context // 2)}
+    try:
+        context, stride = window(model, context, stride)
+    except ContextTooLongError as e:
+        raise typer.BadParameter(str(e), param_hint="'--context'") from None
+    return {"context": context, "stride": stride}
 
 
 def _score(model, texts: list[str], context: int | None, stride: int | None, *, bars: bool) -> list:
@@ -215,8 +219,8 @@ def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, 
         torch.manual_seed(seed)
     stream = beams == 1 and not json_
     out = model.generate(
-        enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
-        temperature=temperature, top_p=top_p, top_k=top_k, num_beams=beams,
+        enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
+        temperature=temperature, top_p=top_p, top_k=top_k or 0, num_beams=beams,  # top_k 0: no top-k cut
         streamer=_streamer(tok) if stream else None,
     )
     text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # public name -> module that defines it
-# (`memreg.train` is the training subpackage itself, callable: memreg.train(config).)
+# (`memreg.train` and `memreg.compose` are subpackages, each callable as its function:
+# memreg.train(config), memreg.compose(base, memories, weights).)
 _LAZY: dict[str, str] = {
     "Registry": "memreg.registry",
     "fingerprint": "memreg.registry",
     "check_compatible": "memreg.registry",
-    "compose": "memreg.compose",
+    "ComposedForCausalLM": "memreg.compose",
+    "CompositionConfig": "memreg.compose",
     "ComposedLM": "memreg.compose",
     "fit_weights": "memreg.compose",
     "save_composition": "memreg.compose",
@@ -28,18 +30,22 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:  # mirrors _LAZY for type checkers and IDEs
-    from memreg.compose import ComposedLM, compose, fit_weights, load_composition, save_composition
+    from memreg import compose
+    from memreg.compose import (ComposedForCausalLM, ComposedLM, CompositionConfig, fit_weights, load_composition,
+                                save_composition)
     from memreg.evaluate import perplexity, target_log_probs
     from memreg.registry import Registry, check_compatible, fingerprint
     from memreg import train
     from memreg.train import TrainConfig
 
-__all__ = ["__version__", "train", *_LAZY]
+__all__ = ["__version__", "train", "compose", *_LAZY]
+
+_SUBPACKAGES = ("train", "compose")  # callable subpackages
 
 
 def __getattr__(name: str) -> Any:
-    if name == "train":  # the subpackage, callable as a function
-        return importlib.import_module("memreg.train")
+    if name in _SUBPACKAGES:  # the subpackage, callable as a function
+        return importlib.import_module(f"memreg.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'memreg' has no attribute {name!r}")
@@ -50,3 +56,10 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+# AutoConfig / AutoModelForCausalLM open saved compositions once transformers is imported, in either
+# import order; this imports neither torch nor transformers (memreg.compose.registration).
+from memreg.compose.registration import install as _install_registration  # noqa: E402
+
+_install_registration()

@@ -103,12 +103,12 @@ def perplexity(log_probs: np.ndarray) -> float:
 
 
 def mixture_log_probs(base: np.ndarray, memories: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """Per-token log-probability of the mixture, from each member's per-token log-probabilities."""
-    from memreg.mixture import log_mixture_weights
+    """Per-token log-probability of the mixture, from each member's per-token log-probabilities
+    (`memreg.mixture.mix_log_probs` over float64 views of the arrays)."""
+    from memreg.mixture import mix_log_probs
 
-    logw = log_mixture_weights(weights)
-    parts = [lp + lw for lw, lp in zip(logw, [base, *memories]) if lw != -math.inf]
-    return np.logaddexp.reduce(np.stack(parts), axis=0)
+    parts = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)) for a in (base, *memories)]
+    return mix_log_probs(parts, weights).numpy()
 
 
 def mixture_perplexity(base: np.ndarray, memories: Sequence[np.ndarray], weights: Sequence[float]) -> float:

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from memreg.mixture import mix_log_probs
 
 
 @dataclass(frozen=True)
@@ -40,17 +43,17 @@ def em_weights(
     prev = -math.inf
     converged = False
     it = 0
+    lps = [torch.from_numpy(row) for row in lp]
     for it in range(1, max_iter + 1):
-        joint = _joint(lp, pi)  # (K, N)
-        lse = np.logaddexp.reduce(joint, axis=0)  # (N,) log p_mix(x_t), as evaluate.mixture_log_probs
+        lse = _mixture(lps, pi)  # (N,) log p_mix(x_t)
         ll = float(lse.mean())
-        pi = np.exp(joint - lse).mean(axis=1)  # responsibilities, averaged
+        pi = np.exp(_joint(lp, pi) - lse).mean(axis=1)  # responsibilities, averaged
         pi /= pi.sum()
         if ll - prev < tol:
             converged = True
             break
         prev = ll
-    ll = float(np.logaddexp.reduce(_joint(lp, pi), axis=0).mean())
+    ll = float(_mixture(lps, pi).mean())
     weights = [float(w) for w in pi[1:]]
     # rounding may push the sum a hair past 1; the mixture rule refuses that
     excess = sum(weights) - 1.0
@@ -65,6 +68,11 @@ def em_weights(
         iterations=it,
         converged=converged,
     )
+
+
+def _mixture(lps: list[torch.Tensor], pi: np.ndarray) -> np.ndarray:
+    """log p_mix(x_t) at weights pi (base first): the mixture rule's one implementation."""
+    return mix_log_probs(lps, [float(w) for w in pi[1:]]).numpy()
 
 
 def _joint(lp: np.ndarray, pi: np.ndarray) -> np.ndarray:

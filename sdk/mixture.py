@@ -1,15 +1,13 @@
-"""The mixture rule of a base and its memories, in one place.
+"""The mixture rule, in one place: p(y|x) = (1 - sum_i w_i) p_base(y|x) + sum_i w_i p_mem_i(y|x).
 
-    p(y|x) = (1 - sum_i w_i) * p_base(y|x) + sum_i w_i * p_mem_i(y|x)
+`mix_log_probs` is the one implementation, in log space (log w + log-probabilities, added by
+logaddexp), never by adding raw probabilities. The composed model's forward mixes whole (B, T, V)
+distributions with it; evaluation (`memreg.evaluate.mixture_log_probs`) and the EM fit
+(`memreg.fit.em_weights`) mix one log-probability per token (float64 numpy arrays, viewed as
+tensors without a copy).
 
-always computed in log space (logsumexp of log w + log-probabilities), never by adding raw
-probabilities. Used by composition (full distributions), evaluation and weight fitting (the
-log-probability of the observed token only).
-
-Two implementations of one formula, on purpose: `mix_log_probs` mixes whole (B, T, V) torch
-distributions on the model's device; `evaluate.mixture_log_probs` and `fit.em_weights` work on
-float64 numpy arrays of one log-probability per token (np.logaddexp.reduce both), where a round
-trip through torch would cost more than the sum. The tests check they agree.
+Weights are validated where they enter (`check_weights` for one list, `check_row_weights` for a
+(B, M) tensor, one row per sequence); `mix_log_probs` trusts what it is given.
 """
 
 from __future__ import annotations
@@ -38,28 +36,51 @@ def check_weights(weights: Sequence[float], *, tolerance: float = 1e-9) -> list[
     return out
 
 
-def log_mixture_weights(weights: Sequence[float]) -> list[float]:
-    """[log(1 - sum w), log w_1, ...]; log 0 = -inf keeps a member at weight 0 exactly out."""
-    ws = check_weights(weights)
-    base = max(0.0, 1.0 - sum(ws))
-    return [math.log(w) if w > 0 else -math.inf for w in [base, *ws]]
+def check_row_weights(weights: torch.Tensor, rows: int, memories: int, *, tolerance: float = 1e-9) -> torch.Tensor:
+    """Per-row weights (B, M): one row per sequence, one column per memory, each row by the rule."""
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.ndim == 1 and w.shape[0] == memories:  # one row for the whole batch
+        w = w.expand(rows, memories)
+    if w.shape != (rows, memories):
+        raise InvalidWeightsError(f"weights of shape {tuple(w.shape)}: give ({rows}, {memories}), one row per "
+                                  f"sequence and one column per memory")
+    bad = ~torch.isfinite(w) | (w < 0) | (w > 1)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise InvalidWeightsError(f"weights[{row}, {col}] = {float(w[row, col])!r} is not in [0, 1]: "
+                                  "each memory weight must be between 0 and 1")
+    sums = w.sum(-1)
+    if (sums > 1 + tolerance).any():
+        row = int((sums > 1 + tolerance).nonzero()[0])
+        raise InvalidWeightsError(f"weights[{row}] sum to {float(sums[row]):.4g} > 1: the base gets 1 - sum, "
+                                  "so each row must sum to at most 1")
+    return w
 
 
-def mix_log_probs(log_probs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """Mix normalised log-probabilities (base first, then one per memory), any matching shapes.
+def log_mixture_weights(weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """(R, K) float64: [log(1 - sum w), log w_1, ...] per row (R = 1 for one list); log 0 = -inf."""
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.ndim == 1:
+        w = w[None]
+    base = (1.0 - w.sum(-1, keepdim=True)).clamp(min=0.0)
+    return torch.cat([base, w], dim=-1).log()
 
-    A member with weight 0 is dropped rather than multiplied by -inf (which would give NaN
-    where its own log-probability is -inf), so weight 0 reproduces the others exactly and a
-    single member at weight 1 reproduces that member exactly.
-    """
-    logw = log_mixture_weights(weights)
-    if len(log_probs) != len(logw):
-        raise ValueError(f"{len(log_probs)} members but {len(weights)} memory weights (+1 for the base)")
-    kept = [(lw, lp) for lw, lp in zip(logw, log_probs) if lw != -math.inf]
-    if len(kept) == 1:
-        return kept[0][1]
+
+def mix_log_probs(log_probs: Sequence[torch.Tensor], weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Mix normalised log-probabilities (base first, then one per weighted member) of any matching
+    shapes; `weights` is one list for every row, or (R, K-1) with R the first dimension of each.
+
+    A member at weight 0 in every row is left out rather than added as -inf, and elsewhere
+    logaddexp(x, -inf) is x exactly: weight 0 reproduces the other members bit for bit, and a row
+    mixes the same numbers whether it runs alone or in a batch (one code path for both)."""
+    logw = log_mixture_weights(weights)  # (R, K)
+    if len(log_probs) != logw.shape[1]:
+        raise ValueError(f"{len(log_probs)} members but {logw.shape[1] - 1} memory weights (+1 for the base)")
+    kept = [j for j in range(logw.shape[1]) if not torch.isneginf(logw[:, j]).all()]
+    out = None
     # pairwise logaddexp instead of stack + logsumexp: no (members, B, T, V) temporary
-    out = kept[0][1] + kept[0][0]
-    for lw, lp in kept[1:]:
-        out = torch.logaddexp(out, lp + lw)
+    for j in kept:
+        lp = log_probs[j]
+        lw = logw[:, j].to(device=lp.device, dtype=lp.dtype).view(-1, *([1] * (lp.ndim - 1)))
+        out = lp + lw if out is None else torch.logaddexp(out, lp + lw)
     return out

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import make_package
 from memreg.compose import compose
-from memreg.memory_sources import AdapterWeightsMismatchError
+from memreg.compose.sources import AdapterWeightsMismatchError
 from memreg.registry.errors import SafetensorsError, WeightsMismatchError
 
 pytest.importorskip("peft")

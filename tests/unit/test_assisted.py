@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_lms import LICENSES, gpt2, real_text, train_tokenizer
 
-from memreg.assisted import crop_cache, lookup_drafts, pick_greedy, pick_sampled, residual
+from memreg.decode.assisted import crop_cache, lookup_drafts, pick_greedy, pick_sampled, residual
 from memreg.compose import compose
 
 

@@ -247,7 +247,7 @@ def test_a_saved_peft_adapter_is_a_memory(tok, models, batch, tmp_path):
 
 @torch.no_grad()
 def test_a_composition_saves_as_references_and_loads_back(tok, models, batch, tmp_path):
-    from memreg.composed import ComposedLM
+    from memreg.compose import ComposedLM
 
     v = len(tok)
     base_dir = save_package(models["base"], tok, tmp_path / "base")

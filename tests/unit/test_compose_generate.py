@@ -1,4 +1,5 @@
-"""ComposedLM.generate: padded batches decode like single prompts; sampling is seeded; streaming works."""
+"""The composition's generate (transformers' own): padded batches decode like single prompts; sampling
+is seeded; streaming works; options equal the base's own generate at memory weight 0."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_greedy_padded_batch_equals_one_by_one(composed, tok, prompts):
 
 def test_beam_padded_batch_equals_one_by_one(composed, tok, prompts):
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
-    kw = dict(max_new_tokens=6, num_beams=3, num_return_sequences=2)
+    kw = dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, output_scores=True)
     batch = composed.generate(enc["input_ids"], enc["attention_mask"], return_dict_in_generate=True, **kw)
     width = enc["input_ids"].shape[1]
     pad = tok.pad_token_id
@@ -79,7 +80,8 @@ def test_beam_search_finds_at_least_the_greedy_score(composed, tok, prompts):
     enc = tok(prompts[:1], return_tensors="pt")
     n = 6
     greedy = composed.generate(**enc, max_new_tokens=n)
-    beam = composed.generate(**enc, max_new_tokens=n, num_beams=4, return_dict_in_generate=True, length_penalty=0.0)
+    beam = composed.generate(**enc, max_new_tokens=n, num_beams=4, return_dict_in_generate=True, length_penalty=0.0,
+                             output_scores=True)
 
     plen = enc["input_ids"].shape[1]
 
@@ -139,8 +141,10 @@ def test_bad_arguments_are_refused(composed, tok, prompts):
     enc = tok(prompts[:1], return_tensors="pt")
     with pytest.raises(ValueError, match="temperature"):
         composed.generate(**enc, do_sample=True, temperature=0)
-    with pytest.raises(TypeError, match="unsupported"):
-        composed.generate(**enc, penalty_alpha=0.6)
+    with pytest.raises(ValueError, match="trust_remote_code"):  # transformers 5 moved contrastive search to the Hub
+        composed.generate(**enc, penalty_alpha=0.6, top_k=4)
+    with pytest.raises(ValueError, match="not used by the model.*weigths"):  # a typo is named by transformers
+        composed.generate(**enc, weigths=[[0.1, 0.1]])
 
 
 # transformers' decoding options, checked against transformers itself ----------------------------
@@ -197,14 +201,16 @@ def test_repetition_penalty_scales_the_mixture_log_probs(composed, tok, prompts)
         seen.append(t)
 
 
-def test_unsupported_options_are_named_not_ignored(composed, tok, prompts):
+def test_options_transformers_refuses_are_refused_by_transformers(composed, tok, prompts):
     from transformers import GenerationConfig
 
     enc = tok(prompts[:1], return_tensors="pt")
-    with pytest.raises(TypeError, match="diversity_penalty"):
+    with pytest.raises(ValueError, match="Group Beam Search"):  # moved to the Hub in transformers 5
         composed.generate(enc["input_ids"], generation_config=GenerationConfig(num_beams=4, num_beam_groups=2,
                                                                                diversity_penalty=0.5))
-    from memreg.generation import _criteria
+    with pytest.raises(ValueError, match="cache_implementation='static'"):  # one dynamic cache per member
+        composed.generate(enc["input_ids"], max_new_tokens=2, cache_implementation="static")
+    from memreg.decode.options import criteria as _criteria
 
     with pytest.raises(ValueError, match="tokenizer"):
         _criteria(None, ["stop"], None)  # stop strings need a tokenizer (the composed model may have none)
@@ -220,9 +226,14 @@ def test_text_generation_pipeline_runs_the_composed_model(composed, tok, prompts
     assert got == want and len(got) > len(prompts[0])
 
 
-def test_token_type_ids_are_refused_not_dropped(composed, tok, prompts):
+def test_token_type_ids_reach_the_members_that_take_them(zero, tok, prompts):
+    base, composed = zero
     enc = tok(prompts[:1], return_tensors="pt")
-    types = torch.zeros_like(enc["input_ids"])  # GPT-2 adds wte(token_type_ids): even zeros change its output
-    with pytest.raises(TypeError, match="return_token_type_ids=False"):
-        composed.generate(enc["input_ids"], token_type_ids=types, max_new_tokens=5)
-    assert composed.generate(enc["input_ids"], token_type_ids=None, max_new_tokens=5).shape[1] == types.shape[1] + 5
+    types = torch.ones_like(enc["input_ids"])  # GPT-2 adds wte(token_type_ids): they change its output
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    got = composed.generate(enc["input_ids"], token_type_ids=types, **kw)
+    assert torch.equal(got, base.generate(enc["input_ids"], token_type_ids=types, **kw))
+    with torch.no_grad():
+        with_types = composed(enc["input_ids"], token_type_ids=types).logits
+        without = composed(enc["input_ids"]).logits
+    assert not torch.allclose(with_types, without)  # really passed, not dropped

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from memreg.compose.members import embedding_rows
 from memreg.registry.errors import MemregError, WeightsMismatchError
 
 
@@ -41,13 +42,31 @@ class Memory:
     load: Callable[[], torch.nn.Module]
     # registry memories: pull, then what the pulled files say (tokenizer folder, embedding rows)
     pulled: Callable[[], tuple[Path, int | None]] | None = None
+    digest: str | None = None  # registry memories: their manifest's (manifest_digest)
 
     @property
     def source(self) -> str | None:
-        """How to name this memory again (save_composition): a folder, a Hub id or an exact registry
+        """How to name this memory again: an absolute folder, a Hub id or an exact registry
         reference; None for a model passed in memory."""
         kind, _, value = self.key.partition(":")
         return value if kind in ("path", "adapter", "ref", "hub") else None
+
+    @property
+    def reference(self) -> dict | None:
+        """This memory as a composition's config.json names it (memreg.compose.config), or None."""
+        kind, _, value = self.key.partition(":")
+        if kind == "ref":
+            return {"registry": value, "digest": self.digest}
+        return {kind: value} if kind in ("path", "adapter", "hub") else None
+
+
+def manifest_digest(manifest: Any) -> str:
+    """sha256 over a manifest's content (what two publications of one version agree on): a saved
+    composition records it, so a registry that later serves other content under the version is noticed."""
+    import hashlib
+
+    body = json.dumps(manifest.content_key(), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
 def _open_registry(registry: Any):
@@ -126,8 +145,8 @@ def _describe_reference(reg: Any, text: str, dtype: Any) -> Memory:
     manifest = reg.resolve(text)  # refuses bad references before any I/O
     ref = manifest.ref
     if manifest.version in reg.yanked(manifest.name):  # only an exact version or a tag reaches one
-        # stacklevel 5: _describe_reference <- describe <- compose's list comprehension <- compose <- the caller
-        warnings.warn(f"{ref} is yanked (`memreg show {ref}` says why)", UserWarning, stacklevel=5)
+        # stacklevel 6: _describe_reference <- describe <- assemble's list comprehension <- assemble <- compose <- the caller
+        warnings.warn(f"{ref} is yanked (`memreg show {ref}` says why)", UserWarning, stacklevel=6)
 
     box: list[Path] = []  # pulled once: checked, then loaded from the same folder
 
@@ -143,6 +162,7 @@ def _describe_reference(reg: Any, text: str, dtype: Any) -> Memory:
         manifest.metrics.recommended_weight,
         lambda: _load_folder(box[0] if box else reg.pull(ref), dtype),
         pulled,
+        manifest_digest(manifest),
     )
 
 
@@ -233,8 +253,6 @@ def tokenizer_folder_of(model: torch.nn.Module) -> Path | None:
 
 
 def rows_of(model: torch.nn.Module) -> int:
-    from memreg.composed import _embedding_rows
-
-    return _embedding_rows(model)
+    return embedding_rows(model)
 
 

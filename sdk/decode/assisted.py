@@ -1,4 +1,4 @@
-"""Assisted (speculative) decoding for `ComposedLM`: a small model drafts, the mixture decides.
+"""Assisted (speculative) decoding for a composition: a small model drafts, the mixture decides.
 
 The memory is the natural drafter: it is smaller than the base and already a member, so its
 log-probabilities at the drafted positions are computed once, while drafting, and reused in the
@@ -28,12 +28,16 @@ Shapes: L tokens so far, K drafts, V vocabulary; batch size 1 throughout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from memreg.composed import ComposedLM, same_dtype
+from memreg.compose.members import embedding_rows, forward_keys, member_step, widest
+from memreg.decode.options import AssistedOutput, DecodingOptions, read_options
 from memreg.mixture import mix_log_probs
+
+if TYPE_CHECKING:
+    from memreg.compose.model import ComposedForCausalLM
 
 
 @dataclass
@@ -94,9 +98,9 @@ class _Drafter:
     text so far (prompt lookup: the tokens that followed the last earlier occurrence of the
     current n-gram; free to propose, so every member verifies)."""
 
-    def __init__(self, model: ComposedLM, assistant: Any, lookup_ngram: int | None = None) -> None:
+    def __init__(self, model: ComposedForCausalLM, assistant: Any, lookup_ngram: int | None = None) -> None:
         self.member: int | None = None
-        self.outside: ComposedLM | None = None
+        self.outside: torch.nn.Module | None = None
         self.lookup_ngram = lookup_ngram
         self.cache: Any = None
         if lookup_ngram is not None:
@@ -111,9 +115,12 @@ class _Drafter:
                     self.member = j
         if self.member == 0:
             raise ValueError("the base cannot draft for itself: pass a memory or a smaller model as assistant_model")
-        # an outside drafter runs through a one-member composition: same slicing and log-softmax
+        # an outside drafter: read as a member is (same slicing to the vocabulary, same log-softmax)
         if self.member is None:
-            self.outside = ComposedLM(assistant, [], [], vocab_size=model.vocab_size)
+            if embedding_rows(assistant) < model.vocab_size:
+                raise ValueError(f"assistant_model has {embedding_rows(assistant)} embedding rows, fewer than the "
+                                 f"composition's vocabulary of {model.vocab_size}: it needs the same tokenizer")
+            self.outside, self.keys = assistant, forward_keys(assistant)
 
 
 def lookup_drafts(ids: list[int], k: int, max_ngram: int) -> list[int]:
@@ -130,14 +137,16 @@ def lookup_drafts(ids: list[int], k: int, max_ngram: int) -> list[int]:
 class AssistedDecoder:
     """State of one assisted generation: the ids so far, one cache per member, the drafter's cache."""
 
-    def __init__(self, model: ComposedLM, ids: torch.Tensor, mask: torch.Tensor, assistant: Any, procs: Any,
-                 do_sample: bool, generator: torch.Generator | None, lookup_ngram: int | None = None) -> None:
+    def __init__(self, model: ComposedForCausalLM, ids: torch.Tensor, mask: torch.Tensor, assistant: Any, procs: Any,
+                 do_sample: bool, generator: torch.Generator | None, lookup_ngram: int | None = None,
+                 mixing: Any = None) -> None:
         if ids.shape[0] != 1:
             raise ValueError(f"assisted decoding takes one prompt at a time, got a batch of {ids.shape[0]}")
         self.model, self.procs, self.do_sample, self.generator = model, procs, do_sample, generator
         self.drafter = _Drafter(model, assistant, lookup_ngram)
         self.ids, self.mask = ids, mask  # (1, L): the last id is not in any cache yet
         self.caches: list[Any] = [None] * len(model.members)
+        self.mixing = mixing if mixing is not None else model.member_weights  # or a (1, members - 1) row
         self.stats = DraftStats()
         if ids.shape[1] > 1:
             self._prefill()
@@ -148,11 +157,14 @@ class AssistedDecoder:
         mask = self.mask[:, : self._cached(j) + t]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -t:]
         if j is None:
-            lp, self.drafter.cache = self.drafter.outside.member_forward(0, tokens, mask, pos, self.drafter.cache,
-                                                                         use_cache=True)
+            step = member_step(self.drafter.outside, self.drafter.keys, self.model.vocab_size, tokens, attention_mask=mask,
+                               position_ids=pos, cache=self.drafter.cache, use_cache=True)
+            self.drafter.cache = step.cache
         else:
-            lp, self.caches[j] = self.model.member_forward(j, tokens, mask, pos, self.caches[j], use_cache=True)
-        return lp
+            step = member_step(self.model.members[j], self.model._keys[j], self.model.vocab_size, tokens,
+                               attention_mask=mask, position_ids=pos, cache=self.caches[j], use_cache=True)
+            self.caches[j] = step.cache
+        return step.log_probs
 
     def _cached(self, j: int | None) -> int:
         cache = self.drafter.cache if j is None else self.caches[j]
@@ -202,7 +214,8 @@ class AssistedDecoder:
             lps[j] = self._forward(j, tokens)[0]
         if member_lps is not None:
             lps[self.drafter.member] = member_lps
-        logp = mix_log_probs(same_dtype(lps), self.model.member_weights)  # (K+1, V)
+        # float32 scores, as transformers' generate casts them: assisted and plain decoding compare the same numbers
+        logp = mix_log_probs(widest(lps), self.mixing).float()  # (K+1, V)
         ids = torch.cat([self.ids, self.ids.new_tensor([drafts])], dim=1)
         start = self.ids.shape[1]
         return torch.cat([self.procs(ids[:, : start + i], logp[i : i + 1].clone()) for i in range(len(drafts) + 1)])
@@ -234,10 +247,10 @@ def _seq_length(cache: Any) -> int:
     return int(cache[0][0].shape[-2])
 
 
-def assisted_decode(model: ComposedLM, ids: torch.Tensor, mask: torch.Tensor, max_new: int, *, assistant: Any,
+def assisted_decode(model: ComposedForCausalLM, ids: torch.Tensor, mask: torch.Tensor, max_new: int, *, assistant: Any,
                     do_sample: bool, eos: list[int], procs: Any, criteria: Any, streamer: Any,
                     generator: torch.Generator | None, num_assistant_tokens: int = 5,
-                    schedule: str = "heuristic", lookup_ngram: int | None = None,
+                    schedule: str = "heuristic", lookup_ngram: int | None = None, mixing: Any = None,
                     ) -> tuple[torch.Tensor, list[torch.Tensor], DraftStats]:
     """Continue one prompt (1, L) by up to max_new tokens; returns (ids, per-token scores, stats).
 
@@ -251,7 +264,7 @@ def assisted_decode(model: ComposedLM, ids: torch.Tensor, mask: torch.Tensor, ma
         raise ValueError(f"num_assistant_tokens_schedule {schedule!r}: use 'heuristic' or 'constant'")
     if num_assistant_tokens < 1:
         raise ValueError(f"num_assistant_tokens {num_assistant_tokens} must be at least 1")
-    dec = AssistedDecoder(model, ids, mask.long(), assistant, procs, do_sample, generator, lookup_ngram)
+    dec = AssistedDecoder(model, ids, mask.long(), assistant, procs, do_sample, generator, lookup_ngram, mixing)
     if streamer is not None:
         streamer.put(ids.cpu())
     out, scores, k, done = ids, [], num_assistant_tokens, max_new <= 0
@@ -272,3 +285,45 @@ def assisted_decode(model: ComposedLM, ids: torch.Tensor, mask: torch.Tensor, ma
     if streamer is not None:
         streamer.end()
     return out, scores, dec.stats
+
+
+@torch.no_grad()
+def generate_assisted(model: ComposedForCausalLM, inputs: torch.Tensor | None = None, *, generation_config: Any = None,
+                      generator: torch.Generator | None = None, input_ids: torch.Tensor | None = None,
+                      attention_mask: torch.Tensor | None = None, weights: Any = None, assistant_model: Any = None,
+                      streamer: Any = None, logits_processor: Any = None, stopping_criteria: Any = None,
+                      tokenizer: Any = None, **kwargs: Any) -> torch.Tensor | AssistedOutput:
+    """`model.generate(..., assistant_model=...)` or `prompt_lookup_num_tokens=`: one prompt (1, L)."""
+    from memreg.decode.options import criteria, processors, special_ids
+
+    ids = inputs if inputs is not None else input_ids
+    if ids is None or ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError("generate() needs input_ids of shape (batch, length) with at least one token")
+    o = read_options(model, generation_config, kwargs)
+    if o.num_beams not in (None, 1) or o.num_return_sequences not in (None, 1):
+        raise ValueError("assisted decoding gives one sequence per prompt: use num_beams=1, num_return_sequences=1")
+    if assistant_model is not None and o.prompt_lookup_num_tokens:
+        raise ValueError("give assistant_model or prompt_lookup_num_tokens, not both: one source of drafts")
+    if o.temperature is not None and o.temperature <= 0:
+        raise ValueError(f"temperature {o.temperature} must be > 0 (for greedy decoding use do_sample=False)")
+    max_new = o.max_new_tokens if o.max_new_tokens is not None else (o.max_length or 20) - ids.shape[1]
+    ids = ids.to(model.device)
+    mask = (attention_mask if attention_mask is not None else torch.ones_like(ids)).to(model.device).long()
+    model._check_length(ids.shape[1] + max_new)
+    eos, _ = special_ids(model, o.eos_token_id, o.pad_token_id)
+    procs = processors(logits_processor, o.do_sample, o.temperature, o.top_k, o.top_p,
+                       repetition_penalty=o.repetition_penalty, no_repeat_ngram_size=o.no_repeat_ngram_size,
+                       bad_words_ids=o.bad_words_ids, min_new_tokens=o.min_new_tokens, prompt_len=ids.shape[1],
+                       eos=eos, min_p=o.min_p, typical_p=o.typical_p)
+    stop = criteria(stopping_criteria, o.stop_strings, tokenizer or model.tokenizer)
+    mixing = model._row_member_weights(weights, ids.shape[0]) if weights is not None else None
+    out, scores, stats = assisted_decode(
+        model, ids, mask, max_new, assistant=assistant_model, do_sample=o.do_sample, eos=eos, procs=procs,
+        criteria=stop, streamer=streamer, generator=generator,
+        num_assistant_tokens=o.prompt_lookup_num_tokens or o.num_assistant_tokens or 5,
+        schedule=o.num_assistant_tokens_schedule or "heuristic",
+        lookup_ngram=(o.max_matching_ngram_size or 2) if o.prompt_lookup_num_tokens else None, mixing=mixing)
+    if o.return_dict_in_generate:
+        extra = {"drafted": stats.drafted, "accepted": stats.accepted, "rounds": stats.rounds}
+        return AssistedOutput(out, tuple(scores) if o.output_scores else None, extra)
+    return out

@@ -1,0 +1,82 @@
+"""`compose(base, memories, weights)`: the SDK's entry point, a `ComposedForCausalLM` from references.
+
+The checks and loading are `memreg.compose.assemble`'s; weights="auto" is fitted here, by EM on
+held-out text, once the members are loaded. `save_composition` / `load_composition` are the
+model's own `save_pretrained` / `from_pretrained` under the names the SDK had first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from memreg.compose.assemble import BaseSpec, MemorySpec, assemble
+from memreg.compose.model import ComposedForCausalLM
+from memreg.compose.scoring import fit_weights
+from memreg.mixture import InvalidWeightsError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from memreg.registry import Registry
+
+
+def compose(
+    base: BaseSpec,
+    memories: MemorySpec | Sequence[MemorySpec],
+    weights: Sequence[float | None] | float | str | None = None,
+    *,
+    registry: Registry | str | None = None,
+    force: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    held_out: str | Sequence[int] | np.ndarray | None = None,
+    context: int | None = None,
+    stride: int | None = None,
+    dtype: torch.dtype | None = None,
+    trust: str | None = None,
+    public_keys: Sequence[str | os.PathLike] = (),
+) -> ComposedForCausalLM:
+    """Mix `memories` into `base`: p = (1 - sum w) p_base + sum_i w_i p_i, after checking tokenizers.
+
+    base: a loaded transformers causal LM (give `tokenizer`), a Hugging Face id/folder, or a .gguf
+      file (converted once into $MEMREG_HOME/models, see memreg.gguf).
+    memories: one or a list of registry references (`law`, `law@1.2.0`, `law:stable`), package
+      folders, Hub ids, PEFT adapter folders, loaded models, or (model, tokenizer) pairs.
+    weights: one per memory in [0, 1] summing to at most 1; None (or None entries) takes each
+      memory's recommended weight; "auto" fits them by EM on `held_out` text (or token ids), in
+      sliding windows of `context` tokens (default: the smallest member's positions, at most 1024).
+    registry: a `Registry`, a URL, or None ($MEMREG_REGISTRY, else the local default).
+    force: compose even when a tokenizer check fails (with a loud warning).
+    trust, public_keys: signatures of registry memories (memreg.registry.trust): "off", "warn" (a
+      UserWarning for one no trusted key signed) or "require" (UntrustedMemoryError); None reads
+      $MEMREG_TRUST, else warn. Keys: `public_keys`, $MEMREG_PUBLIC_KEYS and the trust file.
+
+    Returns a transformers model (`PreTrainedModel` + `GenerationMixin`): forward gives the mixture's
+    log-probabilities as logits, `generate` is transformers' own, `save_pretrained` writes references.
+    """
+    if weights == "auto" and held_out is None:
+        raise InvalidWeightsError("weights='auto' fits the weights on held-out text: pass held_out=TEXT or token ids")
+    parts = assemble(base, memories, weights, registry=registry, force=force, tokenizer=tokenizer, dtype=dtype,
+                     trust=trust, public_keys=public_keys)
+    model = ComposedForCausalLM(parts.config, parts.members, member_of_memory=parts.member_of_memory,
+                                tokenizer=parts.tokenizer).eval()
+    if parts.fit:  # "auto"
+        model.set_weights(fit_weights(model, held_out, context=context, stride=stride).weights)
+    return model
+
+
+def save_composition(composed: ComposedForCausalLM, folder: str | os.PathLike) -> Path:
+    """`composed.save_pretrained(folder)`: config.json with references (absolute folders, Hub ids,
+    exact registry versions with their digests), generation_config.json and the tokenizer."""
+    return composed.save_pretrained(folder)
+
+
+def load_composition(folder: str | os.PathLike, **kwargs: Any) -> ComposedForCausalLM:
+    """`ComposedForCausalLM.from_pretrained(folder, **kwargs)` (keywords: dtype, device_map, registry,
+    force, trust, public_keys)."""
+    return ComposedForCausalLM.from_pretrained(folder, **kwargs)
