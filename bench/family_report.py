@@ -61,8 +61,9 @@ def markdown(r: dict) -> str:
           f"Whole track, first run: {first['wall_s'] / 60:.1f} min (load average {first['load_average_start']:.1f} at "
           f"start, {first['load_average_end']:.1f} at the end)" + (", part of the scoring done by a second process at "
                                                                    "the same time" if r.get("parallel_scoring") else "") + ".",
-          "Getting the models (fetch + check + convert, first run): "
-          + (", ".join(f"{b}: {c['fetch_convert_s']:.0f} s" for b, c in r["model_costs"].items()) or "cached before this run") + ".",
+          "Getting the models (fetch + size/sha256 check + GGUF conversion to float32): "
+          + (", ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for b, c in r["model_costs"].items())
+             or "done before this run") + ".",
           "memreg train stages (memory run): " + ", ".join(f"{k} {v:.0f} s" for k, v in mem.get("stage_wall_s", {}).items()) + ".",
           "Scoring (validation + held-out): " + ", ".join(f"{k} {v:.0f} s" for k, v in costs.items()) + "; kNN-LM "
           + ", ".join(f"{k} {v:.0f} s" for k, v in r["knn_search_s"].items()) + " (key model forward + exact search).", ""]
