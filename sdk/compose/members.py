@@ -19,13 +19,21 @@ from torch import nn
 OPTIONAL_INPUTS = ("position_ids", "token_type_ids", "output_attentions", "output_hidden_states", "logits_to_keep")
 
 
+# transformers 5 models take these through **kwargs (TransformersKwargs) rather than by name
+_THROUGH_KWARGS = {"output_attentions", "output_hidden_states"}
+
+
 def forward_keys(model: nn.Module) -> frozenset[str]:
-    """The keyword arguments `model.forward` declares (a **kwargs catch-all does not count)."""
+    """The keyword arguments `model.forward` takes by name, plus the output flags a **kwargs
+    catch-all takes in transformers 5 (nothing else is sent into a catch-all: it might drop it)."""
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return frozenset({"position_ids", "past_key_values"})
-    return frozenset(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
+    named = {k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        named |= _THROUGH_KWARGS
+    return frozenset(named)
 
 
 def cache_keyword(keys: frozenset[str]) -> str:
