@@ -3,7 +3,8 @@
 The log-likelihood of the mixture weights, mean_t log sum_k pi_k p_k(x_t), is concave in pi, so EM
 (posterior responsibilities, then pi = their mean) climbs to the global maximum: the fitted
 weights are at least as good on that text as any point of a weight grid. One forward pass per
-member gives the log-probabilities; EM then costs only numpy.
+member gives the log-probabilities; EM then works on those arrays alone, mixing them with the
+one mixture function (memreg.mixture.mix_log_probs).
 """
 
 from __future__ import annotations

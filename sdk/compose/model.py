@@ -26,7 +26,7 @@ from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memreg.compose.cache import ComposedCache
-from memreg.compose.config import CompositionConfig
+from memreg.compose.config import CompositionConfig, CompositionFileError
 from memreg.compose.members import context_length, embedding_rows, forward_keys, member_step, widest
 from memreg.compose.registration import register_auto
 from memreg.mixture import check_row_weights, check_weights, mix_log_probs
@@ -288,6 +288,9 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             raise TypeError("from_pretrained(folder, **options): no positional model arguments")
         folder = Path(pretrained_model_name_or_path).expanduser()
         if config is None:
+            if (folder / "memreg-composition.json").exists() and not (folder / "config.json").exists():
+                raise CompositionFileError(f"{folder} holds a memreg-composition.json from an earlier memreg: compose "
+                                           "the same base and memories again and save_pretrained them")
             config = CompositionConfig.from_pretrained(folder)
         if not isinstance(config, CompositionConfig):
             raise TypeError(f"{folder} holds a {type(config).__name__}, not a memreg composition")

@@ -117,6 +117,13 @@ def test_a_broken_config_is_one_clear_error(saved, tmp_path):
         ComposedForCausalLM.from_pretrained(bad)
 
 
+def test_a_folder_from_an_earlier_memreg_is_named(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "memreg-composition.json").write_text('{"format_version": 1}')
+    with pytest.raises(CompositionFileError, match="earlier memreg"):
+        ComposedForCausalLM.from_pretrained(tmp_path / "old")
+
+
 def test_a_composition_of_loaded_models_refuses_to_save(tok, tmp_path):
     v = len(tok)
     lm = compose(gpt2(v, 0), [(gpt2(v, 2, layers=1), tok)], [0.2], tokenizer=tok)
