@@ -73,6 +73,11 @@ class ComposedCache(Cache):
         for c in self.members:
             c.reset()
 
+    def activate_past_recording(self) -> None:  # so that a deferred stop check can roll every member back
+        for c in self.members:
+            if hasattr(c, "activate_past_recording"):
+                c.activate_past_recording()
+
     @property
     def batch_size(self) -> int:
         return self.members[0].batch_size if self.members else 0

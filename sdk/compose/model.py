@@ -295,7 +295,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         if not isinstance(config, CompositionConfig):
             raise TypeError(f"{folder} holds a {type(config).__name__}, not a memreg composition")
         parts = assemble_saved(config, folder if folder.is_dir() else None, **kwargs)
-        return cls(parts.config, parts.members, member_of_memory=parts.member_of_memory, tokenizer=parts.tokenizer)
+        return cls(parts.config, parts.members, member_of_memory=parts.member_of_memory, tokenizer=parts.tokenizer).eval()
 
     @classmethod
     def from_members(cls, base: nn.Module, memories: Sequence[nn.Module], weights: Sequence[float], *,

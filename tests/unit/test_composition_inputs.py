@@ -157,3 +157,24 @@ def test_memreg_eval_with_a_context_past_the_models_is_a_usage_error(tok, parts,
     code, out, _ = memreg_in_process(monkeypatch, capsys, "eval", str(base), "--data", str(data), "-m",
                                      f"{law}=0.3", "--quiet")
     assert code == 0 and "composed" in out  # the default window fits
+
+
+# ------------------------------------------------------------------------------ the cache
+@torch.no_grad()
+def test_the_cache_crops_selects_and_repeats_every_member_in_step(mixed, ids):
+    full = mixed(ids).logits
+    out = mixed(ids[:, :10], use_cache=True)
+    cache = out.cache
+    assert [c.get_seq_length() for c in cache.members] == [10, 10]
+    cache.crop(-3)  # as assisted decoding and a deferred stop check undo positions
+    assert cache.get_seq_length() == 7 and [c.get_seq_length() for c in cache.members] == [7, 7]
+    again = mixed(ids[:, 7:], cache=cache).logits
+    torch.testing.assert_close(again, full[:, 7:], rtol=1e-9, atol=1e-9)
+    rows = lambda: {layer.keys.shape[0] for c in cache.members for layer in c.layers}  # noqa: E731
+    cache.batch_repeat_interleave(3)
+    assert rows() == {3}
+    cache.reorder_cache(torch.tensor([2, 0, 1]))
+    cache.batch_select_indices(torch.tensor([1]))
+    assert rows() == {1}
+    cache.crop(-9)  # back to the first 7 positions, then the same continuation
+    torch.testing.assert_close(mixed(ids[:, 7:], cache=cache).logits, full[:, 7:], rtol=1e-9, atol=1e-9)
