@@ -102,6 +102,22 @@ def test_the_memory_can_be_named_and_its_scores_match_plain_decoding(composed, p
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+def test_per_row_weights_reach_the_drafting_path(composed, parts, prompts):
+    """weights= (1, M) with drafting equals plain decoding at those weights; min_p is read too."""
+    enc = prompts[0]
+    kw = dict(max_new_tokens=12, min_p=0.02)
+    for row in ([0.0], [0.9]):
+        composed.set_weights(row)
+        try:
+            plain = composed.generate(**enc, **kw)
+        finally:
+            composed.set_weights([0.4])
+        drafted = composed.generate(**enc, assistant_model=parts[1], weights=torch.tensor([row]), **kw)
+        assert drafted.tolist() == plain.tolist()
+    with pytest.raises(TypeError, match="num_beam_groups"):
+        composed.generate(**enc, assistant_model=parts[1], num_beam_groups=2, max_new_tokens=2)
+
+
 def test_a_memory_at_weight_one_has_every_draft_accepted(tok, parts, prompts):
     base, memory, _ = parts
     only_memory = compose(base, [(memory, tok)], [1.0], tokenizer=tok)

@@ -86,6 +86,8 @@ def test_the_models_own_generation_config_is_accepted(zero, parts, enc):
     assert cfg.eos_token_id == parts[0].generation_config.eos_token_id
     out = zero.generate(**enc, generation_config=cfg, max_new_tokens=4)
     assert out.shape == (3, enc["input_ids"].shape[1] + 4)
+    from_base = zero.generate(**enc, generation_config=parts[0].generation_config, max_new_tokens=4)  # the base's own
+    assert torch.equal(from_base, parts[0].generate(**enc, generation_config=parts[0].generation_config, max_new_tokens=4))
 
 
 def test_repetition_penalty_acts_on_the_mixture(mixed, enc):
