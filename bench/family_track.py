@@ -263,12 +263,15 @@ def run(work: Path, scale: Scale, scale_name: str, models_dir: Path, docs_root: 
         f"{split['test']['documents']}")
     if prepare_only:
         return None
+    lock = work / "bases_scoring.lock"
     if bases_only:  # a second process may score the bases while the first trains (cache shared)
         log("scoring the two bases only")
+        lock.touch()
         costs = Costs(work / "score_costs.json")
         for b, path in models.items():
             lm_scores(work, scale, costs, f"base-{b}", path, texts)
         q.jsave(work / "bases_scored_apart.json", {"note": "bases scored by a second process (--bases-only)"})
+        lock.unlink(missing_ok=True)
         return None
 
     log("3/4 training: one memory and its CE ablation (teacher and init: the 0.5B)" + (", LoRA" if scale.lora else ""))
@@ -276,13 +279,16 @@ def run(work: Path, scale: Scale, scale_name: str, models_dir: Path, docs_root: 
 
     log("4/4 scoring: both bases, the memory, the ablation, the kNN-LM")
     costs = Costs(work / "score_costs.json")
-    lp = {f"base-{b}": lm_scores(work, scale, costs, f"base-{b}", path, texts) for b, path in models.items()}
+    lp = {}
     for key, rs in runs.items():
         for r in rs if key != "lr_choice" else []:
             lp[r["name"]] = lm_scores(work, scale, costs, r["name"], r["model"], texts)
     wdir = Path(runs["memory"][0]["work_dir"])
     knn = {side: costs.timed(f"knn__{side}", lambda side=side: q.knn_log_probs(
         work, "family", wdir, f"family-{side}", texts[side][0], CONTEXT)) for side in texts}
+    while lock.exists():  # a --bases-only process is scoring them: its cache, not a second 1.5B in memory
+        time.sleep(10)
+    lp.update({f"base-{b}": lm_scores(work, scale, costs, f"base-{b}", path, texts) for b, path in models.items()})
     per_base = {b: base_rows(b, lp, runs, knn, doc, copy, scale) for b in models}
 
     first = work / "first_run_wall.json"
