@@ -107,6 +107,7 @@ def signatures_shown(reg, m) -> list[dict]:
     """`memreg show`: each signature of the version, who made it (the key's fingerprint, as the
     signer said) and when, and whether a key you trust verifies it."""
     from memreg.registry import signing, trust
+    from memreg.registry.layout import stem
 
     try:
         keys = trust.trusted_keys(registry_url=reg.url)
@@ -115,7 +116,7 @@ def signatures_shown(reg, m) -> list[dict]:
         keys = []
     rows = []
     for key, record, why in signing.records(reg, m):
-        digest = key.rsplit("/", 1)[1][: -len(".json")]
+        digest = stem(key)
         if record is None:
             rows.append({"signature": digest, "key_fingerprint": None, "signed_at": None, "verified": False,
                          "note": f"signature {why}"})
@@ -162,6 +163,7 @@ def _check_pulled(reg, m, keys, signers: list[str], save_signatures: Path | None
     """model-signing re-hashes the pulled folder against each trusted signature; with
     save_signatures, each is also written there as <digest>.sig for `model_signing verify key`."""
     from memreg.registry import signing
+    from memreg.registry.layout import stem
 
     folder, by_fp, problems = reg.pull(m), {k.fingerprint: k for k in keys}, []
     for key, record, _ in signing.records(reg, m):
@@ -173,5 +175,5 @@ def _check_pulled(reg, m, keys, signers: list[str], save_signatures: Path | None
             problems.append(f"{folder}: {str(e).splitlines()[0]}")
         if save_signatures is not None:
             save_signatures.mkdir(parents=True, exist_ok=True)
-            signing.export(record, save_signatures / f"{key.rsplit('/', 1)[1][: -len('.json')]}.sig")
+            signing.export(record, save_signatures / f"{stem(key)}.sig")
     return problems

@@ -25,8 +25,19 @@ from memreg.registry.errors import (
 )
 from memreg.registry.fsutil import no_progress
 # LEASE_TTL, LEASES, UPLOAD_FLOOR, check_grace: imported from here by code older than registry/gc.py
-from memreg.registry.gc import LEASE_TTL, LEASES, UPLOAD_FLOOR, GcReport, check_grace, collect_garbage  # noqa: F401
-from memreg.registry.layout import MARKER, VIRTUAL_LATEST, blob_key, manifest_key, tag_key
+from memreg.registry.gc import LEASE_TTL, UPLOAD_FLOOR, GcReport, check_grace, collect_garbage  # noqa: F401
+from memreg.registry.layout import (  # noqa: F401 (LEASES: see above)
+    LEASES,
+    MARKER,
+    PACKAGES,
+    VIRTUAL_LATEST,
+    blob_key,
+    manifest_key,
+    package_prefix,
+    stem,
+    tag_key,
+    tags_prefix,
+)
 from memreg.registry.publishing import PublishResult
 from memreg.registry.reading import checked_manifest, parse, valid, warn
 from memreg.registry.refs import Ref, check_name, check_version, parse_ref, version_key
@@ -38,6 +49,7 @@ from memreg.schemas import (
     FORMAT_VERSION,
     DomainMetadata,
     Manifest,
+    RegistryMarker,
     TagPointer,
     TokenizerFingerprint,
     UnsupportedFormatError,
@@ -81,9 +93,9 @@ class Registry:
     @classmethod
     def init(cls, url: str, *, storage_options: dict[str, Any] | None = None) -> Registry:
         store = open_store(url, storage_options)
-        doc = {"format_version": FORMAT_VERSION, "created_at": datetime.now(timezone.utc).isoformat()}
+        marker = RegistryMarker(created_at=datetime.now(timezone.utc))
         try:
-            store.create(MARKER, json.dumps(doc, indent=2).encode())
+            store.create(MARKER, marker.model_dump_json(indent=2).encode())
         except FileExistsError:
             pass
         reg = cls(store)
@@ -91,15 +103,18 @@ class Registry:
         return reg
 
     def _check_marker(self) -> None:
+        raw = self.store.read(MARKER)
         try:
-            doc = json.loads(self.store.read(MARKER))
+            doc = json.loads(raw)
         except ValueError as e:
             raise ManifestError(f"{self.store.url}/{MARKER} is not valid JSON: {e}") from e
-        if doc.get("format_version") != FORMAT_VERSION:
+        version = doc.get("format_version") if isinstance(doc, dict) else None
+        if version != FORMAT_VERSION:
             raise UnsupportedFormatError(
-                f"registry {self.store.url} has format_version {doc.get('format_version')!r}: "
+                f"registry {self.store.url} has format_version {version!r}: "
                 f"this memreg reads format {FORMAT_VERSION}; upgrade memreg"
             )
+        parse(RegistryMarker, raw, f"{self.store.url}/{MARKER}")
 
     @property
     def url(self) -> str:
@@ -135,8 +150,8 @@ class Registry:
 
     def names(self) -> list[str]:
         """Package names; a folder under packages/ that is not a valid name is skipped with a warning."""
-        seen = {key.split("/")[1] for key in self.store.list("packages") if key.count("/") >= 2}
-        return sorted(n for n in seen if valid(check_name, n, f"{self.url}/packages/{n}/", "not a valid package name"))
+        seen = {key.split("/")[1] for key in self.store.list(PACKAGES) if key.count("/") >= 2}
+        return sorted(n for n in seen if valid(check_name, n, f"{self.url}/{package_prefix(n)}/", "not a valid package name"))
 
     def versions(self, name: str, *, include_yanked: bool = True) -> list[str]:
         versions, yanked = self._listing(name)
@@ -153,9 +168,9 @@ class Registry:
     def tags(self, name: str) -> dict[str, str]:
         """Tag -> version, from the tag pointers (read in one batch); bad ones skipped with a warning."""
         tags = []
-        for key in self.store.list(f"packages/{check_name(name)}/tags"):
+        for key in self.store.list(tags_prefix(check_name(name))):
             if key.endswith(".json"):
-                tags.append(key.rsplit("/", 1)[1][: -len(".json")])
+                tags.append(stem(key))
             else:
                 warn(f"{self.url}/{key}: not <tag>.json; ignored")
         docs = self.store.read_many([tag_key(name, t) for t in tags])

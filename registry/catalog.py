@@ -21,23 +21,18 @@ documents themselves (Store.etags): the same rule, the same answers, without the
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
 
 from memreg.registry.errors import ConcurrentUpdateError
+from memreg.registry.layout import CATALOG_KEY as KEY
+from memreg.registry.layout import INDEXES, index_key
 from memreg.registry.reading import warn
 from memreg.registry.store import Store
+from memreg.schemas import Catalog
 
-KEY = "index/_catalog.json"
-PREFIX = "index"
-FORMAT = 1
 NOTE_ATTEMPTS = 16  # best effort: a copy that loses this many races is refreshed by the next `list`
-
-
-def index_key(name: str) -> str:
-    return f"{PREFIX}/{name}.json"
 
 
 # readers ---------------------------------------------------------------------------------------
@@ -47,7 +42,7 @@ def read_indexes(store: Store, list_names: Callable[[], list[str]],
     taken from the catalog where its copy is the current index and read from the index otherwise; and
     whether the catalog needs a refresh. The names, the listing of etags and the catalog are fetched
     together: one round trip of latency for the three."""
-    names, listed, (raw, _) = store.together(list_names, lambda: store.etags(PREFIX), lambda: _read(store))
+    names, listed, (raw, _) = store.together(list_names, lambda: store.etags(INDEXES), lambda: _read(store))
     copies = _parse(raw)
     if copies is None:
         warn(f"{store.url}/{KEY} is not a catalog this memreg reads; every index is read instead, and the catalog "
@@ -111,20 +106,16 @@ def _parse(raw: bytes | None) -> dict[str, bytes] | None:
     way every name is then read from its index)."""
     if raw is None:
         return {}
-    try:
-        doc = json.loads(raw)
-        if doc.get("format") != FORMAT or not isinstance(doc.get("indexes"), dict):
-            return None
-        return {n: c.encode() for n, c in doc["indexes"].items() if isinstance(c, str)}
-    # RecursionError: json nests one C call per level, so a small document nested 100,000 deep
-    # exhausts the stack; it is damage like any other, not the end of every `list`
-    except (ValueError, AttributeError, UnicodeError, RecursionError):
+    try:  # either spelling of the format version (schemas/v1.py); written as format_version
+        return {n: c.encode() for n, c in Catalog.model_validate_json(raw).indexes.items()}
+    # RecursionError: a parser nesting one call per level would exhaust the stack on a small
+    # document nested 100,000 deep; it is damage like any other, not the end of every `list`
+    except (ValueError, UnicodeError, RecursionError):
         return None
 
 
 def _dump(copies: dict[str, bytes]) -> bytes:
-    indexes = {n: copies[n].decode() for n in sorted(copies)}
-    return json.dumps({"format": FORMAT, "indexes": indexes}, separators=(",", ":")).encode()
+    return Catalog(indexes={n: copies[n].decode() for n in sorted(copies)}).model_dump_json().encode()
 
 
 def _change(store: Store, update: dict[str, bytes]) -> None:

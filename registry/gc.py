@@ -1,7 +1,7 @@
 """Garbage collection: blobs no manifest references and leftovers of interrupted uploads.
 
 A publisher uploads blobs before its manifest exists, so gc only removes what is older than a grace
-period, and never what a publish in flight has leased (leases/<id>.json, written before the publisher
+period, and never what a publish in flight has leased (a lease, docs/format.md; written before the publisher
 re-checks its blobs and kept LEASE_TTL) or an upload temp file younger than UPLOAD_FLOOR.
 """
 
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from memreg.registry.errors import InvalidArgumentError
-from memreg.registry.layout import PACKAGES, parse_package_key
+from memreg.registry.layout import BLOBS, LEASES, PACKAGES, blob_key_of, parse_package_key
 from memreg.registry.reading import warn
 from memreg.registry.store import Store
+from memreg.schemas import FORMAT_VERSION, Lease, UnsupportedFormatError
 
-LEASES = "leases"  # leases/<uuid>.json: blobs a publish in flight relies on
 LEASE_TTL = timedelta(hours=1)  # longer than a publish's check -> manifest -> re-check, and than a gc run
 UPLOAD_FLOOR = timedelta(hours=1)  # an upload temp file this young may belong to a live publisher
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
@@ -51,7 +51,7 @@ def collect_garbage(store: Store, *, grace: timedelta, dry_run: bool) -> GcRepor
     referenced = _mentioned_blobs(store)
     cutoff = _now() - grace
     removed, removed_bytes, kept = [], 0, 0
-    for key in store.list("blobs"):
+    for key in store.list(BLOBS):
         if key in referenced:
             continue
         try:
@@ -94,7 +94,7 @@ def _mentioned_blobs(store: Store) -> set[str]:
             raw = store.read(key)
         except FileNotFoundError:
             continue
-        out |= {f"blobs/sha256/{h[:2]}/{h}" for h in _DIGEST.findall(raw.decode(errors="replace"))}
+        out |= {blob_key_of(h) for h in _DIGEST.findall(raw.decode(errors="replace"))}
     return out
 
 
@@ -106,9 +106,22 @@ def _leased_blobs(store: Store, *, expire: bool) -> set[str]:
                 if expire:
                     store.delete(key)
                 continue
-            out |= set(json.loads(store.read(key)).get("blobs", []))
+            out |= set(_lease(store, key).blobs)
         except FileNotFoundError:
             continue
-        except (ValueError, AttributeError):
+        except UnsupportedFormatError:
+            raise
+        except (ValueError, RecursionError):
             warn(f"{store.url}/{key} is not a valid lease; ignored")
     return out
+
+
+def _lease(store: Store, key: str) -> Lease:
+    """The lease at `key`. One of a newer format stops gc (UnsupportedFormatError): this memreg
+    cannot tell which blobs it protects, and a blob it protects must never be deleted."""
+    raw = store.read(key)
+    version = json.loads(raw).get("format_version", FORMAT_VERSION) if raw.lstrip().startswith(b"{") else None
+    if version not in (None, FORMAT_VERSION):
+        raise UnsupportedFormatError(f"{store.url}/{key} is a lease of format {version!r}, which this memreg cannot "
+                                     f"read (it reads format {FORMAT_VERSION}); upgrade memreg to run gc")
+    return Lease.model_validate_json(raw)

@@ -45,9 +45,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from memreg.registry import catalog
-from memreg.registry.catalog import PREFIX, index_key
 from memreg.registry.errors import ConcurrentUpdateError, InvalidReferenceError, ManifestError
-from memreg.registry.layout import manifest_key, parse_package_key, tag_key
+from memreg.registry.layout import PACKAGES, index_key, manifest_key, package_prefix, parse_package_key, tag_key
 from memreg.registry.reading import checked_manifest, parse, valid, warn
 from memreg.registry.refs import check_name, check_version, version_key
 from memreg.registry.store import Store
@@ -83,8 +82,8 @@ def read_all(store: Store, *, latest_only: bool = False) -> dict[str, PackageSta
     `latest_only`: each state holds only the highest version that is not yanked (`list` without
     --all), and only that version's entry is validated (see _latest_state)."""
     def list_names() -> list[str]:
-        return [n for n in store.children("packages")
-                if valid(check_name, n, f"{store.url}/packages/{n}/", "not a valid package name")]
+        return [n for n in store.children(PACKAGES)
+                if valid(check_name, n, f"{store.url}/{package_prefix(n)}/", "not a valid package name")]
 
     names, raw, stale = catalog.read_indexes(store, list_names)
     quick = {n: _latest_state(n, raw[index_key(n)]) for n in names} if latest_only else {}
@@ -214,7 +213,7 @@ def rebuild(store: Store) -> list[str]:
     """Rewrite every package's index from the truth, then the catalog from the indexes (`memreg
     verify --repair`); the names whose index was rewritten."""
     done, names = [], []
-    for name in sorted(store.children("packages")):
+    for name in sorted(store.children(PACKAGES)):
         try:
             check_name(name)
         except Exception:  # noqa: BLE001 - a stray folder: read_all warns about it
@@ -231,7 +230,7 @@ def list_package(store: Store, name: str) -> Listing:
     """One listing of packages/<name>/: {version: manifest key}, yanked versions, tag names.
     Entries that are none of these are skipped with a warning naming them."""
     manifests, yanked, tags = {}, set(), []
-    for key in store.list(f"packages/{check_name(name)}"):
+    for key in store.list(package_prefix(check_name(name))):
         doc, where = parse_package_key(key), f"{store.url}/{key}"
         if doc is None:
             if key.count("/") == 2:

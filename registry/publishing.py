@@ -9,7 +9,6 @@ lease names them first, and they are checked again once the manifest protects th
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -23,14 +22,13 @@ from memreg.registry import index as name_index
 from memreg.registry.card import with_model_card
 from memreg.registry.errors import InvalidArgumentError, ManifestNotFoundError, VersionExistsError
 from memreg.registry.fsutil import TMP_PREFIX, file_digest, locked_temp, no_progress
-from memreg.registry.gc import LEASES
-from memreg.registry.layout import blob_key, manifest_key
+from memreg.registry.layout import blob_key, lease_key, manifest_key
 from memreg.registry.package import CARD, LocalFile, model_info, read_card, scan_folder
 from memreg.registry.refs import check_name, check_version
 from memreg.registry.settings import cards_dir
 from memreg.registry.store import Store
 from memreg.registry.tagging import refuse_latest
-from memreg.schemas import DomainMetadata, FileEntry, Manifest, PackageCard
+from memreg.schemas import DomainMetadata, FileEntry, Lease, Manifest, PackageCard
 
 if TYPE_CHECKING:
     from fsspec.callbacks import Callback
@@ -185,13 +183,13 @@ def _has_size(store: Store, key: str, size: int) -> bool:
 
 @contextmanager
 def _lease(store: Store, entries: list[FileEntry]) -> Iterator[None]:
-    """A lease is a small document under leases/ naming blobs a publish is about to reference. After
+    """A lease is a small document (docs/format.md) naming blobs a publish is about to reference. After
     a publish it is left in place and expires after LEASE_TTL (gc removes it): a gc whose snapshot
     of the manifests predates this publish's manifest still sees the lease. A publish that fails
     (a full disk, a lost connection) removes it: nothing it protected is referenced."""
-    doc = {"created_at": datetime.now(timezone.utc).isoformat(), "blobs": sorted({blob_key(e) for e in entries})}
-    key = f"{LEASES}/{uuid.uuid4().hex}.json"
-    store.put_bytes(key, json.dumps(doc).encode())
+    lease = Lease(created_at=datetime.now(timezone.utc), blobs=sorted({blob_key(e) for e in entries}))
+    key = lease_key(uuid.uuid4().hex)
+    store.put_bytes(key, lease.model_dump_json().encode())
     try:
         yield
     except BaseException:

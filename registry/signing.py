@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from memreg.registry.cache import RECORD
 from memreg.registry.errors import MemregError, first_validation_error
-from memreg.registry.layout import signature_key, signatures_prefix
+from memreg.registry.layout import signature_key, signatures_prefix, stem
 from memreg.registry.package import CARD
 from memreg.schemas import Manifest
 from memreg.schemas.signature import SignatureRecord
@@ -131,7 +131,7 @@ def records(reg: Registry, manifest: Manifest) -> list[tuple[str, SignatureRecor
 
 
 def _parse(key: str, raw: bytes) -> tuple[SignatureRecord | None, str]:
-    name = key.rsplit("/", 1)[1][: -len(".json")]
+    name = stem(key)
     if hashlib.sha256(raw).hexdigest() != name:
         return None, "was altered after it was stored (its bytes do not hash to its name)"
     try:
@@ -147,7 +147,7 @@ def check(reg: Registry, manifest: Manifest, keys: list[TrustedKey]) -> Signatur
     if not found:
         return SignatureCheck(manifest.ref, [], ["it carries no signature"])
     for key, record, why in found:
-        where = f"signature {key.rsplit('/', 1)[1][:12]}"
+        where = f"signature {stem(key)[:12]}"
         problem = why or record_problem(manifest, record, keys)
         if problem:
             problems.append(f"{where} {problem}")

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from memreg.schemas.cli import CliOutput
 from memreg.schemas.signature import SignatureRecord
-from memreg.schemas.v1 import Manifest, NameIndex, PackageCard, TagPointer, YankRecord
+from memreg.schemas.v1 import Catalog, Lease, Manifest, NameIndex, PackageCard, RegistryMarker, TagPointer, YankRecord
 
 DOCUMENTS = {"manifest": Manifest, "package-card": PackageCard, "tag": TagPointer, "yank": YankRecord, "name-index": NameIndex,
-             "signature": SignatureRecord, "cli-output": CliOutput}
+             "signature": SignatureRecord, "registry-marker": RegistryMarker, "catalog": Catalog, "lease": Lease,
+             "cli-output": CliOutput}
 OUT = Path(__file__).resolve().parent / "json"
 
 

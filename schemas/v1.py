@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from memreg.schemas.errors import UnsupportedFormatError  # noqa: F401  (raised by readers of documents)
 
@@ -267,6 +267,39 @@ class NameIndex(_Strict):
 
     # On the field, not the model: a model "before" validator makes pydantic turn the whole JSON
     # document into Python objects first, which doubled the cost of `list` over 10,000 versions.
+    _check = field_validator("format_version", mode="before")(_check_format_value)
+
+
+class RegistryMarker(_Strict):
+    """`memreg-registry.json`: the root of a registry, and the format its documents follow."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    created_at: datetime
+
+    _check = model_validator(mode="before")(_check_format)
+
+
+class Catalog(_Strict):
+    """`index/_catalog.json`: a copy of every package index, so `list` reads one document instead of
+    one per package; trusted only where a copy's etag is the index's own (registry/catalog.py)."""
+
+    # Catalogs written before every document carried format_version spell it "format": read either
+    # way, written as format_version. A field validator, not a model one: the copies are large text.
+    format_version: Literal[1] = Field(FORMAT_VERSION, validation_alias=AliasChoices("format_version", "format"))
+    indexes: dict[str, str] = Field(default_factory=dict,
+                                    description="package name -> the bytes of index/<name>.json, as text")
+
+    _check = field_validator("format_version", mode="before")(_check_format_value)
+
+
+class Lease(_Strict):
+    """`leases/<id>.json`: blobs a publish in flight relies on; gc keeps them while the lease is
+    younger than an hour (by the store's modification time, registry/gc.py)."""
+
+    format_version: Literal[1] = Field(FORMAT_VERSION, description="absent in leases written before it was added")
+    created_at: datetime
+    blobs: list[str] = Field(description="blob keys, blobs/sha256/<2 hex>/<64 hex>")
+
     _check = field_validator("format_version", mode="before")(_check_format_value)
 
 
