@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from licences import licence_texts
+
 REPO = Path(__file__).resolve().parents[1]
-# Real text that ships with every Debian machine: the licences of the system's own software.
-LICENSES = Path("/usr/share/common-licenses")
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +23,6 @@ def memreg_home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.setenv("MEMREG_HOME", str(home))
     monkeypatch.delenv("MEMREG_REGISTRY", raising=False)
     return home
-
-
-def licence_texts(limit: int | None = None) -> list[str]:
-    files = sorted(p for p in LICENSES.iterdir() if p.is_file() and not p.is_symlink())
-    return [p.read_text(errors="replace") for p in files[:limit]]
 
 
 @pytest.fixture(scope="session")
@@ -174,6 +169,17 @@ def memreg_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert that a `memreg_cli` run failed the way every memreg error fails: a non-zero exit and one
+    line on stderr, "error: ..." naming each of `needles`. Returns that line."""
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], proc.stderr
+    return lines[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,3 +197,24 @@ def law_and_code(registry_url, tiny_package):
     reg.publish(tiny_package, name="law", version="1.1.0", description="second", domain=DomainMetadata(labels=["law"]))
     reg.publish(tiny_package, name="code", version="0.1.0", description="code", domain=DomainMetadata(labels=["code"]))
     return reg
+
+
+# --- the inner loop: `python -m pytest -m "not slow"` (docs/testing.md) ----------------------------
+# Most slow tests carry the marker in their own file (`pytestmark` or a decorator). Two kinds are
+# marked here instead, because a rule finds them better than a list kept in every file:
+# - every test that talks to S3: moto's HTTP server answers each request through a real HTTP round
+#   trip, several times slower than the local and memory backends, which the inner loop keeps;
+# - the slow tests of the composition and conformance files named in SLOW_TESTS below.
+SLOW_TESTS: dict[str, str] = {}
+
+
+def _uses_s3(item: pytest.Item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("registry_url") == "s3" or "moto_server" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if _uses_s3(item) or item.nodeid in SLOW_TESTS or path in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

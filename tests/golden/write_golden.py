@@ -17,8 +17,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "format1"
 # A script, not a test: pytest's `pythonpath` setting (pyproject.toml) does not apply to
-# `python tests/golden/write_golden.py`, so train_helpers' folder is put on the path here.
-sys.path.insert(0, str(HERE.parent / "unit"))
+# `python tests/golden/write_golden.py`, so the folders of train_helpers and licences are put on the path here.
+sys.path[:0] = [str(HERE.parent / "unit"), str(HERE.parent)]
 
 # Registry documents copied verbatim: (key in the registry, file under format1/registry/).
 REGISTRY_FILES = [
@@ -31,7 +31,8 @@ REGISTRY_FILES = [
 
 
 def main() -> None:
-    from train_helpers import licence_texts, make_teacher_and_init
+    from licences import licence_files
+    from train_helpers import make_teacher_and_init
 
     from memreg.registry.api import Registry
     from memreg.train import TrainConfig, train
@@ -41,7 +42,7 @@ def main() -> None:
         os.environ["MEMREG_HOME"] = str(root / "home")
         make_teacher_and_init(root)
         os.chdir(root)  # relative model paths: the card records them as given, not this temp folder
-        train(TrainConfig(corpus=[str(p) for p in licence_texts(["BSD", "Artistic", "Apache-2.0"])],
+        train(TrainConfig(corpus=[str(p) for p in licence_files(["BSD", "Artistic", "Apache-2.0"])],
                           teacher="teacher", init="init", out=Path("law-memory"), block_size=32, k=16, steps=3,
                           batch_size=4, eval_fraction=0.1, seed=0, name="law", version="0.1.0",
                           description="Tiny memory of software licences (golden format-1 sample)",

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, memreg_cli
+from conftest import REPO, memreg_cli
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,7 +10,10 @@ import shutil
 import pytest
 
 from conftest import memreg_cli
+from licences import licence_texts
 from memreg.registry import Registry
+
+pytestmark = pytest.mark.slow  # every check runs memreg in fresh processes (torch imported in each)
 
 
 @pytest.fixture
@@ -24,9 +27,7 @@ def law_registry(tmp_path, tiny_package) -> str:
 
 
 def _data(tmp_path) -> str:
-    from conftest import LICENSES
-
-    (tmp_path / "held.txt").write_text((LICENSES / "GPL-3").read_text()[:1500])
+    (tmp_path / "held.txt").write_text(licence_texts(["GPL-3"])[0][:1500])
     return str(tmp_path / "held.txt")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 
-from tests.conftest import memreg_cli
+from conftest import memreg_cli, memreg_in_process
 from tiny_lms import LICENSES, gpt2, llama, real_text, save_package, train_tokenizer
 
 
@@ -24,18 +24,6 @@ def world(tmp_path_factory):
     data = root / "held.txt"
     data.write_text(Path(LICENSES[1]).read_text()[:1500])
     return {"base": str(base), "mem": str(mem), "data": str(data)}
-
-
-def _run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from memreg.cli.main import run
-
-    try:
-        run(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _commands(world) -> dict[str, list[str]]:
@@ -52,17 +40,17 @@ def test_long_scoring_shows_a_bar_of_tokens_on_stderr_and_none_under_json_or_qui
     monkeypatch.setenv("MEMREG_PROGRESS", "1")  # stderr is captured, not a terminal: draw as if it were
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "")  # run() must not leak its setting to later tests
     args = _commands(world)[command]
-    code, out, err = _run(monkeypatch, capsys, *args)
+    code, out, err = memreg_in_process(monkeypatch, capsys, *args)
     assert code == 0, err
     bar = [line for line in err.splitlines() if line.startswith("scoring")]
     assert len(bar) == 1, err
     done, total = bar[0].split("tokens")[0].split()[-1].split("/")
     assert done == total and int(total) > 0  # base + memory, every scored token counted once
     for quiet in ("--json", "--quiet"):
-        code, out, err = _run(monkeypatch, capsys, *args, quiet)
+        code, out, err = memreg_in_process(monkeypatch, capsys, *args, quiet)
         assert code == 0, err
         assert "scoring" not in err and "━" not in err, err
-    assert json.loads(_run(monkeypatch, capsys, *args, "--json")[1])["ok"] is True  # stdout stays one document
+    assert json.loads(memreg_in_process(monkeypatch, capsys, *args, "--json")[1])["ok"] is True  # stdout stays one document
 
 
 def test_the_bar_counts_each_member_once_per_scored_token(world, monkeypatch, capsys):

@@ -13,8 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import LICENSES, memreg_cli
+from conftest import memreg_cli
+from licences import licence_texts
 from memreg.registry import Registry
+
+pytestmark = pytest.mark.slow  # a property test that runs memreg in fresh processes
 
 DESCRIPTION = ("Debian licences [/usr/share/common-licenses] [bold red]loud[/] :warning: "
                "\x1b]52;c;aGVsbG8=\x07 \x1b[2J \x9b31m end")
@@ -32,7 +35,7 @@ def hostile(request, tmp_path, package_copy) -> str:
     memreg_cli("init", url, check=True)
     doc = package_copy / DOC
     doc.parent.mkdir()
-    doc.write_text((LICENSES / "GPL-3").read_text()[:2000])
+    doc.write_text(licence_texts(["GPL-3"])[0][:2000])
     memreg_cli("publish", str(package_copy), "--name", "law", "--version", "1.0.0", "--description", DESCRIPTION,
                "--domain", DOMAIN, "--license", LICENCE, "--registry", url, check=True, env=WIDE)
     return url

@@ -17,7 +17,10 @@ import torch
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 import s3fs  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture
+from licences import licence_files
+from train_helpers import make_teacher_and_init, single_thread_fixture
+
+pytestmark = pytest.mark.slow  # trains, publishes to S3, pulls and generates
 
 _one_thread = single_thread_fixture()
 WEIGHT = 0.3
@@ -32,7 +35,7 @@ def trained(tmp_path_factory):
     root = make_teacher_and_init(tmp_path_factory.mktemp("e2e"))
     corpus = root / "corpus"
     corpus.mkdir()
-    for p in licence_texts(["BSD", "Artistic", "Apache-2.0"]):
+    for p in licence_files(["BSD", "Artistic", "Apache-2.0"]):
         shutil.copy(p, corpus / p.name)
     out = root / "law-memory"
     train(TrainConfig(corpus=[str(corpus)], teacher=str(root / "teacher"), init=str(root / "init"), out=out,
@@ -78,7 +81,7 @@ def test_train_publish_pull_compose_generate(trained, s3_url, tmp_path, monkeypa
     memory = AutoModelForCausalLM.from_pretrained(pulled).eval()
     vocab = len(tok)
 
-    prompt = Path(licence_texts(["MPL-2.0"])[0]).read_text()[200:300]  # text the memory was not trained on
+    prompt = Path(licence_files(["MPL-2.0"])[0]).read_text()[200:300]  # text the memory was not trained on
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         got = composed(ids).logits

@@ -19,8 +19,10 @@ import pytest
 
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 
-from tests.conftest import REPO
+from conftest import REPO
 from tiny_lms import LICENSES, gpt2, real_text, save_package, train_tokenizer
+
+pytestmark = pytest.mark.slow  # downloads over HTTP and trains, in fresh processes
 
 REPO_ID = "acme/tiny-base"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -9,7 +9,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # runs memreg in a fresh process with a Hub cache
 
 
 def _hub_cache(root, repo_id: str, folder) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 
 import pytest
 
-from conftest import REPO, memreg_cli
+from conftest import REPO, memreg_cli, one_line_error
+import memreg
 from memreg.registry import Registry
 
 
@@ -25,14 +28,6 @@ def reg_url(tmp_path) -> str:
 def _snapshot(url: str) -> dict[str, bytes]:
     reg = Registry.open(url)
     return {k: reg.store.read(k) for k in reg.store.list("")}
-
-
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode != 0, proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_publish_list_show_pull_json(reg_url, tiny_package):
@@ -75,14 +70,14 @@ def test_default_registry_lives_under_memreg_home(memreg_home, tiny_package):
 )
 def test_bad_names_and_versions_are_refused_before_any_io(reg_url, tiny_package, args, needle):
     before = _snapshot(reg_url)
-    _one_line_error(memreg_cli("publish", str(tiny_package), *args, "--registry", reg_url), needle)
+    one_line_error(memreg_cli("publish", str(tiny_package), *args, "--registry", reg_url), needle)
     assert _snapshot(reg_url) == before
 
 
 @pytest.mark.parametrize("ref", ["../x", "A B", "law@1.2", "law@1.0.0:stable", ""])
 def test_bad_refs_are_refused(reg_url, ref):
     for cmd in ("pull", "show", "verify"):
-        _one_line_error(memreg_cli(cmd, ref, "--registry", reg_url))
+        one_line_error(memreg_cli(cmd, ref, "--registry", reg_url))
 
 
 @pytest.mark.parametrize(
@@ -102,7 +97,7 @@ def test_bad_package_folders_are_refused_and_nothing_is_written(reg_url, package
     damage(package_copy)
     before = _snapshot(reg_url)
     proc = memreg_cli("publish", str(package_copy), "--name", "law", "--version", "1.0.0", "--registry", reg_url)
-    _one_line_error(proc, needle)
+    one_line_error(proc, needle)
     assert _snapshot(reg_url) == before
 
 
@@ -120,7 +115,7 @@ def test_tampered_manifests_are_refused_and_nothing_enters_the_cache(reg_url, ti
     doc = json.loads(reg.store.read("packages/law/1.0.0.json"))
     edit(doc)
     reg.store.put_bytes("packages/law/1.0.0.json", json.dumps(doc).encode())
-    _one_line_error(memreg_cli("pull", "law@1.0.0", "--registry", reg_url), needle)
+    one_line_error(memreg_cli("pull", "law@1.0.0", "--registry", reg_url), needle)
     assert not (memreg_home / "cache").exists() or not any((memreg_home / "cache").rglob("*.json"))
     assert not (memreg_home.parent / "outside.json").exists()
 
@@ -128,11 +123,11 @@ def test_tampered_manifests_are_refused_and_nothing_enters_the_cache(reg_url, ti
 def test_malformed_stored_manifest(reg_url, tiny_package):
     memreg_cli("publish", str(tiny_package), "--name", "law", "--version", "1.0.0", "--registry", reg_url, check=True)
     Registry.open(reg_url).store.put_bytes("packages/law/1.0.0.json", b"{oops")
-    _one_line_error(memreg_cli("show", "law", "--registry", reg_url), "packages/law/1.0.0.json is not a valid Manifest")
+    one_line_error(memreg_cli("show", "law", "--registry", reg_url), "packages/law/1.0.0.json is not a valid Manifest")
 
 
 def test_unknown_registry_url_says_how_to_create_one(tmp_path):
-    _one_line_error(memreg_cli("list", "--registry", str(tmp_path / "nothing")), "memreg init")
+    one_line_error(memreg_cli("list", "--registry", str(tmp_path / "nothing")), "memreg init")
 
 
 def test_verify_exit_code_names_the_corrupt_blob(reg_url, tiny_package):
@@ -182,7 +177,22 @@ def test_registry_commands_import_neither_torch_nor_transformers(tmp_path, tiny_
 def test_help_teaches(tmp_path):
     out = memreg_cli("publish", "--help", check=True).stdout
     assert "--registry" in out and "--tag" in out and "safetensors" in out
-    assert shutil.which(sys.executable)
+    overview = memreg_cli("--help", check=True).stdout
+    for command in ("init", "publish", "pull", "list", "show", "verify", "tag", "yank", "unyank", "gc"):
+        assert re.search(rf"^\W*{command}\s+\w", overview, re.M), f"`memreg --help` does not list {command}"
+
+
+def test_the_installed_memreg_command_is_the_cli():
+    """`pip install` puts a `memreg` script next to this interpreter: it must run the same CLI as
+    `python -m memreg` (a wrong entry point in pyproject.toml would leave it broken or missing)."""
+    script = shutil.which("memreg", path=sysconfig.get_path("scripts"))
+    assert script, f"no memreg script in {sysconfig.get_path('scripts')}: is the project installed?"
+    args = ["publish", "--help"]
+    installed = subprocess.run([script, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout == memreg_cli(*args, check=True).stdout
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert version.returncode == 0 and memreg.__version__ in version.stdout, (version.stdout, version.stderr)
 
 
 def test_show_says_why_a_version_was_yanked(reg_url, tiny_package):

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import REPO, memreg_cli
+from conftest import REPO, memreg_cli, one_line_error
 from memreg.registry import Registry
 from memreg.registry.cache import TMP, Cache, _locked_temp
 
@@ -82,22 +82,13 @@ def _json(proc: subprocess.CompletedProcess) -> dict:
     return doc.get("data", doc) if "command" in doc else doc  # inside the CLI's --json envelope, if any
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode != 0, proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], proc.stderr
-    return lines[0]
-
-
 # finding 10 ------------------------------------------------------------------------------------
 def test_silent_endpoint_fails_instead_of_hanging(silent_endpoint):
     """Small timeouts through the documented storage option; the defaults are asserted below.
     The subprocess guard (120 s) only turns a hang into a failure; nothing here is timed."""
     proc = memreg_cli("list", "--registry", "s3://bucket/reg", "-o", f"endpoint_url={silent_endpoint}",
                       "-o", 'config_kwargs={"connect_timeout": 1, "read_timeout": 1}', env=S3_ENV, timeout=120)
-    _one_line_error(proc, silent_endpoint, "did not answer", "read_timeout")
+    one_line_error(proc, silent_endpoint, "did not answer", "read_timeout")
 
 
 def test_s3_stores_get_bounded_timeouts_by_default(s3_url):
@@ -122,7 +113,7 @@ def test_s3_stores_get_bounded_timeouts_by_default(s3_url):
 def test_refused_credentials_name_the_endpoint_and_what_to_check(forbidding_endpoint):
     proc = memreg_cli("list", "--registry", "s3://bucket/reg", "-o", f"endpoint_url={forbidding_endpoint}",
                       env=S3_ENV)
-    _one_line_error(proc, forbidding_endpoint, "refused access", "AWS_ACCESS_KEY_ID")
+    one_line_error(proc, forbidding_endpoint, "refused access", "AWS_ACCESS_KEY_ID")
 
 
 @pytest.mark.parametrize("grace", ["nan", "-1", "inf", "1e300"])

@@ -16,6 +16,8 @@ import pytest
 from conftest import REPO
 from memreg.registry import Registry
 
+pytestmark = pytest.mark.slow  # spawns many publishers at once
+
 N = 8
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture
+from licences import licence_files
+from train_helpers import make_teacher_and_init, single_thread_fixture
 
 from memreg.train import TrainConfig, train
 from memreg.train.pipeline import _warn_about_quality
@@ -25,12 +26,13 @@ def models(tmp_path_factory):
     return make_teacher_and_init(tmp_path_factory.mktemp("conv"))
 
 
+@pytest.mark.slow  # trains a memory to convergence
 def test_default_run_stops_on_the_held_out_loss_and_packages_the_best_checkpoint(models, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from memreg.train.trainer import load_best
 
-    result = train(TrainConfig(corpus=[str(p) for p in licence_texts(CORPUS)], teacher=str(models / "teacher"),
+    result = train(TrainConfig(corpus=[str(p) for p in licence_files(CORPUS)], teacher=str(models / "teacher"),
                                init=str(models / "init"), out=tmp_path / "mem", block_size=32, k=32, batch_size=8,
                                eval_fraction=0.2, lr=3e-3, max_epochs=40, patience=2, eval_every=10, seed=1))
     extra = result.card.training.extra
@@ -63,6 +65,7 @@ def test_default_run_stops_on_the_held_out_loss_and_packages_the_best_checkpoint
     assert result.card.metrics.recommended_weight is not None
 
 
+@pytest.mark.slow  # trains from the real SmolLM2 GGUF
 def test_gguf_teacher_and_init_with_init_layers(tmp_path):
     from test_gguf import write_tiny_gguf
     from transformers import AutoModelForCausalLM
@@ -70,7 +73,7 @@ def test_gguf_teacher_and_init_with_init_layers(tmp_path):
     gguf = tmp_path / "tiny.F32.gguf"
     write_tiny_gguf(gguf)  # a 2-block llama with its tokenizer
     out = tmp_path / "mem"
-    result = train(TrainConfig(corpus=[str(p) for p in licence_texts(CORPUS[:4])], teacher=str(gguf), init=str(gguf),
+    result = train(TrainConfig(corpus=[str(p) for p in licence_files(CORPUS[:4])], teacher=str(gguf), init=str(gguf),
                                init_layers=1, out=out, block_size=32, k=16, steps=4, batch_size=4, eval_fraction=0.2))
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 1 and len(model.model.layers) == 1

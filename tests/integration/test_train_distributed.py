@@ -28,7 +28,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("faiss")
 pytest.importorskip("accelerate")
 
-from train_helpers import licence_texts, make_model, make_tokenizer  # noqa: E402
+from licences import licence_files  # noqa: E402
+from train_helpers import make_model, make_tokenizer  # noqa: E402
 
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 # Measured: max |w1 - w2| ~1e-6, on a few attention key biases (their true gradient is 0: softmax
@@ -76,7 +77,7 @@ def test_two_processes_split_every_stage_and_match_one_process(tmp_path):
     _models(tmp_path)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for p in licence_texts(["BSD", "Artistic", "MPL-2.0"]):
+    for p in licence_files(["BSD", "Artistic", "MPL-2.0"]):
         shutil.copy(p, corpus / p.name)
     settings = dict(block_size=32, k=16, steps=6, batch_size=2, eval_fraction=0.2, eval_every=2, seed=0)
     single = train(TrainConfig(corpus=[str(corpus)], teacher=str(tmp_path / "teacher"), init=str(tmp_path / "init"),

@@ -12,10 +12,13 @@ import pytest
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 import typer  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture
+from licences import licence_files
+from train_helpers import make_teacher_and_init, single_thread_fixture
 
 from memreg.train import TrainConfig, train
 from memreg.train.knn import open_targets
+
+pytestmark = pytest.mark.slow  # trains a memory twice
 
 _one_thread = single_thread_fixture()
 
@@ -24,7 +27,7 @@ _one_thread = single_thread_fixture()
 def setup(tmp_path_factory):
     root = make_teacher_and_init(tmp_path_factory.mktemp("ondisk"))
     (root / "corpus").mkdir()
-    for p in licence_texts(["BSD", "Apache-2.0"]):
+    for p in licence_files(["BSD", "Apache-2.0"]):
         shutil.copy(p, root / "corpus" / p.name)
     return root
 

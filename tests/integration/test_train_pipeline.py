@@ -16,10 +16,13 @@ import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 import typer  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_teacher_and_init, single_thread_fixture
+from licences import licence_files
+from train_helpers import make_teacher_and_init, single_thread_fixture
 
 from memreg.schemas import PackageCard
 from memreg.train import TrainConfig, TrainProgress, train
+
+pytestmark = pytest.mark.slow  # trains a memory end to end, several times
 
 _one_thread = single_thread_fixture()
 CORPUS = ["BSD", "Artistic", "Apache-2.0", "MPL-2.0", "CC0-1.0"]
@@ -30,7 +33,7 @@ def setup(tmp_path_factory):
     root = make_teacher_and_init(tmp_path_factory.mktemp("e2e"))
     corpus = root / "corpus"
     corpus.mkdir()
-    for p in licence_texts(CORPUS):
+    for p in licence_files(CORPUS):
         shutil.copy(p, corpus / p.name)
     (corpus / "notes-latin1.txt").write_bytes("Copyright \xa9 1999 \xc9cole".encode("latin-1"))
     return root
@@ -104,7 +107,7 @@ def test_interrupted_stages_resume_to_the_same_artifacts(setup, tmp_path, monkey
     monkeypatch.setattr(ds, "FLUSH_EVERY_ROWS", 256)
 
     def config(out: Path) -> TrainConfig:
-        return TrainConfig(corpus=[str(p) for p in licence_texts(CORPUS[:3])], teacher=str(setup / "teacher"),
+        return TrainConfig(corpus=[str(p) for p in licence_files(CORPUS[:3])], teacher=str(setup / "teacher"),
                            init=str(setup / "init"), out=out, block_size=32, k=32, steps=12, batch_size=4,
                            checkpoint_every=5, search_batch_size=256, eval_fraction=0.1, seed=7)
 
@@ -137,7 +140,7 @@ def test_adapted_teacher_changes_the_keys_lowers_training_ce_and_is_cached(setup
     from memreg.train.trainer import BlockBatches, mean_ce
 
     def config(out: Path, steps: int) -> TrainConfig:
-        return TrainConfig(corpus=[str(p) for p in licence_texts(CORPUS[:2])], teacher=str(setup / "teacher"),
+        return TrainConfig(corpus=[str(p) for p in licence_files(CORPUS[:2])], teacher=str(setup / "teacher"),
                            init=str(setup / "init"), out=out, block_size=32, k=16, steps=3, batch_size=4,
                            eval_fraction=0.1, seed=3, adapt_teacher_steps=steps, adapt_teacher_lr=3e-3)
 
@@ -207,7 +210,7 @@ def test_sigkill_mid_stage_then_rerun_gives_the_same_weights(setup, tmp_path):
 
     from safetensors.torch import load_file
 
-    cfg = dict(corpus=[str(p) for p in licence_texts(CORPUS[:3])], teacher=str(setup / "teacher"),
+    cfg = dict(corpus=[str(p) for p in licence_files(CORPUS[:3])], teacher=str(setup / "teacher"),
                init=str(setup / "init"), block_size=32, k=32, steps=12, batch_size=4, checkpoint_every=5,
                search_batch_size=256, eval_fraction=0.1, seed=7)
     train(TrainConfig(**cfg, out=tmp_path / "a"))
@@ -227,7 +230,7 @@ def test_torch_search_needs_no_faiss_and_gives_faiss_targets(setup, tmp_path, mo
     from memreg.train.knn import open_targets
 
     def config(out: Path, search: str) -> TrainConfig:
-        return TrainConfig(corpus=[str(p) for p in licence_texts(CORPUS[:2])], teacher=str(setup / "teacher"),
+        return TrainConfig(corpus=[str(p) for p in licence_files(CORPUS[:2])], teacher=str(setup / "teacher"),
                            init=str(setup / "init"), out=out, block_size=32, k=24, steps=4, batch_size=4,
                            eval_fraction=0.1, seed=3, search=search)
 
@@ -281,7 +284,7 @@ def test_select_on_picks_the_checkpoint_and_the_card_says_which(setup, tmp_path)
 
     app = typer.Typer()
     app.command()(train_command)
-    common = dict(corpus=[str(p) for p in licence_texts(CORPUS[:2])], teacher=str(setup / "teacher"),
+    common = dict(corpus=[str(p) for p in licence_files(CORPUS[:2])], teacher=str(setup / "teacher"),
                   init=str(setup / "init"), block_size=32, k=16, steps=24, eval_every=3, batch_size=4, lr=1e-2,
                   eval_fraction=0.1, seed=5, work_dir=tmp_path / "work")  # lr: the memory alone overfits early
     args = [*common["corpus"], "--teacher", common["teacher"], "--init", common["init"], "--out", str(tmp_path / "mix"),

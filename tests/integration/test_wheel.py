@@ -7,7 +7,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # builds the wheel with pip and imports it in a fresh environment
 
 FOLDERS = {"sdk": "memreg", "registry": "memreg/registry", "cli": "memreg/cli", "schemas": "memreg/schemas"}
 

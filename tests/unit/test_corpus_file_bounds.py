@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from train_helpers import licence_texts
-
+from licences import licence_files
 from memreg.train.corpus import MAX_TEXT_FILE_BYTES, TextFileTooLargeError, read_text_file
 from memreg.train.errors import CorpusError
 
@@ -70,7 +69,7 @@ def _sparse(path: Path, head: bytes, size: int = SPARSE) -> Path:
 
 @pytest.fixture
 def licence_text() -> bytes:
-    return licence_texts(["GPL-3"])[0].read_bytes()  # 35 KiB of real text: no NUL in the first 8 KiB
+    return licence_files(["GPL-3"])[0].read_bytes()  # 35 KiB of real text: no NUL in the first 8 KiB
 
 
 def test_a_sparse_binary_file_is_skipped_in_small_memory(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from licences import licence_texts
 from memreg.registry.errors import PackageError
 from memreg.registry.fingerprinting import COMPONENTS, Compatibility, check_compatible, fingerprint, load_vocab
 from memreg.schemas import TokenizerFingerprint
@@ -38,10 +39,7 @@ def _corpus() -> list[str]:
     import json.decoder
 
     texts = [Path(inspect.getsourcefile(m)).read_text(encoding="utf-8") for m in (json.decoder, argparse, email.message)]
-    licenses = Path("/usr/share/common-licenses")
-    for name in ("Apache-2.0", "GPL-3", "MPL-2.0"):
-        if (licenses / name).is_file():
-            texts.append((licenses / name).read_text(encoding="utf-8", errors="replace"))
+    texts += licence_texts(["Apache-2.0", "GPL-3", "MPL-2.0"])
     return [line for text in texts for line in text.splitlines() if line.strip()]
 
 

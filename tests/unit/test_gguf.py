@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 from memreg import gguf as mg  # noqa: E402
 from memreg.registry.errors import MemregError  # noqa: E402
 
-from train_helpers import licence_texts, single_thread_fixture  # noqa: E402
+from train_helpers import TEXTS, single_thread_fixture  # noqa: E402
 
 _threads = single_thread_fixture()
 
@@ -35,7 +35,7 @@ def _bpe():
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train([str(p) for p in licence_texts()[:2]], trainer)
+    tok.train([str(p) for p in TEXTS[:2]], trainer)
     return tok
 
 

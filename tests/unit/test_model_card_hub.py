@@ -98,13 +98,14 @@ def test_hub_id_never_returns_a_path(parts, prefix, suffix):
 
 def test_training_records_where_the_models_came_from(tmp_path):
     """`memreg train` writes model_sources, so a folder spelled like a Hub id is never base_model."""
-    from train_helpers import licence_texts, make_teacher_and_init
+    from licences import licence_files
+    from train_helpers import make_teacher_and_init
 
     from memreg.train import TrainConfig, train
 
     root = make_teacher_and_init(tmp_path)
     out = root / "law-memory"
-    result = train(TrainConfig(corpus=[str(p) for p in licence_texts(["BSD", "Artistic"])],
+    result = train(TrainConfig(corpus=[str(p) for p in licence_files(["BSD", "Artistic"])],
                                teacher=str(root / "teacher"), init=str(root / "init"), out=out, block_size=32, k=8,
                                steps=1, batch_size=2, eval_fraction=0.1, seed=0, name="law", version="1.0.0"))
     assert result.card.training.extra["model_sources"] == {"teacher": "local", "init": "local"}

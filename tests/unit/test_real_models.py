@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from licences import licence_files
 from memreg.gguf import OutputExistsError
 from memreg.registry.errors import DigestMismatchError, MemregError
 
 REPO = Path(__file__).resolve().parents[2]
-LICENSES = Path("/usr/share/common-licenses")
 
 
 def _load_bench():
@@ -36,7 +36,7 @@ BOMB = "raise RuntimeError('this package was imported: the chunk wheels must onl
 
 def _payload(size: int) -> bytes:
     """`size` bytes of real text: the machine's licences, repeated as needed."""
-    text = b"".join(p.read_bytes() for p in sorted(LICENSES.iterdir()) if p.is_file() and not p.is_symlink())
+    text = b"".join(p.read_bytes() for p in licence_files())
     return (text * (size // len(text) + 1))[:size]
 
 

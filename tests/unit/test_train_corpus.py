@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from train_helpers import licence_texts
+from licences import licence_files
+from train_helpers import TEXTS
 
 from memreg.train.corpus import (CorpusReport, Document, TokenArray, corpus_digest, iter_documents,
                                  split_documents, write_tokens)
@@ -19,9 +20,9 @@ from memreg.train.errors import CorpusError
 def folder(tmp_path):
     root = tmp_path / "corpus"
     (root / "sub").mkdir(parents=True)
-    for p in licence_texts(["BSD", "Apache-2.0"]):
+    for p in licence_files(["BSD", "Apache-2.0"]):
         shutil.copy(p, root / p.name)
-    shutil.copy(licence_texts(["Artistic"])[0], root / "sub" / "Artistic")
+    shutil.copy(licence_files(["Artistic"])[0], root / "sub" / "Artistic")
     (root / "latin1.txt").write_bytes("Licence: \xe9t\xe9".encode("latin-1"))
     (root / "blob.bin").write_bytes(b"\x7fELF\x00\x01\x02")
     (root / ".hidden").write_text("ignored")
@@ -40,12 +41,12 @@ def test_folder_reads_text_and_counts_skipped(folder):
 
 
 def test_glob_and_jsonl(tmp_path, folder):
-    lines = [json.dumps({"text": p.read_text(), "id": i}) for i, p in enumerate(licence_texts(["BSD", "MPL-2.0"]))]
+    lines = [json.dumps({"text": p.read_text(), "id": i}) for i, p in enumerate(licence_files(["BSD", "MPL-2.0"]))]
     (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n\n")
     report = CorpusReport()
     docs = list(iter_documents([str(folder / "*-2.0"), str(tmp_path / "docs.jsonl")], report))
     assert [d.source.rsplit("/", 1)[-1] for d in docs] == ["Apache-2.0", "docs.jsonl:1", "docs.jsonl:2"]
-    assert docs[1].text == licence_texts(["BSD"])[0].read_text()
+    assert docs[1].text == licence_files(["BSD"])[0].read_text()
 
 
 def test_bad_sources_are_named(tmp_path):
@@ -57,7 +58,7 @@ def test_bad_sources_are_named(tmp_path):
 
 
 def test_split_is_by_document_deterministic_and_small():
-    docs = [Document(p.name, p.read_text()) for p in licence_texts()]
+    docs = [Document(p.name, p.read_text()) for p in TEXTS]
     train, held = split_documents(docs, eval_fraction=0.2, seed=0)
     assert held and train and not set(train) & set(held) and sorted(train + held) == list(range(len(docs)))
     assert sum(len(docs[i].text) for i in held) <= 0.2 * sum(len(d.text) for d in docs)
@@ -86,7 +87,7 @@ def test_token_shards_roundtrip(tmp_path, monkeypatch):
 def test_hugging_face_dataset_saved_to_disk(tmp_path):
     import datasets
 
-    texts = [p.read_text() for p in licence_texts()[:5]]
+    texts = [p.read_text() for p in TEXTS[:5]]
     datasets.Dataset.from_dict({"text": texts, "id": list(range(5))}).save_to_disk(tmp_path / "single")
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts[:3]}),
                           "test": datasets.Dataset.from_dict({"text": texts[3:]})}).save_to_disk(tmp_path / "dict")

@@ -10,7 +10,8 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
+from licences import licence_files  # noqa: E402
+from train_helpers import make_model, make_tokenizer, single_thread_fixture  # noqa: E402
 
 from memreg.train.corpus import TokenArray, write_tokens, Document  # noqa: E402
 from memreg.train.datastore import blocks, build_datastore, last_ffn_inputs, last_mlp, open_datastore  # noqa: E402
@@ -68,7 +69,7 @@ def test_build_datastore_rows_values_and_resume(tmp_path, tok_dir):
 
     model = make_model(tmp_path / "m", "llama", tokenizer_from=tok_dir).eval()
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    text = licence_texts(["BSD"])[0].read_text()
+    text = licence_files(["BSD"])[0].read_text()
     write_tokens(tmp_path, "train", [Document("bsd", text)], lambda t: tok(t)["input_ids"], tok.eos_token_id)
     tokens = TokenArray(tmp_path, "train")
     out = tmp_path / "ds"

@@ -9,7 +9,8 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_model, make_model_of_another_tokenizer, make_tokenizer, single_thread_fixture  # noqa: E402
+from licences import licence_files  # noqa: E402
+from train_helpers import make_model, make_model_of_another_tokenizer, make_tokenizer, single_thread_fixture  # noqa: E402
 
 from memreg.train import TrainConfig, TrainProgress, train  # noqa: E402
 from memreg.train.errors import (CorpusTooSmallError, EmptyCorpusError, InvalidTrainSettingError,  # noqa: E402
@@ -66,21 +67,21 @@ def test_only_binary_files_is_empty_and_counts_them(models, tmp_path):
 
 
 def test_corpus_shorter_than_one_block(models, tmp_path):
-    (tmp_path / "short.txt").write_text(licence_texts(["BSD"])[0].read_text()[:30])  # ~20 tokens
+    (tmp_path / "short.txt").write_text(licence_files(["BSD"])[0].read_text()[:30])  # ~20 tokens
     with pytest.raises(CorpusTooSmallError, match="fewer than one block of 33.*--block-size") as e:
         train(_config(models, tmp_path, [tmp_path / "short.txt"], eval_fraction=0))
     _one_line(e.value)
 
 
 def test_k_larger_than_the_datastore(models, tmp_path):
-    bsd = licence_texts(["BSD"])[0]
+    bsd = licence_files(["BSD"])[0]
     with pytest.raises(InvalidTrainSettingError, match=r"--k 100000 is larger than the datastore allows") as e:
         train(_config(models, tmp_path, [bsd], k=100_000, eval_fraction=0))
     _one_line(e.value)
 
 
 def test_default_k_is_lowered_with_a_note(models, tmp_path):
-    (tmp_path / "part.txt").write_text(licence_texts(["BSD"])[0].read_text()[:700])  # ~500 tokens
+    (tmp_path / "part.txt").write_text(licence_files(["BSD"])[0].read_text()[:700])  # ~500 tokens
     progress = _StopAt("datastore")
     with pytest.raises(KeyboardInterrupt):
         train(_config(models, tmp_path, [tmp_path / "part.txt"], eval_fraction=0), progress=progress)
@@ -89,7 +90,7 @@ def test_default_k_is_lowered_with_a_note(models, tmp_path):
 
 def test_skipped_files_are_noted(models, tmp_path):
     (tmp_path / "c").mkdir()
-    shutil.copy(licence_texts(["BSD"])[0], tmp_path / "c" / "BSD")
+    shutil.copy(licence_files(["BSD"])[0], tmp_path / "c" / "BSD")
     (tmp_path / "c" / "latin1.txt").write_bytes(b"caf\xe9")
     progress = _StopAt("datastore")
     with pytest.raises(KeyboardInterrupt):
@@ -110,14 +111,14 @@ class _Stages(_StopAt):
 
 
 def test_reused_work_dir_with_other_data_settings(models, tmp_path):
-    corpus = licence_texts(["BSD"])
+    corpus = licence_files(["BSD"])
     with pytest.raises(KeyboardInterrupt):
         train(_config(models, tmp_path, corpus, k=4), progress=_StopAt("train"))
     with pytest.raises(WorkDirMismatchError, match=r"other settings: k=4 \(now 5\)") as e:
         train(_config(models, tmp_path, corpus, k=5), progress=_StopAt("train"))
     _one_line(e.value)
     with pytest.raises(WorkDirMismatchError, match="another corpus"):
-        train(_config(models, tmp_path, licence_texts(["Artistic"]), k=4), progress=_StopAt("train"))
+        train(_config(models, tmp_path, licence_files(["Artistic"]), k=4), progress=_StopAt("train"))
     # training settings may differ: the datastore and kNN targets are reused, the training is its own
     progress = _Stages("train")
     with pytest.raises(KeyboardInterrupt):
@@ -132,10 +133,10 @@ def test_eval_corpus_is_the_held_out_split(models, tmp_path):
     from memreg.train.corpus import TokenArray
     from transformers import AutoTokenizer
 
-    texts = licence_texts(["BSD", "Artistic", "Apache-2.0"])
+    texts = licence_files(["BSD", "Artistic", "Apache-2.0"])
     (tmp_path / "held").mkdir()
     shutil.copy(texts[0], tmp_path / "held" / "copy-of-bsd.txt")  # a near-copy of a training document
-    shutil.copy(licence_texts(["MPL-2.0"])[0], tmp_path / "held" / "mpl.txt")
+    shutil.copy(licence_files(["MPL-2.0"])[0], tmp_path / "held" / "mpl.txt")
     progress = _Stages("datastore")
     with pytest.raises(KeyboardInterrupt):
         train(_config(models, tmp_path, texts, eval_corpus=[str(tmp_path / "held")]), progress=progress)
@@ -161,13 +162,13 @@ def test_eval_corpus_is_the_held_out_split(models, tmp_path):
 def test_empty_eval_corpus(models, tmp_path):
     (tmp_path / "none").mkdir()
     with pytest.raises(EmptyCorpusError, match="evaluation corpus") as e:
-        train(_config(models, tmp_path, licence_texts(["BSD"]), eval_corpus=[str(tmp_path / "none")]))
+        train(_config(models, tmp_path, licence_files(["BSD"]), eval_corpus=[str(tmp_path / "none")]))
     _one_line(e.value)
 
 
 def test_tokenizer_mismatch_is_refused_before_any_work(models, tmp_path):
     make_model_of_another_tokenizer(tmp_path)
-    cfg = TrainConfig(corpus=[str(p) for p in licence_texts(["BSD"])], teacher=str(tmp_path / "other-model"),
+    cfg = TrainConfig(corpus=[str(p) for p in licence_files(["BSD"])], teacher=str(tmp_path / "other-model"),
                       init=str(models / "init"), out=tmp_path / "pkg")
     with pytest.raises(TokenizerMismatchError, match="teacher and init tokenizers differ") as e:
         train(cfg)
@@ -177,7 +178,7 @@ def test_tokenizer_mismatch_is_refused_before_any_work(models, tmp_path):
 
 def test_bad_block_size(models, tmp_path):
     with pytest.raises(InvalidTrainSettingError, match="--block-size 4096 is longer than the teacher's context of 128"):
-        train(TrainConfig(corpus=[str(licence_texts(["BSD"])[0])], teacher=str(models / "teacher"),
+        train(TrainConfig(corpus=[str(licence_files(["BSD"])[0])], teacher=str(models / "teacher"),
                           init=str(models / "init"), out=tmp_path / "p", block_size=4096))
 
 
@@ -186,7 +187,7 @@ def test_mistyped_model_path_fails_at_once_instead_of_asking_the_hub(models, tmp
     """Offline, transformers retried the Hub for ~52 s before failing on a path that does not exist."""
     from memreg.registry.errors import ModelNotFoundError
 
-    cfg = TrainConfig(corpus=[str(p) for p in licence_texts(["BSD"])], teacher=ref, init=str(models / "init"),
+    cfg = TrainConfig(corpus=[str(p) for p in licence_files(["BSD"])], teacher=ref, init=str(models / "init"),
                       out=tmp_path / "pkg")
     with pytest.raises(ModelNotFoundError, match="no such file or folder") as e:
         train(cfg)

@@ -8,7 +8,8 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
+from licences import licence_files  # noqa: E402
+from train_helpers import make_model, make_tokenizer, single_thread_fixture  # noqa: E402
 
 from memreg.train import TrainConfig, TrainProgress, train  # noqa: E402
 
@@ -30,13 +31,13 @@ def test_knnlm_from_work_dir(tmp_path):
     make_tokenizer(tmp_path / "tok")
     teacher = make_model(tmp_path / "teacher", "gpt2", tokenizer_from=tmp_path / "tok", hidden=48)
     make_model(tmp_path / "init", "gpt2", tokenizer_from=tmp_path / "tok")
-    cfg = TrainConfig(corpus=[str(p) for p in licence_texts(["BSD", "Artistic"])], teacher=str(tmp_path / "teacher"),
+    cfg = TrainConfig(corpus=[str(p) for p in licence_files(["BSD", "Artistic"])], teacher=str(tmp_path / "teacher"),
                       init=str(tmp_path / "init"), out=tmp_path / "pkg", block_size=32, k=16, eval_fraction=0)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=_StopAtTrain())  # stages 1-4 are all a kNN-LM needs
     knn = KNNLM.from_work_dir(tmp_path / "pkg.work")
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
-    ids = torch.tensor([tok(licence_texts(["BSD"])[0].read_text()[:200])["input_ids"]])
+    ids = torch.tensor([tok(licence_files(["BSD"])[0].read_text()[:200])["input_ids"]])
     lp = knn.log_probs(ids)
     assert lp.shape == (1, ids.shape[1], len(tok))
     np.testing.assert_allclose(lp.double().exp().sum(-1).numpy(), 1.0, atol=1e-5)

@@ -10,18 +10,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from licences import LICENSES
 from memreg.train.corpus import Document, split_documents
 from memreg.train.neardup import (BANDS, PERMS, ROWS, _candidates, _jaccard, ngram_overlap,
                                   near_duplicate_clusters, shingles, split_report)
 
-LICENSES = Path("/usr/share/common-licenses")
 # pairwise Jaccard of their 8-gram sets <= 0.4 (GPL-1 / GPL-2 is the closest pair, 0.39)
 DISTINCT = ["Apache-2.0", "Artistic", "BSD", "CC0-1.0", "GFDL-1.3", "GPL-1", "GPL-2", "GPL-3", "LGPL-2.1",
             "LGPL-3", "MPL-1.1", "MPL-2.0"]
@@ -279,7 +278,7 @@ def test_labels_computed_once_give_the_same_split_and_report():
     from memreg.train.corpus import Document, split_documents
     from memreg.train.neardup import near_duplicate_clusters, split_report
 
-    base = [p.read_text() for p in sorted(Path("/usr/share/common-licenses").iterdir()) if p.is_file()]
+    base = [p.read_text() for p in sorted(LICENSES.iterdir()) if p.is_file()]
     docs = [Document(str(i), t) for i, t in enumerate(base + [t.replace("the", "a", 3) for t in base[:4]])]
     labels = near_duplicate_clusters([d.text for d in docs])
     for seed in (0, 1, 2):

@@ -9,7 +9,8 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import typer  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_model, make_model_of_another_tokenizer, make_teacher_and_init
+from licences import licence_files
+from train_helpers import make_model, make_model_of_another_tokenizer, make_teacher_and_init
 
 from memreg.train import TrainConfig, train
 from memreg.train.config import DATA_STAGES, stage_keys
@@ -65,7 +66,7 @@ def _one_line(err: Exception) -> None:
 
 def test_a_base_with_another_tokenizer_is_refused_before_any_work(models, tmp_path):
     make_model_of_another_tokenizer(tmp_path)
-    cfg = TrainConfig(corpus=[str(p) for p in licence_texts(["BSD"])], teacher=str(models / "teacher"),
+    cfg = TrainConfig(corpus=[str(p) for p in licence_files(["BSD"])], teacher=str(models / "teacher"),
                       init=str(models / "init"), out=tmp_path / "pkg", select_base=str(tmp_path / "other-model"))
     with pytest.raises(TokenizerMismatchError, match="--select-base .*other-model cannot be mixed with this memory") as e:
         train(cfg)
@@ -75,7 +76,7 @@ def test_a_base_with_another_tokenizer_is_refused_before_any_work(models, tmp_pa
 
 def test_a_base_shorter_than_the_blocks_is_refused(models, tmp_path):
     make_model(tmp_path / "short", "gpt2", tokenizer_from=models / "tok", positions=16)
-    cfg = TrainConfig(corpus=[str(p) for p in licence_texts(["BSD"])], teacher=str(models / "teacher"),
+    cfg = TrainConfig(corpus=[str(p) for p in licence_files(["BSD"])], teacher=str(models / "teacher"),
                       init=str(models / "init"), out=tmp_path / "pkg", block_size=32, select_base=str(tmp_path / "short"))
     with pytest.raises(InvalidTrainSettingError, match="reads 16 tokens at most, fewer than the 32-token blocks") as e:
         train(cfg)

@@ -9,7 +9,8 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import faiss  # noqa: F401  (a missing dependency must fail, not skip)
 
-from train_helpers import licence_texts, make_model, make_tokenizer, single_thread_fixture  # noqa: E402
+from licences import licence_files  # noqa: E402
+from train_helpers import make_model, make_tokenizer, single_thread_fixture  # noqa: E402
 
 from memreg.train.corpus import Document, TokenArray, write_tokens  # noqa: E402
 from memreg.train.datastore import build_datastore, open_datastore  # noqa: E402
@@ -32,7 +33,7 @@ def prepared(tmp_path_factory):
     teacher = make_model(root / "teacher", "gpt2", tokenizer_from=root / "tok", hidden=48, seed=1).eval()
     make_model(root / "init", "gpt2", tokenizer_from=root / "tok", seed=2)
     tok = AutoTokenizer.from_pretrained(root / "tok")
-    docs = [Document(p.name, p.read_text()) for p in licence_texts(["BSD", "Artistic"])]
+    docs = [Document(p.name, p.read_text()) for p in licence_files(["BSD", "Artistic"])]
     write_tokens(root, "train", docs, lambda t: tok(t)["input_ids"], tok.eos_token_id)
     tokens = TokenArray(root, "train")
     build_datastore(teacher, tokens, root, block_size=BLOCK, batch_size=8)

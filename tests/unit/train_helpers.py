@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LICENSES = Path("/usr/share/common-licenses")
-TEXTS = [LICENSES / n for n in ("Apache-2.0", "BSD", "Artistic", "MPL-2.0", "GPL-2", "LGPL-2.1")]
+from licences import licence_files
+
+# the licences the training tests' tokenizers are trained on and their default corpus
+TEXTS = licence_files(["Apache-2.0", "BSD", "Artistic", "MPL-2.0", "GPL-2", "LGPL-2.1"])
 VOCAB = 400
-
-
-def licence_texts(names: list[str] | None = None) -> list[Path]:
-    paths = [LICENSES / n for n in names] if names else TEXTS
-    return [p for p in paths if p.is_file()]
 
 
 def make_tokenizer(folder: Path):
@@ -24,7 +21,7 @@ def make_tokenizer(folder: Path):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train([str(p) for p in licence_texts()], trainer)
+    tok.train([str(p) for p in TEXTS], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     fast.save_pretrained(folder)
     return fast
@@ -58,7 +55,7 @@ def make_model_of_another_tokenizer(root: Path) -> Path:
 
     tok = Tokenizer(tm.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train([str(p) for p in licence_texts()], trainers.BpeTrainer(vocab_size=350, special_tokens=["<pad>"],
+    tok.train([str(p) for p in TEXTS], trainers.BpeTrainer(vocab_size=350, special_tokens=["<pad>"],
                                                                       show_progress=False))
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<pad>").save_pretrained(root / "other")
     make_model(root / "other-model", "gpt2", tokenizer_from=root / "other")
