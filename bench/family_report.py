@@ -38,8 +38,11 @@ def markdown(r: dict) -> str:
          f"Command: `{r['command']}` on {r['device']} ({r['torch_threads']} torch thread(s)). Corpus: {r['corpus']}; "
          f"documents cut to {s['doc_max_tokens']} tokens, split by near-duplicate cluster: training "
          f"{d['train']['tokens']:,} tokens / {d['train']['documents']} documents, validation {d['valid']['tokens']:,} / "
-         f"{d['valid']['documents']}, held-out {d['test']['tokens']:,} / {d['test']['documents']} (8-gram overlap of held-out "
-         f"with training {d['test']['8gram_overlap_with_train']:.1%}; {r['copy_tokens']:,} copy positions).", "",
+         f"{d['valid']['documents']}, held-out split {d['test']['tokens']:,} / {d['test']['documents']} (8-gram overlap with "
+         f"training {d['test']['8gram_overlap_with_train']:.1%}), of which "
+         + ("all are scored" if r["held_out"]["of_split"] == "all" else
+            f"the first {r['held_out']['documents']} documents ({r['held_out']['tokens']:,} tokens) are scored")
+         + f"; {r['copy_tokens']:,} of their positions are copy positions.", "",
          f"One memory (`memreg train`, beta 0.5): teacher Qwen2.5-Coder-0.5B, init its first "
          f"{s['init_layers'] or 'all'} blocks (+ embeddings, final norm, LM head; {mem['params']:,} parameters), lr "
          f"{s['lr']:g} (one rate, not searched), at most {s['max_epochs']:g} epochs, patience {s['patience']}"
