@@ -1,7 +1,7 @@
 """Garbage collection: blobs no manifest references and leftovers of interrupted uploads.
 
 A publisher uploads blobs before its manifest exists, so gc only removes what is older than a grace
-period, and never what a publish in flight has leased (a lease, docs/format.md; written before the publisher
+period, and never what a publish in flight has leased (its lease, written before the publisher
 re-checks its blobs and kept LEASE_TTL) or an upload temp file younger than UPLOAD_FLOOR.
 """
 

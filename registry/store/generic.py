@@ -9,6 +9,7 @@ on such a backend; local.py and memory.py make them atomic, S3 has its own modul
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -22,7 +23,23 @@ if TYPE_CHECKING:  # fsspec is imported where a store is opened: S3 documents ne
     from fsspec.callbacks import Callback
 
 
-class FsspecStore(Store):
+class FsspecTransfers:
+    """Blob transfers through an fsspec filesystem `fs` (s3fs too: S3Store moves its blobs with these)."""
+
+    fs: fsspec.AbstractFileSystem
+    _path: Callable[[str], str]
+
+    def put_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
+        self.fs.put_file(str(local), self._path(key), callback=no_progress(callback))
+
+    def get_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
+        self.fs.get_file(self._path(key), str(local), callback=no_progress(callback))
+
+    def open_read(self, key: str, block_size: int = BLOCK_SIZE) -> IO[bytes]:
+        return self.fs.open(self._path(key), "rb", block_size=block_size)
+
+
+class FsspecStore(FsspecTransfers, Store):
     """A registry root on an fsspec filesystem; how `create` and `swap` are made safe is the subclass's."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
@@ -39,15 +56,6 @@ class FsspecStore(Store):
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._path(key), data)
-
-    def put_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
-        self.fs.put_file(str(local), self._path(key), callback=no_progress(callback))
-
-    def get_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
-        self.fs.get_file(self._path(key), str(local), callback=no_progress(callback))
-
-    def open_read(self, key: str, block_size: int = BLOCK_SIZE) -> IO[bytes]:
-        return self.fs.open(self._path(key), "rb", block_size=block_size)
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix).rstrip("/")

@@ -24,14 +24,11 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 from memreg.registry.errors import ConcurrentUpdateError, InvalidArgumentError, StoreError
-from memreg.registry.fsutil import no_progress
-from memreg.registry.store.base import BLOCK_SIZE, Store
-
-if TYPE_CHECKING:
-    from fsspec.callbacks import Callback
+from memreg.registry.store.base import Store
+from memreg.registry.store.generic import FsspecTransfers
 
 # A silent endpoint must fail in bounded time: at most S3_RETRIES x S3_ATTEMPTS x read timeout
 # (2 x 2 x 15 s = 60 s) plus s3fs's short back-off, instead of s3fs's and botocore's defaults
@@ -137,8 +134,9 @@ def document_client(opts: dict[str, Any], retries: int = S3_RETRIES) -> Any:
         raise StoreError(f"cannot set up an S3 client from the storage options ({type(e).__name__}: {e})") from e
 
 
-class S3Store(Store):
-    """s3://: documents through botocore (`client`), blobs through s3fs (`fs`), each built on first use."""
+class S3Store(FsspecTransfers, Store):
+    """s3://: documents through botocore (`client`), blobs through s3fs (`fs`, FsspecTransfers), each built
+    on first use."""
 
     read_threads = READ_THREADS  # read_many: one GET per key, this many at once (botocore clients are thread-safe)
 
@@ -276,16 +274,6 @@ class S3Store(Store):
 
     def etag_of(self, data: bytes) -> str:
         return f'"{hashlib.md5(data).hexdigest()}"'  # S3's ETag of a single-part upload  # noqa: S324
-
-    # blobs: through s3fs ---------------------------------------------------------------------
-    def put_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
-        self.fs.put_file(str(local), self._path(key), callback=no_progress(callback))
-
-    def get_file(self, key: str, local: Path, callback: Callback | None = None) -> None:
-        self.fs.get_file(self._path(key), str(local), callback=no_progress(callback))
-
-    def open_read(self, key: str, block_size: int = BLOCK_SIZE) -> IO[bytes]:
-        return self.fs.open(self._path(key), "rb", block_size=block_size)
 
     # writes ------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
