@@ -35,6 +35,7 @@ def _commands(world) -> dict[str, list[str]]:
     }
 
 
+@pytest.mark.slow  # scores base and memory four times per command
 @pytest.mark.parametrize("command", ["eval", "attach", "tune"])
 def test_long_scoring_shows_a_bar_of_tokens_on_stderr_and_none_under_json_or_quiet(world, monkeypatch, capsys, command):
     monkeypatch.setenv("MEMREG_PROGRESS", "1")  # stderr is captured, not a terminal: draw as if it were

@@ -17,6 +17,8 @@ from conftest import REPO, memreg_cli, one_line_error
 import memreg
 from memreg.registry import Registry
 
+pytestmark = pytest.mark.slow  # each test runs memreg in several fresh processes
+
 
 @pytest.fixture
 def reg_url(tmp_path) -> str:

@@ -13,6 +13,8 @@ from memreg.registry import catalog
 from memreg.registry.index import index_key
 from memreg.schemas import NameIndex
 
+pytestmark = pytest.mark.slow  # each test runs memreg in several fresh processes
+
 
 @pytest.fixture(params=["local", "s3"])
 def registry_url(request, tmp_path) -> str:

@@ -21,6 +21,8 @@ from conftest import REPO, memreg_cli, one_line_error
 from memreg.registry import Registry
 from memreg.registry.cache import TMP, Cache, _locked_temp
 
+pytestmark = pytest.mark.slow  # fresh memreg processes, killed publishers and endpoints that time out
+
 S3_ENV = {"AWS_ACCESS_KEY_ID": "wrong", "AWS_SECRET_ACCESS_KEY": "wrong", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
