@@ -177,19 +177,35 @@ def train_runs(work: Path, scale: Scale, models: dict[str, str]) -> dict:
 
 # ------------------------------------------------------------------------------------- scoring
 class Costs:
-    """Wall seconds of each scoring call that computed something (a cached call adds nothing)."""
+    """Wall seconds of each scoring call that computed something (a cached call adds nothing). Several
+    processes may fill one cache: a lock file per key makes the others wait for the result, not redo it."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.s: dict[str, float] = q.jload(path) if path.exists() else {}
+        self.locks = path.parent / "locks"
+        self.locks.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def s(self) -> dict[str, float]:
+        return q.jload(self.path) if self.path.exists() else {}
 
     def timed(self, key: str, fn):
-        t0 = time.monotonic()
-        out = fn()
-        if key not in self.s:
-            self.s[key] = round(time.monotonic() - t0, 1)
-            q.jsave(self.path, self.s)
-        return out
+        lock = self.locks / key
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:  # another process computes it: wait, then read its cache
+            while lock.exists():
+                time.sleep(10)
+            return fn()
+        os.close(fd)
+        try:
+            t0 = time.monotonic()
+            out = fn()
+            if key not in self.s:
+                q.jsave(self.path, {**self.s, key: round(time.monotonic() - t0, 1)})
+            return out
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def text_name(scale: Scale, side: str) -> str:
@@ -261,7 +277,7 @@ def base_rows(b: str, lp: dict, runs: dict, knn: dict, doc: np.ndarray, copy: np
 
 # ---------------------------------------------------------------------------------------- main
 def run(work: Path, scale: Scale, scale_name: str, models_dir: Path, docs_root: Path, *, prepare_only: bool = False,
-        bases_only: bool = False) -> dict | None:
+        bases_only: bool = False, memory_only: bool = False) -> dict | None:
     import torch
     from transformers import AutoTokenizer
 
@@ -291,6 +307,14 @@ def run(work: Path, scale: Scale, scale_name: str, models_dir: Path, docs_root: 
         lock.unlink(missing_ok=True)
         return None
 
+    if memory_only:  # a second process scores the memory and the kNN-LM while the first trains the ablation
+        mem = q.jload(work / "runs" / "family_memory_s0.json")
+        costs = Costs(work / "score_costs.json")
+        lm_scores(work, scale, costs, mem["name"], mem["model"], texts)
+        for side in texts:
+            costs.timed(f"knn__{text_name(scale, side)}", lambda side=side: q.knn_log_probs(
+                work, "family", Path(mem["work_dir"]), text_name(scale, side), texts[side][0], CONTEXT))
+        return None
     log("3/4 training: one memory and its CE ablation (teacher and init: the 0.5B)" + (", LoRA" if scale.lora else ""))
     runs = train_runs(work, scale, models)
 
@@ -345,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepare-data", action="store_true", help="only the models and splits, then stop")
     ap.add_argument("--bases-only", action="store_true", help="only score the two bases (a second process "
                     "can do this while the first trains; both fill the same cache)")
+    ap.add_argument("--memory-only", action="store_true", help="only score the (trained) seed-0 memory and the "
+                    "kNN-LM, e.g. while the first process trains the CE ablation")
     ap.add_argument("--threads", type=int, default=None, help="torch threads [min(4, cores)]")
     ap.add_argument("--pack-to", type=Path, default=None, help="after the tables, pack the cache (no weights) into DIR")
     ap.add_argument("--from-archive", type=Path, default=None, help="unpack DIR/<stem>_work.tgz.NN (a --pack-to of "
@@ -370,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{work} was built at another scale: pass --fresh or another --work")
     q.jsave(saved, asdict(scale))
     results = run(work, scale, args.scale, args.models, args.docs, prepare_only=args.prepare_data,
-                  bases_only=args.bases_only)
+                  bases_only=args.bases_only, memory_only=args.memory_only)
     if results is None:
         return 0
     import family_report
