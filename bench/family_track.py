@@ -311,6 +311,8 @@ def run(work: Path, scale: Scale, scale_name: str, models_dir: Path, docs_root: 
         mem = q.jload(work / "runs" / "family_memory_s0.json")
         costs = Costs(work / "score_costs.json")
         lm_scores(work, scale, costs, mem["name"], mem["model"], texts)
+        while lock.exists():  # the key model (the 0.5B) waits until no --bases-only process holds the 1.5B
+            time.sleep(10)
         for side in texts:
             costs.timed(f"knn__{text_name(scale, side)}", lambda side=side: q.knn_log_probs(
                 work, "family", Path(mem["work_dir"]), text_name(scale, side), texts[side][0], CONTEXT))
