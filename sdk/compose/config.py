@@ -13,7 +13,6 @@ folder the config was read from, never against the current directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from transformers import PretrainedConfig
 

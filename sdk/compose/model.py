@@ -33,6 +33,10 @@ from memreg.mixture import check_row_weights, check_weights, mix_log_probs
 from memreg.registry.errors import MemregError
 
 
+# transformers 5 names a model's cache `cache`, 4.x `past_key_values` (in outputs and generate's kwargs)
+CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 class ContextTooLongError(MemregError, ValueError):
     """More positions than the smallest member's position table holds."""
 
@@ -199,7 +203,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         out = CausalLMOutputWithPast(
             loss=_loss(logp, labels) if labels is not None else None,
             logits=logp,
-            cache=cache if use_cache else None,
+            **{CACHE_KEY: cache if use_cache else None},
             attentions=tuple(s.attentions for s in steps) if output_attentions else None,
             hidden_states=tuple(s.hidden_states for s in steps) if output_hidden_states else None,
         )
@@ -227,7 +231,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         if implementation not in (None, "dynamic"):
             raise ValueError(f"cache_implementation={implementation!r}: a composition keeps one dynamic cache per "
                              "member (each with its own layers); leave cache_implementation unset")
-        model_kwargs["cache"] = ComposedCache.for_members(self.members)
+        model_kwargs[CACHE_KEY] = ComposedCache.for_members(self.members)
 
     def _valid_auto_compile_criteria(self, *args: Any, **kwargs: Any) -> bool:
         return False  # the members run one after another in eager mode: nothing to compile as one graph

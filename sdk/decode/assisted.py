@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from memreg.compose.members import embedding_rows, forward_keys, member_step, widest
-from memreg.decode.options import AssistedOutput, DecodingOptions, read_options
+from memreg.decode.options import AssistedOutput, read_options
 from memreg.mixture import mix_log_probs
 
 if TYPE_CHECKING:

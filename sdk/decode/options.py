@@ -8,7 +8,6 @@ module only serves the drafting loop, which refuses an option it does not implem
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
