@@ -219,3 +219,15 @@ def test_memreg_compose_stays_callable_in_every_import_order(steps):
     proc = subprocess.run([sys.executable, "-c", _CALLABLE, steps], capture_output=True, text=True, cwd=REPO,
                           timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_from_pretrained_takes_dtype_and_one_device_and_names_what_it_does_not_take(saved):
+    from transformers import AutoModelForCausalLM
+
+    out = saved[0]
+    lm = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float64, device_map="cpu")
+    assert {p.dtype for p in lm.parameters()} == {torch.float64} and not lm.training
+    with pytest.raises(ValueError, match="one device"):
+        AutoModelForCausalLM.from_pretrained(out, device_map="auto")
+    with pytest.raises(TypeError, match="load_in_8bit"):
+        ComposedForCausalLM.from_pretrained(out, load_in_8bit=True)
