@@ -13,7 +13,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ARCHITECTURE = REPO / "ARCHITECTURE.md"
 README = REPO / "README.md"
-SOURCE_FOLDERS = ("sdk", "registry", "cli", "schemas")
 README_MAX_LINES = 250
 # built, not written out, so this file does not mention what it forbids
 ABSENT_DESIGN_FILE = "DESIGN" + ".md"
@@ -36,10 +35,17 @@ def named_paths(text: str) -> list[str]:
     return out
 
 
+def source_folders() -> list[str]:
+    """The folders pyproject.toml maps to memreg's packages (`"memreg" = "sdk"`, ...)."""
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    section = text.split("[tool.setuptools.package-dir]", 1)[1].split("\n[", 1)[0]  # tomllib is 3.11+
+    return sorted(set(re.findall(r'^"[^"]+"\s*=\s*"([^"]+)"', section, re.M)))
+
+
 def module_folders() -> list[str]:
-    """Every package folder under the four source folders, as `sdk/train/`."""
+    """Every package folder under the source folders, as `sdk/train/`."""
     folders = []
-    for top in SOURCE_FOLDERS:
+    for top in source_folders():
         for init in sorted((REPO / top).rglob("__init__.py")):
             rel = init.parent.relative_to(REPO).as_posix()
             if "__pycache__" not in rel:
