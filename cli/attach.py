@@ -34,7 +34,7 @@ def _compose(base: str, specs: list[str], registry: str | None, options: list[st
              bars: bool, hint: str = "'MEMORIES'", **kw: Any):
     """The composed model; `hint` names the argument or option the specs came from in usage errors."""
     from memreg.compose import compose
-    from memreg.registry.errors import TokenizerMismatchError
+    from memreg.core.errors import TokenizerMismatchError
 
     refs, weights = _memory_specs(specs, hint)
     model_loading_bars(downloads=bars)  # a base from the Hub shows its download; local weights load silently

@@ -65,7 +65,7 @@ def convert_gguf(file: FileArg, out: OutOpt = ..., json_: JsonOpt = False) -> No
     from memreg.gguf import GGUFNotFoundError, convert_gguf as convert, smollm2_gguf
     from memreg.models import summarize_model
     from memreg.registry import fingerprint
-    from memreg.registry.errors import MemregError
+    from memreg.core.errors import MemregError
 
     try:
         src = smollm2_gguf() if file == SMOLLM2_WORD else Path(file).expanduser()

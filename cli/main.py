@@ -113,7 +113,7 @@ def run(argv: list[str] | None = None) -> None:
     hint), 130 interrupted. One-line errors (full traceback with MEMREG_DEBUG=1); under --json the
     error is the JSON envelope on stderr."""
     from memreg.cli import output
-    from memreg.registry.errors import MemregError
+    from memreg.core.errors import MemregError
 
     argv = sys.argv[1:] if argv is None else argv
     json_mode = "--json" in argv

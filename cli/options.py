@@ -39,7 +39,7 @@ def storage_options(pairs: list[str] | None) -> dict[str, Any]:
             out[key] = value
     if "endpoint_url" in out:  # s3fs wants it inside client_kwargs
         out.setdefault("client_kwargs", {})["endpoint_url"] = out.pop("endpoint_url")
-    from memreg.registry.errors import InvalidArgumentError
+    from memreg.core.errors import InvalidArgumentError
     from memreg.registry.store.s3 import check_limits
 
     try:  # memreg's own limits (retries, deadline): a bad value is a usage error, before anything opens

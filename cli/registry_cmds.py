@@ -69,7 +69,7 @@ def init(
 ) -> None:
     """Create a registry at URL (no-op if one is there)."""
     from memreg.registry import Registry
-    from memreg.registry.settings import default_registry_url
+    from memreg.core.settings import default_registry_url
 
     reg = Registry.init(url or default_registry_url(), storage_options=storage_options(storage_option))
     print_json({"registry": reg.url}) if json_ else console.print(f"registry ready at {reg.url}")

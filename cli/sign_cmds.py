@@ -22,7 +22,7 @@ PublicKeyOpt = Annotated[Optional[list[Path]], typer.Option(
 
 
 def _policy(value: Optional[str]) -> str:
-    from memreg.registry.errors import InvalidArgumentError
+    from memreg.core.errors import InvalidArgumentError
     from memreg.registry.trust import resolve_policy
 
     try:

@@ -88,7 +88,7 @@ def _train(options: dict[str, Any], *, bars: bool) -> TrainResult:
     from pydantic import ValidationError
 
     from memreg.cli.progress import model_loading_bars
-    from memreg.registry.errors import MemregError
+    from memreg.core.errors import MemregError
     from memreg.train import train as run_train
 
     model_loading_bars(downloads=bars)  # a teacher or init from the Hub shows its download

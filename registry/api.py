@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 from memreg.registry import index as name_index
 from memreg.registry import publishing, tagging, verifying
 from memreg.registry.cache import Cache
-from memreg.registry.errors import (
+from memreg.core.errors import (
     BlobNotFoundError,
     ManifestError,
     ManifestNotFoundError,
     RegistryNotFoundError,
 )
-from memreg.registry.fsutil import no_progress
+from memreg.core.fsutil import no_progress
 # LEASE_TTL, LEASES, UPLOAD_FLOOR, check_grace: imported from here by code older than registry/gc.py
 from memreg.registry.gc import LEASE_TTL, UPLOAD_FLOOR, GcReport, check_grace, collect_garbage  # noqa: F401
 from memreg.registry.layout import (  # noqa: F401 (LEASES: see above)
@@ -41,7 +41,7 @@ from memreg.registry.layout import (  # noqa: F401 (LEASES: see above)
 from memreg.registry.publishing import PublishResult
 from memreg.registry.reading import checked_manifest, parse, valid, warn
 from memreg.registry.refs import Ref, check_name, check_version, parse_ref, version_key
-from memreg.registry.settings import default_registry_url, memreg_home
+from memreg.core.settings import default_registry_url, memreg_home
 from memreg.registry.store import Store, open_store
 from memreg.registry.tagging import TagMove
 from memreg.registry.verifying import VerifyReport

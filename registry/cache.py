@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memreg.registry.errors import DigestMismatchError, ManifestError
-from memreg.registry.fsutil import TMP_PREFIX, no_progress, sha256_file
-from memreg.registry.fsutil import locked_temp as _locked_temp
-from memreg.registry.fsutil import remove_if_abandoned as _remove_if_abandoned
+from memreg.core.errors import DigestMismatchError, ManifestError
+from memreg.core.fsutil import TMP_PREFIX, no_progress, sha256_file
+from memreg.core.fsutil import locked_temp as _locked_temp
+from memreg.core.fsutil import remove_if_abandoned as _remove_if_abandoned
 from memreg.registry.package import CARD
 from memreg.registry.reading import warn
-from memreg.registry.settings import cache_dir, cards_dir
+from memreg.core.settings import cache_dir, cards_dir
 from memreg.registry.store import Store
 from memreg.schemas import FileEntry, Manifest
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memreg.registry.errors import PackageError, TokenizerFileError
+from memreg.core.errors import PackageError, TokenizerFileError
 
 SPECIAL_ROLES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 _ADDITIONAL = "additional:"  # key prefix of special tokens without a named role

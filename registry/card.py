@@ -206,7 +206,7 @@ def card_file(folder: Path, m: Manifest, staging: Path) -> tuple[str, Path]:
     under `staging` by its content hash (so re-publishing finds the same bytes)."""
     import hashlib
 
-    from memreg.registry.fsutil import atomic_write_bytes
+    from memreg.core.fsutil import atomic_write_bytes
 
     existing = Path(folder) / README
     author = author_notes(existing.read_text(encoding="utf-8", errors="replace")) if existing.is_file() else ""
@@ -222,7 +222,7 @@ def with_model_card(folder: Path, files: list, entries: list, manifest: Manifest
                     staging: Path) -> tuple[list, list, Manifest]:
     """The package's files and manifest with README.md replaced by the card rendered from `manifest`
     (written under `staging`, which the caller removes once the card is uploaded)."""
-    from memreg.registry.fsutil import file_digest
+    from memreg.core.fsutil import file_digest
     from memreg.registry.package import LocalFile
     from memreg.schemas import FileEntry
 

@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable
 
-from memreg.registry.errors import ConcurrentUpdateError
+from memreg.core.errors import ConcurrentUpdateError
 from memreg.registry.layout import CATALOG_KEY as KEY
 from memreg.registry.layout import INDEXES, index_key
 from memreg.registry.reading import warn

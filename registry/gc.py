@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from memreg.registry.errors import InvalidArgumentError
+from memreg.core.errors import InvalidArgumentError
 from memreg.registry.layout import BLOBS, LEASES, PACKAGES, blob_key_of, parse_package_key
 from memreg.registry.reading import warn
 from memreg.registry.store import Store

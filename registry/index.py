@@ -45,7 +45,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from memreg.registry import catalog
-from memreg.registry.errors import ConcurrentUpdateError, InvalidReferenceError, ManifestError
+from memreg.core.errors import ConcurrentUpdateError, InvalidReferenceError, ManifestError
 from memreg.registry.layout import PACKAGES, index_key, manifest_key, package_prefix, parse_package_key, tag_key
 from memreg.registry.reading import checked_manifest, parse, valid, warn
 from memreg.registry.refs import check_name, check_version, version_key

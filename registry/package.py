@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from memreg.registry.errors import PackageError, SafetensorsError, WeightsMismatchError, first_validation_error
+from memreg.core.errors import PackageError, SafetensorsError, WeightsMismatchError, first_validation_error
 from memreg.schemas import FileEntry, ModelInfo, PackageCard
 
 CARD = "memreg.json"  # the card / manifest inside a package folder; the one place this name is written

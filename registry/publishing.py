@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 from memreg.registry import index as name_index
 from memreg.registry.card import with_model_card
-from memreg.registry.errors import InvalidArgumentError, ManifestNotFoundError, VersionExistsError
-from memreg.registry.fsutil import TMP_PREFIX, file_digest, locked_temp, no_progress
+from memreg.core.errors import InvalidArgumentError, ManifestNotFoundError, VersionExistsError
+from memreg.core.fsutil import TMP_PREFIX, file_digest, locked_temp, no_progress
 from memreg.registry.layout import blob_key, lease_key, manifest_key
 from memreg.registry.package import CARD, LocalFile, model_info, read_card, scan_folder
 from memreg.registry.refs import check_name, check_version
-from memreg.registry.settings import cards_dir
+from memreg.core.settings import cards_dir
 from memreg.registry.store import Store
 from memreg.registry.tagging import refuse_latest
 from memreg.schemas import DomainMetadata, FileEntry, Lease, Manifest, PackageCard

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from memreg.registry.errors import InvalidReferenceError, ManifestError, first_validation_error
+from memreg.core.errors import InvalidReferenceError, ManifestError, first_validation_error
 from memreg.registry.package import files_problem
 from memreg.schemas import Manifest
 

@@ -6,7 +6,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from memreg.registry.errors import InvalidReferenceError
+from memreg.core.errors import InvalidReferenceError
 from memreg.schemas.v1 import NAME_PATTERN, SEMVER_PATTERN
 
 _NAME = re.compile(NAME_PATTERN)

@@ -1,26 +1,9 @@
-"""Where things live, resolved when asked (never at import time, so tests can point them elsewhere)."""
+"""Where things live, re-exported from `memreg.core.settings` (kept so that
+`from memreg.registry.settings import …` keeps working)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-
-def memreg_home() -> Path:
-    """$MEMREG_HOME, default ~/.cache/memreg: the local cache and the default registry."""
-    env = os.environ.get("MEMREG_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "memreg"
-
-
-def default_registry_url() -> str:
-    """--registry, else $MEMREG_REGISTRY, else a local registry under $MEMREG_HOME."""
-    return os.environ.get("MEMREG_REGISTRY") or str(memreg_home() / "registry")
-
-
-def cache_dir() -> Path:
-    return memreg_home() / "cache"
-
-
-def cards_dir() -> Path:
-    """Where publish stages the model cards it renders (beside the cache, never in it)."""
-    return memreg_home() / "cards"
+from memreg.core.settings import cache_dir as cache_dir
+from memreg.core.settings import cards_dir as cards_dir
+from memreg.core.settings import default_registry_url as default_registry_url
+from memreg.core.settings import memreg_home as memreg_home

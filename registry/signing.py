@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from memreg.registry.cache import RECORD
-from memreg.registry.errors import MemregError, first_validation_error
+from memreg.core.errors import SigningKeyError, SigningUnavailableError, first_validation_error
 from memreg.registry.layout import signature_key, signatures_prefix, stem
 from memreg.registry.package import CARD
 from memreg.schemas import Manifest
@@ -38,14 +38,6 @@ if TYPE_CHECKING:
 # What `model_signing verify` must skip in a pulled folder: the cache's own record of it, and the
 # paths the library's CLI itself skips when it signs.
 IGNORED = [RECORD, ".git", ".gitattributes", ".github", ".gitignore"]
-
-
-class SigningUnavailableError(MemregError, ImportError):
-    """model-signing is not installed."""
-
-
-class SigningKeyError(MemregError, ValueError):
-    """A private or public key file memreg cannot use."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from memreg.registry import index as name_index
-from memreg.registry.errors import ConcurrentUpdateError, InvalidReferenceError, ManifestError, YankedVersionError
+from memreg.core.errors import ConcurrentUpdateError, InvalidReferenceError, ManifestError, YankedVersionError
 from memreg.registry.layout import VIRTUAL_LATEST, tag_key, yank_key
 from memreg.registry.reading import parse, warn
 from memreg.registry.refs import Ref, check_name, check_version, parse_ref

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memreg.registry.errors import InvalidArgumentError, MemregError
+from memreg.core.errors import InvalidArgumentError, TrustConfigError, UntrustedMemoryError
 
 if TYPE_CHECKING:
     from memreg.registry.api import Registry
@@ -31,14 +31,6 @@ if TYPE_CHECKING:
 
 POLICIES = ("off", "warn", "require")
 _PEM = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
-
-
-class UntrustedMemoryError(MemregError, PermissionError):
-    """A memory no trusted key signed, refused under the require policy."""
-
-
-class TrustConfigError(MemregError, ValueError):
-    """A key file or trust setting memreg cannot use."""
 
 
 @dataclass(frozen=True)

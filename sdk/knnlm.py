@@ -97,7 +97,7 @@ class _Out:
 def _one(work: Path, stage: str) -> Path:
     found = sorted(p for p in work.glob(f"{stage}-*") if (p / "meta.json").exists())
     if not found:
-        from memreg.registry.errors import MemregError
+        from memreg.core.errors import MemregError
 
         raise MemregError(f"{work} has no finished {stage} stage: run `memreg train` with this --work-dir first")
     return found[-1]

@@ -17,11 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from memreg.registry.errors import MemregError
-
-
-class InvalidWeightsError(MemregError, ValueError):
-    """Mixture weights outside the rule: each in [0, 1], sum at most 1."""
+from memreg.core.errors import InvalidWeightsError
 
 
 def check_weights(weights: Sequence[float], *, tolerance: float = 1e-9) -> list[float]:

@@ -43,7 +43,7 @@ def load_causal_lm(ref: str | os.PathLike, *, dtype: Any = None, device: Any = N
 
 
 def _check_loading_info(ref: Any, info: dict[str, Any]) -> None:
-    from memreg.registry.errors import WeightsMismatchError
+    from memreg.core.errors import WeightsMismatchError
 
     if report := loading_report(info):
         raise WeightsMismatchError(f"{ref}: the weights do not match config.json: {report}; refused "

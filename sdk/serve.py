@@ -15,20 +15,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memreg.registry.errors import MemregError
+from memreg.core.errors import NotServableError, ServingExtraMissingError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 SERVE_INSTALL = "pip install 'memreg[serve]'"
-
-
-class ServingExtraMissingError(MemregError, ImportError):
-    """transformers' server needs FastAPI, uvicorn and openai, which the serve extra installs."""
-
-
-class NotServableError(MemregError, ValueError):
-    """The folder holds no causal language model (with its tokenizer) that the server could load."""
 
 
 def require_serving() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memreg.fit import FittedWeights
-from memreg.registry.errors import PackageError
+from memreg.core.errors import PackageError
 
 if TYPE_CHECKING:
     from memreg.registry import Registry

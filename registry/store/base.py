@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from memreg.registry.fsutil import sha256_stream
+from memreg.core.fsutil import sha256_stream
 
 if TYPE_CHECKING:
     from fsspec.callbacks import Callback

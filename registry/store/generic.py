@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from memreg.registry.errors import ConcurrentUpdateError, StoreError
-from memreg.registry.fsutil import no_progress
+from memreg.core.errors import ConcurrentUpdateError, StoreError
+from memreg.core.fsutil import no_progress
 from memreg.registry.store.base import BLOCK_SIZE, Store
 
 if TYPE_CHECKING:  # fsspec is imported where a store is opened: S3 documents never need it

@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memreg.registry.errors import ConcurrentUpdateError, StoreError
-from memreg.registry.fsutil import TMP_PREFIX, atomic_path, atomic_write_bytes, no_progress, write_temp
+from memreg.core.errors import ConcurrentUpdateError, StoreError
+from memreg.core.fsutil import TMP_PREFIX, atomic_path, atomic_write_bytes, no_progress, write_temp
 from memreg.registry.store.generic import FsspecStore
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from memreg.registry.errors import ConcurrentUpdateError, InvalidArgumentError, StoreError
+from memreg.core.errors import ConcurrentUpdateError, InvalidArgumentError, StoreError
 from memreg.registry.store.base import Store
 from memreg.registry.store.generic import FsspecTransfers
 

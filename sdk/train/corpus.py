@@ -18,17 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from memreg.train.errors import CorpusError
+from memreg.core.errors import CorpusError, TextFileTooLargeError
 
 SHARD_TOKENS = 1 << 24  # 16 M tokens (64 MiB) per shard
 _BINARY_SNIFF = 8192
 # A text file is held whole while it is read (its bytes, then its str): past this it must be split.
 # 1 GiB keeps the largest common single-file corpora (WikiText-103's 515 MB train file) whole.
 MAX_TEXT_FILE_BYTES = 1 << 30
-
-
-class TextFileTooLargeError(CorpusError):
-    """A text file past the per-file bound (`read_text_file(max_bytes=...)`): refused before it is read."""
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memreg.registry.fsutil import atomic_write_json
+from memreg.core.fsutil import atomic_write_json
 from memreg.train.corpus import TokenArray
-from memreg.train.errors import UnsupportedArchitectureError
+from memreg.core.errors import UnsupportedArchitectureError
 
 FLUSH_EVERY_ROWS = 65_536
 

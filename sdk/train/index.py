@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from memreg.registry.fsutil import atomic_path
+from memreg.core.fsutil import atomic_path
 from memreg.train.datastore import release_rows
-from memreg.train.errors import InvalidTrainSettingError
+from memreg.core.errors import InvalidTrainSettingError
 
 ADD_CHUNK = 65_536
 TRAIN_POINTS_PER_CENTROID = 40  # faiss warns below 39

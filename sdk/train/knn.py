@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memreg.registry.fsutil import atomic_write_json
+from memreg.core.fsutil import atomic_write_json
 from memreg.train.datastore import release_rows
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from memreg.registry.fsutil import atomic_path
+from memreg.core.fsutil import atomic_path
 from memreg.train import corpus as corpus_mod
 from memreg.train.runner import Meta, StageRunner
 from memreg.train.stages import load_lm

@@ -17,7 +17,7 @@ from memreg.schemas import PackageCard
 from memreg.train import corpus as corpus_mod
 from memreg.train import memory_stages, stages
 from memreg.train.config import PAPER_K, TrainConfig, data_settings, digest, stage_keys
-from memreg.train.errors import (
+from memreg.core.errors import (
     CorpusTooSmallError,
     EmptyCorpusError,
     InvalidTrainSettingError,

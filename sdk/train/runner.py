@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memreg.registry.fsutil import atomic_write_json
+from memreg.core.fsutil import atomic_write_json
 from memreg.train.config import TrainConfig
-from memreg.train.errors import WorkDirMismatchError
+from memreg.core.errors import WorkDirMismatchError
 from memreg.train.progress import TrainProgress
 
 if TYPE_CHECKING:

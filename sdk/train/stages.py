@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from memreg.registry.fsutil import atomic_write_json
+from memreg.core.fsutil import atomic_write_json
 from memreg.train import corpus as corpus_mod
-from memreg.train.errors import InvalidTrainSettingError
+from memreg.core.errors import InvalidTrainSettingError
 from memreg.train.runner import Meta, StageRunner
 
 

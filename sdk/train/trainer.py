@@ -327,7 +327,7 @@ def _resume(model, opt, lr_sched, ckpt_dir: Path, fresh: EarlyStopping) -> tuple
     saved = json.loads((last / "stopping.json").read_text())
     stopping = EarlyStopping.from_state({**saved["stopping"], "patience": fresh.patience})
     if stopping.monitor != fresh.monitor:  # its best so far was judged on another score: not comparable
-        from memreg.train.errors import InvalidTrainSettingError
+        from memreg.core.errors import InvalidTrainSettingError
 
         raise InvalidTrainSettingError(
             f"the checkpoints in {ckpt_dir} chose their best on {stopping.monitor!r}, this run on {fresh.monitor!r}: "

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from memreg.train.errors import InvalidTrainSettingError, UnsupportedArchitectureError
+from memreg.core.errors import InvalidTrainSettingError, UnsupportedArchitectureError
 
 __all__ = ["SUPPORTED_FAMILIES", "find_blocks", "truncate_layers", "write_truncated_init"]
 

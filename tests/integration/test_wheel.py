@@ -13,7 +13,8 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow  # builds the wheel with pip and imports it in a fresh environment
 
-FOLDERS = {"sdk": "memreg", "registry": "memreg/registry", "cli": "memreg/cli", "schemas": "memreg/schemas"}
+FOLDERS = {"sdk": "memreg", "registry": "memreg/registry", "cli": "memreg/cli", "schemas": "memreg/schemas",
+           "core": "memreg/core"}
 
 
 def test_wheel_contains_and_imports_every_module(tmp_path):
