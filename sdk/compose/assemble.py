@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 
 from memreg.compose.config import CompositionConfig, CompositionFileError, reference_text
-from memreg.compose.sources import _HUB_ID, Memory, describe, rows_of, tokenizer_folder_of
+from memreg.compose.sources import HUB_ID, Memory, describe, rows_of, tokenizer_folder_of
 from memreg.mixture import InvalidWeightsError, check_weights
 from memreg.registry.errors import MemregError, TokenizerMismatchError
 
@@ -240,7 +240,7 @@ def _base_reference(base: Any) -> dict | None:
     path = Path(text).expanduser()
     if path.exists():
         return {"path": str(path.resolve())}
-    if _HUB_ID.fullmatch(text) or "/" not in text:
+    if HUB_ID.fullmatch(text) or "/" not in text:
         return {"hub": text}
     raise CompositionFileError(f"the base {text!r} is neither an existing path nor a Hub id")
 

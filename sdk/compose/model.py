@@ -78,7 +78,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError(f"a member has {min(rows)} embedding rows, fewer than the vocabulary's {config.vocab_size}")
         limits = [n for m in self.members if (n := context_length(m))]
         config.max_position_embeddings = min(limits) if limits else None
-        self._keys = [forward_keys(m) for m in self.members]
+        self.member_keys = [forward_keys(m) for m in self.members]  # what each member's forward takes
         self.set_weights(config.weights or [0.0] * n_mem)
         self.generation_config = _generation_config(self.members[0], tokenizer)
         self.post_init()
@@ -126,7 +126,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         self.config.weights = weights
         self._member_weights = self.member_weights
 
-    def _row_member_weights(self, weights: Any, rows: int) -> torch.Tensor:
+    def row_member_weights(self, weights: Any, rows: int) -> torch.Tensor:
         """forward(weights=(B, M)): checked, then per distinct member (B, members - 1)."""
         w = check_row_weights(weights, rows, len(self.member_of_memory))
         out = torch.zeros(rows, len(self.members) - 1, dtype=torch.float64)
@@ -182,23 +182,23 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             cache = ComposedCache.for_members(self.members)
         b, t = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
-        self._check_length(past + t)
+        self.check_length(past + t)
         if attention_mask is not None and attention_mask.shape[-1] != past + t:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {past + t} "
                              f"({past} cached + {t} new)")
         if position_ids is None:
             position_ids = _positions(attention_mask, past, t, input_ids.device, b)
-        if token_type_ids is not None and not any("token_type_ids" in k for k in self._keys):
+        if token_type_ids is not None and not any("token_type_ids" in k for k in self.member_keys):
             raise TypeError("token_type_ids: no member's forward takes them; tokenize with return_token_type_ids=False")
         extra = {"token_type_ids": token_type_ids, "output_attentions": output_attentions or None,
                  "output_hidden_states": output_hidden_states or None, "logits_to_keep": logits_to_keep or None}
         steps = [
-            member_step(m, self._keys[j], self.vocab_size, input_ids, attention_mask=attention_mask,
+            member_step(m, self.member_keys[j], self.vocab_size, input_ids, attention_mask=attention_mask,
                         position_ids=position_ids, cache=cache.members[j] if cache is not None else None,
                         use_cache=use_cache, extra=extra)
             for j, m in enumerate(self.members)
         ]
-        mixing = self._member_weights if weights is None else self._row_member_weights(weights, b)
+        mixing = self._member_weights if weights is None else self.row_member_weights(weights, b)
         logp = mix_log_probs(widest([s.log_probs for s in steps]), mixing)
         out = CausalLMOutputWithPast(
             loss=_loss(logp, labels) if labels is not None else None,
@@ -209,7 +209,8 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         )
         return out if return_dict is None or return_dict else out.to_tuple()
 
-    def _check_length(self, positions: int) -> None:
+    def check_length(self, positions: int) -> None:
+        """Refuse more positions than the smallest member holds (a member would fail with an IndexError)."""
         limit = self.max_positions
         if limit is not None and positions > limit:
             raise ContextTooLongError(

@@ -112,7 +112,7 @@ def describe(spec: Any, registry: Any, registry_box: list, dtype: Any) -> Memory
         return _describe_adapter(folder, dtype)
     if folder.is_dir():
         return _describe_folder(folder, dtype)
-    if not isinstance(spec, Path) and _HUB_ID.fullmatch(text):  # org/name: a Hugging Face Hub repository
+    if not isinstance(spec, Path) and HUB_ID.fullmatch(text):  # org/name: a Hugging Face Hub repository
         mem = describe(_hub_snapshot(text), registry, registry_box, dtype)
         return replace(mem, name=f"memory {text} (Hub)", key=f"hub:{text}")
     if isinstance(spec, Path) or os.sep in text or text.startswith((".", "~")):
@@ -223,7 +223,7 @@ def _check_adapter_tensors(path: Path, have: set[str], peft: Any) -> None:
             "initialised at random: re-save the adapter with save_pretrained from the trained PeftModel")
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]  # weights, config, tokenizer, card: no code
 
 

@@ -161,7 +161,7 @@ class AssistedDecoder:
                                position_ids=pos, cache=self.drafter.cache, use_cache=True)
             self.drafter.cache = step.cache
         else:
-            step = member_step(self.model.members[j], self.model._keys[j], self.model.vocab_size, tokens,
+            step = member_step(self.model.members[j], self.model.member_keys[j], self.model.vocab_size, tokens,
                                attention_mask=mask, position_ids=pos, cache=self.caches[j], use_cache=True)
             self.caches[j] = step.cache
         return step.log_probs
@@ -309,14 +309,14 @@ def generate_assisted(model: ComposedForCausalLM, inputs: torch.Tensor | None = 
     max_new = o.max_new_tokens if o.max_new_tokens is not None else (o.max_length or 20) - ids.shape[1]
     ids = ids.to(model.device)
     mask = (attention_mask if attention_mask is not None else torch.ones_like(ids)).to(model.device).long()
-    model._check_length(ids.shape[1] + max_new)
+    model.check_length(ids.shape[1] + max_new)
     eos, _ = special_ids(model, o.eos_token_id, o.pad_token_id)
     procs = processors(logits_processor, o.do_sample, o.temperature, o.top_k, o.top_p,
                        repetition_penalty=o.repetition_penalty, no_repeat_ngram_size=o.no_repeat_ngram_size,
                        bad_words_ids=o.bad_words_ids, min_new_tokens=o.min_new_tokens, prompt_len=ids.shape[1],
                        eos=eos, min_p=o.min_p, typical_p=o.typical_p)
     stop = criteria(stopping_criteria, o.stop_strings, tokenizer or model.tokenizer)
-    mixing = model._row_member_weights(weights, ids.shape[0]) if weights is not None else None
+    mixing = model.row_member_weights(weights, ids.shape[0]) if weights is not None else None
     out, scores, stats = assisted_decode(
         model, ids, mask, max_new, assistant=assistant_model, do_sample=o.do_sample, eos=eos, procs=procs,
         criteria=stop, streamer=streamer, generator=generator,
