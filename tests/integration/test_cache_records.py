@@ -84,6 +84,7 @@ def test_a_hard_link_elsewhere_costs_a_hash_not_a_download(pulled_locally, tmp_p
     assert reg.pull("law") == folder and cache.package_ok(m)
 
 
+@pytest.mark.slow  # a fresh memreg process per record
 @pytest.mark.parametrize("record", ['[1, 2]', '{"config.json": "12"}', '{"config.json": [1]}',
                                     '{"config.json": {"size": 1}}', '{"config.json": [true, 1]}', '"x"'])
 def test_a_record_of_the_wrong_shape_is_skipped_with_a_warning(pulled_locally, record):

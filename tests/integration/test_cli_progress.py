@@ -69,6 +69,7 @@ def test_the_bar_counts_each_member_once_per_scored_token(world, monkeypatch, ca
     assert cb.size == cb.value == sum(lp.size for lp in lps) == 2 * lps[0].size
 
 
+@pytest.mark.slow  # a fresh memreg process per command
 @pytest.mark.parametrize("args", [[], ["list"], ["cache"], ["cache", "ls"], ["train"], ["eval"], ["tune"], ["attach"],
                                   ["convert-gguf"], ["publish"]])
 def test_dash_h_is_help_everywhere(args):

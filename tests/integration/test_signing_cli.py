@@ -16,6 +16,8 @@ from conftest import memreg_cli
 from conformance.test_signing import make_key  # one key maker for both suites (tests/ is on the path)
 from conftest import memreg_in_process as run_cli
 
+pytestmark = pytest.mark.slow  # signs, pulls and verifies through fresh memreg processes, on local and S3
+
 
 @pytest.fixture(params=["local", "s3"])
 def url(request, tmp_path) -> str:

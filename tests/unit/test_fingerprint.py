@@ -449,6 +449,7 @@ def test_pad_token_set_to_eos_stays_compatible_with_itself(trained: dict[str, An
     assert fingerprint(tok).special_tokens["pad_token"] == 0  # recorded all the same
 
 
+@pytest.mark.slow  # reads the real SmolLM2 GGUF's tokenizer
 def test_pad_token_of_a_real_published_tokenizer_never_changes_the_verdict() -> None:
     from transformers import AutoTokenizer
 

@@ -96,6 +96,7 @@ def test_hub_id_never_returns_a_path(parts, prefix, suffix):
     assert hub_id(ref, "local") is None
 
 
+@pytest.mark.slow  # trains a memory
 def test_training_records_where_the_models_came_from(tmp_path):
     """`memreg train` writes model_sources, so a folder spelled like a Hub id is never base_model."""
     from licences import licence_files
@@ -125,6 +126,7 @@ print(sorted({m.split(".")[0] for m in sys.modules} & {"huggingface_hub", "torch
 """
 
 
+@pytest.mark.slow  # a fresh memreg process per command
 @pytest.mark.parametrize("args", [["list"], ["show", "law"], ["pull", "law@1.0.0"], ["verify", "law@1.0.0"]])
 def test_registry_commands_do_not_import_huggingface_hub(tmp_path, tiny_package, args):
     """Only rendering a card (publish) imports huggingface_hub; reading a registry never does."""

@@ -117,6 +117,7 @@ def refs_with_a_foreign_digit(draw):
     return ref[:i] + digit + ref[i + draw(st.integers(0, 1)):]  # inserted, or in place of a character
 
 
+@pytest.mark.slow  # a property test of 500 examples
 @settings(max_examples=500, deadline=None)
 @given(refs_with_a_foreign_digit())
 def test_a_non_ascii_digit_anywhere_is_refused_before_io_with_the_rule(ref):

@@ -127,6 +127,7 @@ def test_reused_work_dir_with_other_data_settings(models, tmp_path):
     assert cached["datastore"] and cached["knn targets"] and cached["train"] is False
 
 
+@pytest.mark.slow  # runs training's first stages twice
 def test_eval_corpus_is_the_held_out_split(models, tmp_path):
     """--eval-corpus: every corpus document trains, every given one is held out, and a near-copy of a
     training document among them is reported."""

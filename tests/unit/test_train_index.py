@@ -50,6 +50,7 @@ def _keys_file(tmp_path, n: int = 5000, dim: int = 16) -> np.ndarray:
     return np.load(tmp_path / "keys.npy", mmap_mode="r")
 
 
+@pytest.mark.slow  # trains a faiss index per factory
 @pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ4"])
 def test_on_disk_lists_give_the_neighbours_of_the_index_in_memory(tmp_path, monkeypatch, capfd, factory):
     import memreg.train.index as index_mod

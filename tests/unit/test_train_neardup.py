@@ -194,6 +194,7 @@ def test_boilerplate_buckets_stay_linear_and_are_not_merged():
 
 
 # ------------------------------------------------------------------------------------------ split
+@pytest.mark.slow  # a property test over whole licence texts
 @relaxed
 @given(st.data(), st.integers(0, 2**32 - 1), st.floats(0.01, 0.6))
 def test_split_never_separates_near_copies(data, seed, fraction):

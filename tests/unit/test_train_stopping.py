@@ -115,6 +115,7 @@ class _Crash(Exception):
     pass
 
 
+@pytest.mark.slow  # trains to a plateau, killed and resumed, for each score
 @pytest.mark.parametrize("select_on", ["memory", "mixture"])
 def test_resume_mid_run_takes_the_same_decisions(prepared, tmp_path, select_on):
     """Killed between evaluations, the resumed run replays to the same curve, best step and weights,

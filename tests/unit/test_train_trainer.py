@@ -64,6 +64,7 @@ def _init(prepared):
     return AutoModelForCausalLM.from_pretrained(prepared[0] / "init")
 
 
+@pytest.mark.slow  # trains until the loss moves
 def test_beta_one_lowers_kl(prepared, tmp_path):
     batches, vocab = _batches(prepared), prepared[2]
     model = _init(prepared)
