@@ -157,11 +157,37 @@ class WorkDirMismatchError(MemregError, FileExistsError):
     """The work folder holds a run of another corpus or other settings; it is never silently reused."""
 
 
-# --- composition: the mixture rule -------------------------------------------------------------
+# --- composition: weights, members, saved compositions -----------------------------------------
 
 
 class InvalidWeightsError(MemregError, ValueError):
     """Mixture weights outside the rule: each in [0, 1], sum at most 1."""
+
+
+class MissingWeightError(MemregError, ValueError):
+    """A memory without a weight: none given and none recommended by its manifest or card."""
+
+
+class MemoryNotFoundError(MemregError, FileNotFoundError):
+    """A memory given as a path that is not a package folder."""
+
+
+class AdapterWeightsMismatchError(WeightsMismatchError):
+    """A PEFT adapter whose adapter_model.safetensors lacks a LoRA tensor its config implies (peft would
+    initialise it, at random with init_lora_weights=false) or holds one for a module that is not there."""
+
+
+class CompositionFileError(MemregError, ValueError):
+    """A composition's config.json that does not say how to rebuild it."""
+
+
+class ManifestDigestChangedError(MemregError):
+    """A saved composition names a registry version whose manifest no longer has the recorded digest.
+    (Not DigestMismatchError: that one is a blob whose bytes do not hash to their digest.)"""
+
+
+class ContextTooLongError(MemregError, ValueError):
+    """More positions than the smallest member's position table holds."""
 
 
 # --- conversion: GGUF files---------------------------------------------------------------------

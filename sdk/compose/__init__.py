@@ -26,18 +26,19 @@ itself is the function, in every import order.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from memreg.core.lazy import make_callable
 
 if TYPE_CHECKING:
-    from memreg.compose.assemble import BaseSpec, DigestMismatchError, MemorySpec, MissingWeightError, parse_memory_spec
+    from memreg.compose.assemble import BaseSpec, DigestMismatchError, MemorySpec, parse_memory_spec
     from memreg.compose.build import compose, load_composition, save_composition
     from memreg.compose.cache import ComposedCache
-    from memreg.compose.config import CompositionConfig, CompositionFileError
-    from memreg.compose.model import ComposedForCausalLM, ComposedLM, ContextTooLongError
+    from memreg.compose.config import CompositionConfig
+    from memreg.compose.model import ComposedForCausalLM, ComposedLM
     from memreg.compose.scoring import encode_documents, fit_weights, member_target_log_probs
-    from memreg.compose.sources import AdapterWeightsMismatchError, MemoryNotFoundError
+    from memreg.core.errors import (AdapterWeightsMismatchError, CompositionFileError, ContextTooLongError,
+                                    ManifestDigestChangedError, MemoryNotFoundError, MissingWeightError)
     from memreg.fit import FittedWeights
 
 # public name -> the submodule that defines it
@@ -47,43 +48,31 @@ _LAZY = {
     "load_composition": "memreg.compose.build",
     "ComposedForCausalLM": "memreg.compose.model",
     "ComposedLM": "memreg.compose.model",
-    "ContextTooLongError": "memreg.compose.model",
+    "ContextTooLongError": "memreg.core.errors",
     "CompositionConfig": "memreg.compose.config",
-    "CompositionFileError": "memreg.compose.config",
+    "CompositionFileError": "memreg.core.errors",
     "ComposedCache": "memreg.compose.cache",
     "fit_weights": "memreg.compose.scoring",
     "member_target_log_probs": "memreg.compose.scoring",
     "encode_documents": "memreg.compose.scoring",
     "FittedWeights": "memreg.fit",
     "parse_memory_spec": "memreg.compose.assemble",
-    "MissingWeightError": "memreg.compose.assemble",
-    "DigestMismatchError": "memreg.compose.assemble",
+    "MissingWeightError": "memreg.core.errors",
+    "ManifestDigestChangedError": "memreg.core.errors",
+    "DigestMismatchError": "memreg.compose.assemble",  # the old name of ManifestDigestChangedError
     "BaseSpec": "memreg.compose.assemble",
     "MemorySpec": "memreg.compose.assemble",
-    "MemoryNotFoundError": "memreg.compose.sources",
-    "AdapterWeightsMismatchError": "memreg.compose.sources",
+    "MemoryNotFoundError": "memreg.core.errors",
+    "AdapterWeightsMismatchError": "memreg.core.errors",
 }
 
 __all__ = sorted(_LAZY)
 
 
-class _CallableModule(types.ModuleType):
-    """`memreg.compose` is this package *and* the function `compose`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self, "compose")(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:  # PEP 562, as a method: this module's class is swapped
-        module = _LAZY.get(name)
-        if module is None:  # AttributeError lets `from memreg.compose import model` import the submodule
-            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        importlib.import_module("memreg.compose.registration").ensure_registered()
-        setattr(self, name, value)
-        return value
-
-    def __dir__(self) -> list[str]:
-        return sorted({*super().__dir__(), *__all__})
+def _register() -> None:
+    """Register the composition classes with transformers' Auto classes once a public name loads."""
+    importlib.import_module("memreg.compose.registration").ensure_registered()
 
 
-sys.modules[__name__].__class__ = _CallableModule
+# `memreg.compose` is this package *and* the function `compose`.
+make_callable(__name__, "compose", on_load=_register)

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
-from memreg.compose.config import CompositionConfig, CompositionFileError, reference_text
+from memreg.compose.config import CompositionConfig, reference_text
 from memreg.compose.sources import HUB_ID, Memory, describe, rows_of, tokenizer_folder_of
 from memreg.mixture import InvalidWeightsError, check_weights
-from memreg.registry.errors import MemregError, TokenizerMismatchError
+from memreg.core.errors import (CompositionFileError, ManifestDigestChangedError, MissingWeightError,
+                                 TokenizerMismatchError)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -41,9 +42,9 @@ if TYPE_CHECKING:
 MemorySpec = Union[str, os.PathLike, "PreTrainedModel", "tuple[PreTrainedModel, PreTrainedTokenizerBase]"]
 BaseSpec = Union[str, os.PathLike, "PreTrainedModel"]
 
-
-class DigestMismatchError(MemregError):
-    """A saved composition names a registry version whose manifest no longer has the recorded digest."""
+# The name this error had before it was told apart from a blob's DigestMismatchError
+# (memreg.registry.errors); kept so that `from memreg.compose import DigestMismatchError` still works.
+DigestMismatchError = ManifestDigestChangedError
 
 
 @dataclass
@@ -55,10 +56,6 @@ class Parts:
     member_of_memory: list[int]
     tokenizer: Any
     fit: bool  # weights="auto": the weights are still to be fitted
-
-
-class MissingWeightError(MemregError, ValueError):
-    """A memory without a weight: none given and none recommended by its manifest or card."""
 
 
 def parse_memory_spec(spec: str) -> tuple[str, float | None]:
@@ -227,7 +224,7 @@ def _check_digests(mems: list[Memory], digests: Sequence[str | None], registry_b
     for m, want in zip(mems, digests):
         if want is not None and m.digest is not None and m.digest != want:
             where = registry_box[0].url if registry_box else "the registry"
-            raise DigestMismatchError(
+            raise ManifestDigestChangedError(
                 f"{m.source} in {where} has manifest digest {m.digest}, but the composition was saved with {want}: "
                 "the registry serves other content under that version; refused rather than mixing a different memory")
 

@@ -16,14 +16,10 @@ from pathlib import Path
 
 from transformers import PretrainedConfig
 
-from memreg.registry.errors import MemregError
+from memreg.core.errors import CompositionFileError
 
 MODEL_TYPE = "memreg_composition"
 REFERENCE_KINDS = ("path", "hub", "registry", "adapter")
-
-
-class CompositionFileError(MemregError, ValueError):
-    """A composition's config.json that does not say how to rebuild it."""
 
 
 class CompositionConfig(PretrainedConfig):

@@ -26,19 +26,15 @@ from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memreg.compose.cache import ComposedCache
-from memreg.compose.config import CompositionConfig, CompositionFileError
+from memreg.compose.config import CompositionConfig
 from memreg.compose.members import context_length, embedding_rows, forward_keys, member_step, widest
 from memreg.compose.registration import register_auto
 from memreg.mixture import check_row_weights, check_weights, mix_log_probs
-from memreg.registry.errors import MemregError
+from memreg.core.errors import CompositionFileError, ContextTooLongError
 
 
 # transformers 5 names a model's cache `cache`, 4.x `past_key_values` (in outputs and generate's kwargs)
 CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-class ContextTooLongError(MemregError, ValueError):
-    """More positions than the smallest member's position table holds."""
 
 
 class ComposedForCausalLM(PreTrainedModel, GenerationMixin):

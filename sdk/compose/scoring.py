@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from memreg.compose.model import ComposedForCausalLM, ContextTooLongError
+from memreg.compose.model import ComposedForCausalLM
+from memreg.core.errors import ContextTooLongError
 from memreg.fit import FittedWeights, em_weights
 
 if TYPE_CHECKING:

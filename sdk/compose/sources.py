@@ -18,16 +18,7 @@ from typing import Any
 import torch
 
 from memreg.compose.members import embedding_rows
-from memreg.registry.errors import MemregError, WeightsMismatchError
-
-
-class MemoryNotFoundError(MemregError, FileNotFoundError):
-    """A memory given as a path that is not a package folder."""
-
-
-class AdapterWeightsMismatchError(WeightsMismatchError):
-    """A PEFT adapter whose adapter_model.safetensors lacks a LoRA tensor its config implies (peft would
-    initialise it, at random with init_lora_weights=false) or holds one for a module that is not there."""
+from memreg.core.errors import AdapterWeightsMismatchError, MemoryNotFoundError, MemregError
 
 
 @dataclass
