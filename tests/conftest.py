@@ -236,6 +236,22 @@ SLOW_TESTS: dict[str, str] = {  # a test file or node id -> why it is slow
     "tests/unit/test_compose_generate.py::test_greedy_padded_batch_equals_one_by_one": "a batch and one run per row",
     "tests/unit/test_compose_generate.py::test_without_cache_gives_the_same_tokens": "decodes without a cache",
     "tests/unit/test_compose_generate.py::test_beam_search_finds_at_least_the_greedy_score": "beam search and greedy",
+    "tests/unit/test_compose_generate.py::test_beam_padded_batch_equals_one_by_one": "beam search, batched and per row",
+    "tests/unit/test_composition_generate.py::test_the_models_own_generation_config_is_accepted": "several generate runs",
+    "tests/unit/test_compose_fit.py::test_compose_auto_fits_by_em": "scores held-out text, then fits by EM",
+    "tests/unit/test_compose_fit.py::test_em_is_never_worse_than_the_best_grid_point_on_held_out_text":
+        "scores held-out text at every grid point",
+    "tests/unit/test_compose.py::test_incremental_decoding_with_caches_equals_full_forward": "a full forward per step",
+    "tests/unit/test_assisted.py::test_per_row_weights_reach_the_drafting_path": "assisted and plain decoding per row",
+    "tests/unit/test_assisted.py::test_stop_strings_and_streamer_behave_as_in_plain_decoding": "assisted and plain decoding",
+    "tests/unit/test_assisted.py::test_the_memory_can_be_named_and_its_scores_match_plain_decoding":
+        "assisted and plain decoding",
+    "tests/unit/test_assisted.py::test_a_memory_at_weight_one_has_every_draft_accepted": "assisted and plain decoding",
+    "tests/integration/test_attach_cli.py::test_eval_sweep_plot_and_fit": "scores held-out text, sweeps and fits",
+    "tests/integration/test_attach_cli.py::test_tune_write_publishes_a_new_version_recommending_the_fitted_weight":
+        "scores held-out text, fits and publishes",
+    "tests/integration/test_attach_cli.py::test_attach_eval_and_prompt_under_json_print_one_envelope":
+        "scores held-out text and generates",
 }
 
 

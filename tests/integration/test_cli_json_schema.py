@@ -32,6 +32,7 @@ def cli(monkeypatch, capsys, tmp_path):
     return call
 
 
+@pytest.mark.slow  # runs every registry command, publishing and pulling
 def test_every_registry_command_prints_the_envelope(cli, tiny_package):
     seen = {}
 
@@ -91,6 +92,7 @@ def test_a_failed_verify_is_data_with_ok_false(cli, tiny_package):
     assert code == 1 and doc["ok"] is False and doc["error"]["type"] == "VerifyFailed" and doc["data"]["problems"]
 
 
+@pytest.mark.slow  # scores held-out text with base and memory
 def test_eval_prints_the_envelope(cli, tmp_path, tiny_package):
     text = tmp_path / "held.txt"
     text.write_text((REPO / "README.md").read_text()[:3000])

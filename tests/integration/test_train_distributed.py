@@ -158,6 +158,7 @@ def tiny_lm(tmp_path_factory):
     return make_model(root / "m", "gpt2", tokenizer_from=root / "tok", seed=3).eval()
 
 
+@pytest.mark.slow  # scores every shard and the whole text
 @pytest.mark.parametrize("world", [2, 3])
 def test_shards_of_the_evaluation_windows_cover_every_token_once_with_the_single_process_values(tiny_lm, world):
     from memreg.evaluate import target_log_probs

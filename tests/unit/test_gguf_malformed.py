@@ -51,6 +51,7 @@ def _assert_named(exc: BaseException, path: Path) -> None:
     assert str(path) in str(exc) and "\n" not in str(exc)
 
 
+@pytest.mark.slow  # a property test over mutated headers
 @settings(max_examples=400, **HYPO)
 @given(data=st.data())
 def test_reading_a_mutated_header_gives_metadata_or_one_named_error(tiny, tmp_path, data):

@@ -83,6 +83,7 @@ def test_base_model_only_for_hub_ids(tmp_path, tiny_package, init, sources, expe
 _segment = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,12}", fullmatch=True)
 
 
+@pytest.mark.slow  # a property test
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_segment, min_size=1, max_size=4), st.sampled_from(["/", "./", "../", "~/", ""]),
        st.sampled_from(["", ".gguf"]))
