@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import sys
 from pathlib import Path
 
 from conftest import REPO
@@ -133,3 +134,16 @@ def test_every_lazy_package_uses_the_one_loader():
             copies.append(name)
     assert {"memreg", "memreg.registry", "memreg.train", "memreg.compose"} <= set(lazy)
     assert copies == [], "serve the lazy names with memreg.core.lazy (module_getattr or make_callable)"
+
+
+def test_the_core_layer_imports_only_the_standard_library():
+    """core/ is the bottom layer the registry CLI loads, so importing it must stay light: its modules import
+    the standard library only (fsutil imports fsspec inside the one function that moves bytes)."""
+    foreign = []
+    for path in sorted((REPO / "core").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:  # module level: what `import memreg.core.x` runs
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            foreign += [f"{path.name}: {n}" for n in names
+                        if n.split(".")[0] not in sys.stdlib_module_names and not n.startswith("memreg.core")]
+    assert foreign == []
