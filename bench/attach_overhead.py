@@ -13,9 +13,9 @@ tokenizer models/memreg-tokenizer, 8192 tokens):
         down to --base-layers), memory the same width with --mem-layers layers.
 
 1. scoring: `memreg.evaluate.target_log_probs` (sliding window) over --tokens tokens of real text,
-   base alone vs ComposedLM(base, memory, w=0.3); ratio next to the floor 1 + FLOPs(mem)/FLOPs(base).
-2. greedy decoding (batch 1): ComposedLM.generate vs the same loop with no memory
-   (compose(base, [])) and vs transformers' base.generate; tokens/s and ratios.
+   base alone vs compose(base, memory, w=0.3); ratio next to the floor 1 + FLOPs(mem)/FLOPs(base).
+2. greedy decoding (batch 1): the composition's generate vs the same model class with no memory
+   (ComposedForCausalLM.from_members(base, [], [])) and vs the base's own generate; tokens/s and ratios.
 3. kNN-LM (`memreg.knnlm.KNNLM`) on the same base: >= 1 M keys of the base's width (random keys with
    the mean/std of the base's real last_ffn_input), faiss index built by the pipeline's own
    `build_index` (trained on a sample, filled in chunks; nprobe from `set_nprobe`) with
@@ -44,7 +44,7 @@ On a GPU (bench/gpu_pipeline.sh part b):
                       bench/gpu_common.py) + --memory-dir (a trained memory folder), or its first
                       --mem-layers blocks (the untrained init) when none is given
   --batches 1,16      greedy decoding at each batch size (prompts: consecutive slices of the text)
-  --variants          plain: ComposedLM.generate / forward as shipped (members one after the other);
+  --variants          plain: ComposedForCausalLM.generate / forward as shipped (members one after the other);
                       streams: the memories in a helper thread on their own CUDA stream
                       (bench/overlap.py StreamOverlapLM), scoring and decoding;
                       graphs: decoding with static caches, each member's one-token step one CUDA graph
@@ -329,7 +329,7 @@ def load_large_pair(args, work: Path, device, dtype):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from memreg.composed import ComposedLM
+    from memreg.compose import ComposedForCausalLM
 
     if args.pair == "qwen2-1.5b":
         tok = AutoTokenizer.from_pretrained(TOKENIZER)  # only to turn real text into ids below the vocabulary
@@ -340,7 +340,8 @@ def load_large_pair(args, work: Path, device, dtype):
             with torch.device(device):
                 models.append(AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval())
         args.models_note = "random weights built on the device"
-        return ComposedLM(models[0], [models[1]], [args.weight], vocab_size=V, tokenizer=tok).eval(), tok, V
+        composed = ComposedForCausalLM.from_members(models[0], [models[1]], [args.weight], vocab_size=V, tokenizer=tok)
+        return composed, tok, V
     if args.pair != "smollm2":
         raise SystemExit(f"unknown --pair {args.pair!r}")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -534,8 +535,10 @@ def main() -> None:
     args.vocab = V
     base = composed.base
     memory = composed.members[1]
-    plain = compose(base, [], tokenizer=tok)  # the same loop, no memory
-    plain.vocab_size = composed.vocab_size
+    from memreg.compose import ComposedForCausalLM
+
+    # the same model class and generate, no memory; the composition's vocabulary (a member may have more rows)
+    plain = ComposedForCausalLM.from_members(base, [], [], vocab_size=composed.vocab_size, tokenizer=tok)
     streamed = None
     if "streams" in args.variant_list:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,10 +1,10 @@
-"""Ways to run a base and its memory at once, for bench/attach_overhead.py (the product's ComposedLM
-runs its members one after the other on one stream; this module does not change it).
+"""Ways to run a base and its memory at once, for bench/attach_overhead.py (the product's
+ComposedForCausalLM runs its members one after the other on one stream; this module does not change it).
 
-StreamOverlapLM   a ComposedLM whose memories run in a helper thread, each on its own CUDA stream,
+StreamOverlapLM   a ComposedForCausalLM whose memories run in a helper thread, each on its own CUDA stream,
                   while the calling thread runs the base: the two models' kernel launches (the cost
                   of batch-1 decoding) overlap as far as the GIL lets them. Used through the
-                  ordinary ComposedLM.forward / .generate, so scoring and decoding both use it. On a
+                  model's forward / transformers' generate, so scoring and decoding both use it. On a
                   CPU it is just a thread (the rehearsal checks the outputs equal the plain ones).
 StaticDecoder     greedy decoding of one member with transformers' StaticCache and an explicit 4-D
                   mask, so every decoding step has the same shapes; on CUDA that step is captured
@@ -15,26 +15,41 @@ greedy_static     the mixture's greedy decoding over StaticDecoders, the members
 
 from __future__ import annotations
 
+import copy
 import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from memreg.composed import ComposedCache, ComposedLM, same_dtype
+from memreg.compose import ComposedCache, ComposedForCausalLM
+from memreg.compose.model import CACHE_KEY
+from memreg.compose.members import member_step, widest
 from memreg.mixture import mix_log_probs
+
+# What transformers' generate passes to forward although it is no input of the mixture
+_PASSED_BY_GENERATE = ("cache_position", "tokenizer", "assistant_tokenizer")
 
 
 # ----------------------------------------------------------------------------------- streams
-class StreamOverlapLM(ComposedLM):
-    """ComposedLM whose memories run beside the base (a thread; on CUDA one stream per member)."""
+class StreamOverlapLM(ComposedForCausalLM):
+    """A composition whose memories run beside the base (a thread; on CUDA one stream per member).
+
+    Only `forward` differs from the product's: the members' steps (`memreg.compose.members.member_step`,
+    the product's own) are started together instead of one after the other, then mixed as the product
+    mixes them. transformers' generate and `memreg.evaluate` call this forward as they call the product's.
+    It takes the inputs scoring and greedy decoding pass; anything else (labels, per-member attentions
+    or hidden states, token types) is refused by name rather than silently dropped."""
 
     @classmethod
-    def like(cls, composed: ComposedLM) -> "StreamOverlapLM":
+    def like(cls, composed: ComposedForCausalLM) -> "StreamOverlapLM":
+        """The same members, weights, tokenizer and generation defaults as `composed`."""
         members = list(composed.members)
-        out = cls(members[0], [members[j] for j in composed.member_of_memory], composed.weights,
-                  vocab_size=composed.vocab_size, tokenizer=composed.tokenizer, names=composed.names)
-        return out.eval()
+        out = cls.from_members(members[0], [members[j] for j in composed.member_of_memory], composed.weights,
+                               vocab_size=composed.vocab_size, tokenizer=composed.tokenizer, names=composed.names)
+        out.generation_config = copy.deepcopy(composed.generation_config)
+        return out
 
     def _pool(self) -> ThreadPoolExecutor:
         if getattr(self, "_executor", None) is None:
@@ -43,39 +58,66 @@ class StreamOverlapLM(ComposedLM):
             self._streams = [torch.cuda.Stream(device=self.device) if cuda and j else None for j in range(len(self.members))]
         return self._executor
 
-    def member_log_probs(self, input_ids, attention_mask=None, cache=None, *, use_cache=False):
-        # the same inputs as ComposedLM.member_log_probs builds (masks, positions), then base || memories
-        attention_mask, position_ids = self.mask_and_positions(input_ids, attention_mask, cache)
-        keep_cache = use_cache or cache is not None
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, cache: ComposedCache | None = None,
+                use_cache: bool | None = None, logits_to_keep: int = 0, weights: Any = None,
+                past_key_values: ComposedCache | None = None, return_dict: bool | None = None,
+                **rest: Any) -> CausalLMOutputWithPast | tuple:
+        asked = sorted(k for k, v in rest.items() if v is not None and v is not False and k not in _PASSED_BY_GENERATE)
+        if asked:
+            raise TypeError(f"StreamOverlapLM.forward: {', '.join(asked)} not supported by this benchmark variant")
+        if input_ids is None:
+            raise ValueError("forward() needs input_ids (B, T)")
+        cache = cache if cache is not None else past_key_values
+        use_cache = bool(use_cache) or cache is not None
+        if use_cache and cache is None:
+            cache = ComposedCache.for_members(self.members)
+        b, t = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        self.check_length(past + t)
+        if position_ids is None:
+            position_ids = _positions(attention_mask, past, t, input_ids)
+        extra = {"logits_to_keep": logits_to_keep or None}
+
+        def run(j: int):
+            return member_step(self.members[j], self.member_keys[j], self.vocab_size, input_ids,
+                               attention_mask=attention_mask, position_ids=position_ids,
+                               cache=cache.members[j] if cache is not None else None, use_cache=use_cache, extra=extra)
+
         pool = self._pool()
         main = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
         def side(j: int):
             stream = self._streams[j]
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # both are per thread
                 if stream is None:
-                    return self._one(j, input_ids, attention_mask, position_ids, cache, keep_cache)
+                    return run(j)
                 stream.wait_stream(main)  # the inputs were made on the caller's stream
                 with torch.cuda.stream(stream):
                     for x in (input_ids, attention_mask, position_ids):
-                        x.record_stream(stream)
-                    return self._one(j, input_ids, attention_mask, position_ids, cache, keep_cache)
+                        if x is not None:
+                            x.record_stream(stream)
+                    return run(j)
 
         futures = {j: pool.submit(side, j) for j in range(1, len(self.members))}
-        results = {0: self._one(0, input_ids, attention_mask, position_ids, cache, keep_cache)}
+        results = {0: run(0)}
         for j, fut in futures.items():
             results[j] = fut.result()
             if main is not None:
                 main.wait_stream(self._streams[j])
-                results[j][0].record_stream(main)
-        lps = same_dtype([results[j][0] for j in range(len(self.members))])
-        new = ComposedCache([results[j][1] for j in range(len(self.members))], attention_mask) if keep_cache else None
-        return lps, new
+                results[j].log_probs.record_stream(main)
+        lps = widest([results[j].log_probs for j in range(len(self.members))])
+        mixing = self.member_weights if weights is None else self.row_member_weights(weights, b)
+        out = CausalLMOutputWithPast(logits=mix_log_probs(lps, mixing), **{CACHE_KEY: cache if use_cache else None})
+        return out if return_dict is None or return_dict else out.to_tuple()
 
-    def _one(self, j, input_ids, attention_mask, position_ids, cache, keep_cache):
-        member_cache = cache.members[j] if cache is not None else None
-        return self.member_forward(j, input_ids, attention_mask, position_ids, member_cache, use_cache=keep_cache)
+
+def _positions(mask: torch.Tensor | None, past: int, t: int, ids: torch.Tensor) -> torch.Tensor:
+    """Positions as the product's forward makes them: real tokens counted, a left pad at 0."""
+    if mask is None:
+        return torch.arange(past, past + t, device=ids.device).expand(ids.shape[0], t)
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, -t:]
 
 
 # ------------------------------------------------------------------------- static cache + graphs
