@@ -247,6 +247,11 @@ SLOW_TESTS: dict[str, str] = {  # a test file or node id -> why it is slow
     "tests/unit/test_assisted.py::test_the_memory_can_be_named_and_its_scores_match_plain_decoding":
         "assisted and plain decoding",
     "tests/unit/test_assisted.py::test_a_memory_at_weight_one_has_every_draft_accepted": "assisted and plain decoding",
+    "tests/unit/test_compose_generate.py::test_eos_stops_and_pads": "a batched generate and one run per row",
+    "tests/unit/test_composition_generate.py::test_repetition_penalty_acts_on_the_mixture": "generate runs compared",
+    "tests/unit/test_composition_generate.py::test_per_row_weights_equal_each_row_run_alone": "a batch and one run per row",
+    "tests/unit/test_composition_inputs.py::test_the_cache_crops_selects_and_repeats_every_member_in_step":
+        "decoding with the cache cropped, selected and repeated, compared step by step",
     "tests/integration/test_attach_cli.py::test_eval_sweep_plot_and_fit": "scores held-out text, sweeps and fits",
     "tests/integration/test_attach_cli.py::test_tune_write_publishes_a_new_version_recommending_the_fitted_weight":
         "scores held-out text, fits and publishes",
