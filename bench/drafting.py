@@ -6,10 +6,10 @@
 
 Greedy decoding, batch 1, on in-domain held-out text (each memory's own held-out split), tokens/s of:
   base (HF)        transformers' base.generate
-  base (memreg)    memreg's loop with no memory (compose(base, []))
-  composed         ComposedLM(base, memory, w).generate
+  base (memreg)    the composition with no memory (compose(base, [], [])).generate
+  composed         compose(base, [memory], [w]).generate (transformers' generate over the mixture)
   memory drafts    the same with assistant_model=memory: the memory drafts, the mixture verifies
-                   (draft length: transformers' heuristic schedule from --draft)
+                   (memreg.decode.assisted; draft length: transformers' heuristic schedule from --draft)
   prompt lookup    the same with prompt_lookup_num_tokens=--lookup: drafts copied from the text so far
 Drafted outputs must equal the composed output token for token (greedy); the run counts the
 prompts where they do. Methods are interleaved per repetition (A B C D, D C B A, ...); medians.

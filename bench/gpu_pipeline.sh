@@ -15,7 +15,7 @@
 #       2. --pair smollm2: SmolLM2-135M + a 4-block truncated SmolLM2 memory (the one (a) trains, when a
 #          previous run on the same warm machine left it; else the untrained init, same shapes) (<= 70 s)
 #       composed/base tokens/s for scoring and for greedy decoding at batch 1 and 16: as shipped
-#       (ComposedLM, members one after the other), the memory in a helper thread on a 2nd CUDA stream,
+#       (ComposedForCausalLM, members one after the other), the memory in a helper thread on a 2nd CUDA stream,
 #       and static caches with one CUDA graph per member step (members in sequence, and on 2 streams);
 #       the goal: <= 1.20x at batch 1. Floors printed beside: FLOPs and weight bytes.
 #   (a) bench/gpu_pipeline.py: `memreg train` (search torch, no faiss) with SmolLM2-135M as teacher on
