@@ -252,6 +252,8 @@ SLOW_TESTS: dict[str, str] = {  # a test file or node id -> why it is slow
     "tests/unit/test_composition_generate.py::test_per_row_weights_equal_each_row_run_alone": "a batch and one run per row",
     "tests/unit/test_composition_inputs.py::test_the_cache_crops_selects_and_repeats_every_member_in_step":
         "decoding with the cache cropped, selected and repeated, compared step by step",
+    "tests/unit/test_bench_imports.py::test_scripts_import[bench]":
+        "imports every bench script in a fresh interpreter (torch and transformers among them)",
     "tests/integration/test_attach_cli.py::test_eval_sweep_plot_and_fit": "scores held-out text, sweeps and fits",
     "tests/integration/test_attach_cli.py::test_tune_write_publishes_a_new_version_recommending_the_fitted_weight":
         "scores held-out text, fits and publishes",
