@@ -60,14 +60,19 @@ def markdown(r: dict) -> str:
         for x in runs:
             L.append(f"| {x['name']} | {x['steps']} | {x.get('best_step')} | {x['stop_reason']} | {x['wall_s']:.0f} | {_curve(x)} |")
     costs = r["score_wall_s"]
+    total = (sum(x["wall_s"] for runs in r["runs"].values() for x in runs) + sum(costs.values()))
     L += ["", "### Costs (wall seconds on the machine as it was: 2 cores shared with other jobs; not idle figures)", "",
-          f"Whole track, first run: {first['wall_s'] / 60:.1f} min (load average {first['load_average_start']:.1f} at "
-          f"start, {first['load_average_end']:.1f} at the end)" + (", part of the scoring done by a second process at "
-                                                                   "the same time" if r.get("parallel_scoring") else "") + ".",
+          (f"Sum of the measured stages (training runs, scoring, kNN-LM): {total / 60:.0f} min; run as three processes "
+           "sharing the cache (the bases, then the memory and the kNN-LM, scored by --bases-only / --memory-only "
+           "processes while the ablation trained), so the wall time was shorter than the sum."
+           if r.get("parallel_scoring") else
+           f"Whole track, first run: {first['wall_s'] / 60:.1f} min (load average {first['load_average_start']:.1f} at "
+           f"start, {first['load_average_end']:.1f} at the end)."),
           "Getting the models (fetch + size/sha256 check + GGUF conversion to float32): "
           + (", ".join(f"{b}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for b, c in r["model_costs"].items())
              or "done before this run") + ".",
-          "memreg train stages (memory run): " + ", ".join(f"{k} {v:.0f} s" for k, v in mem.get("stage_wall_s", {}).items()) + ".",
+          "memreg train stages (memory run; 0 s: cached by an earlier invocation): "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in mem.get("stage_wall_s", {}).items()) + ".",
           "Scoring (validation + held-out): " + ", ".join(f"{k} {v:.0f} s" for k, v in costs.items()) + "; kNN-LM "
           + ", ".join(f"{k} {v:.0f} s" for k, v in r["knn_search_s"].items()) + " (key model forward + exact search).", ""]
     if not s.get("lora"):
