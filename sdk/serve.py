@@ -52,10 +52,10 @@ def load_folder(folder: str | os.PathLike) -> tuple[Any, Any]:
     if not (path / "config.json").is_file():
         raise NotServableError(f"{folder} has no config.json: give a folder written by save_pretrained "
                                "(a composition or a causal language model)")
-    model = AutoModelForCausalLM.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
     model.eval()
     if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     else:
         tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:

@@ -79,4 +79,4 @@ def save_composition(composed: ComposedForCausalLM, folder: str | os.PathLike) -
 def load_composition(folder: str | os.PathLike, **kwargs: Any) -> ComposedForCausalLM:
     """`ComposedForCausalLM.from_pretrained(folder, **kwargs)` (keywords: dtype, device_map, registry,
     force, trust, public_keys)."""
-    return ComposedForCausalLM.from_pretrained(folder, **kwargs)
+    return ComposedForCausalLM.from_pretrained(folder, trust_remote_code=False, **kwargs)

@@ -292,7 +292,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             if (folder / "memreg-composition.json").exists() and not (folder / "config.json").exists():
                 raise CompositionFileError(f"{folder} holds a memreg-composition.json from an earlier memreg: compose "
                                            "the same base and memories again and save_pretrained them")
-            config = CompositionConfig.from_pretrained(folder)
+            config = CompositionConfig.from_pretrained(folder, trust_remote_code=False)
         if not isinstance(config, CompositionConfig):
             raise TypeError(f"{folder} holds a {type(config).__name__}, not a memreg composition")
         parts = assemble_saved(config, folder if folder.is_dir() else None, **kwargs)
