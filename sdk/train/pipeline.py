@@ -307,9 +307,10 @@ def _evaluated_models(config: TrainConfig, models: _Models,
 def _warn_about_quality(run: StageRunner, metas: dict[str, Meta]) -> None:
     train = metas["train"]
     if train["curve"] and train["best_step"] == 0 and train["steps"] > 0:
-        judged = "base + memory" if train.get("select_on") == "mixture" else "the memory alone"
+        on_mixture = train.get("select_on") == "mixture"
+        judged, other = ("base + memory", "memory") if on_mixture else ("the memory alone", "mixture")
         run.note(f"no trained checkpoint beat the untrained init on {judged}: the package holds the init; "
-                 "raise --patience or --max-epochs, lower --lr, or try --select-on memory", warning=True)
+                 f"raise --patience or --max-epochs, lower --lr, or try --select-on {other}", warning=True)
     ppl = metas["eval"].get("perplexity", {})
     if not ppl:
         return
