@@ -200,8 +200,10 @@ train(TrainConfig(**cfg), progress=KillAt(stage, after))
 
 def _child_env() -> dict[str, str]:
     """This process's environment (read now: the fixtures set $MEMREG_HOME), with the folders of this
-    module and of train_helpers on PYTHONPATH: pytest's `pythonpath` setting reaches this process only."""
-    folders = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "unit"), os.environ.get("PYTHONPATH")]
+    module, of train_helpers and of the shared test helpers (tests/: licences, tiny_lms) on PYTHONPATH:
+    pytest's `pythonpath` setting reaches this process only."""
+    tests = Path(__file__).parents[1]
+    folders = [str(Path(__file__).parent), str(tests / "unit"), str(tests), os.environ.get("PYTHONPATH")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(f for f in folders if f)}
 
 
