@@ -18,11 +18,19 @@ Every emitted token comes from the mixture, never from the drafter alone:
   probability min(1, p(x) / q(x)), otherwise draw from max(0, p - q) renormalised, and draw from p
   after K kept drafts; every emitted token is distributed exactly as p (tested analytically).
 
-One prompt at a time, as transformers' assisted generation: the rows of a batch would keep
-different numbers of drafts. The draft length follows transformers' "heuristic" schedule
-(+2 after a fully kept draft, -1 otherwise, at least 1) unless the schedule is "constant".
+A batch of (left-padded) prompts decodes together: every round drafts K tokens for every row and
+verifies them in one forward per member, but rows keep different numbers of drafts. The caches
+stay rectangular: the slots of drafts a row rejected while another row kept more are masked out
+(attention mask 0; positions count only unmasked slots), and slots every row rejected are cropped.
+With one prompt there are never such holes: the loop is transformers' assisted generation.
 
-Shapes: L tokens so far, K drafts, V vocabulary; batch size 1 throughout.
+Draft length: transformers' "heuristic" schedule (+2 after a fully kept draft, -1 otherwise, at
+least 1) unless the schedule is "constant"; with `assistant_confidence_threshold` drafting also
+stops early when the drafter's most likely token has less than that probability in every row (the
+drafter is unsure: its next draft would likely be rejected, and costs a drafter forward and a
+verified position).
+
+Shapes: B rows, S cached slots, K drafts, V vocabulary.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class DraftStats:
-    """How many tokens were drafted and how many of them the mixture kept."""
+    """How many tokens were drafted and how many of them the mixture kept (all rows together)."""
 
     drafted: int = 0
     accepted: int = 0
@@ -134,27 +142,48 @@ def lookup_drafts(ids: list[int], k: int, max_ngram: int) -> list[int]:
     return []
 
 
+@dataclass
+class Drafts:
+    """One round's proposals: tokens (B, K) (a row with fewer, under prompt lookup, is filled with
+    its last real draft or 0), how many are real per row, the drafter's processed scores (B, K, V)
+    (None for greedy, which does not read them) and a drafting member's log-probabilities after the
+    pending token and each draft (B, K+1, V), else None."""
+
+    tokens: torch.Tensor
+    counts: list[int]
+    q_scores: torch.Tensor | None
+    member_lps: torch.Tensor | None
+
+
 class AssistedDecoder:
-    """State of one assisted generation: the ids so far, one cache per member, the drafter's cache."""
+    """State of one assisted generation: each row's tokens (its left-padded prompt, then what it
+    generated), the pending token of each row (emitted, not yet in any cache), the slot mask shared
+    by every member's cache, one cache per member and the drafter's cache."""
 
     def __init__(self, model: ComposedForCausalLM, ids: torch.Tensor, mask: torch.Tensor, assistant: Any, procs: Any,
                  do_sample: bool, generator: torch.Generator | None, lookup_ngram: int | None = None,
-                 mixing: Any = None) -> None:
-        if ids.shape[0] != 1:
-            raise ValueError(f"assisted decoding takes one prompt at a time, got a batch of {ids.shape[0]}")
+                 mixing: Any = None, confidence: float | None = None) -> None:
         self.model, self.procs, self.do_sample, self.generator = model, procs, do_sample, generator
         self.drafter = _Drafter(model, assistant, lookup_ngram)
-        self.ids, self.mask = ids, mask  # (1, L): the last id is not in any cache yet
+        self.confidence = confidence
+        self.rows: list[list[int]] = ids.tolist()
+        self.pending = ids[:, -1:]  # (B, 1)
+        self.mask = mask.clone()  # (B, S + 1): the cached slots and the pending token's; edited in place
         self.caches: list[Any] = [None] * len(model.members)
-        self.mixing = mixing if mixing is not None else model.member_weights  # or a (1, members - 1) row
+        self.mixing = mixing if mixing is not None else model.member_weights  # or a (B, members - 1) tensor
         self.stats = DraftStats()
         if ids.shape[1] > 1:
-            self._prefill()
+            self._prefill(ids[:, :-1])
+
+    @property
+    def batch(self) -> int:
+        return len(self.rows)
 
     def _forward(self, j: int | None, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed `tokens` (1, T) after the cached ones to member j (None: the outside drafter); (1, T, V)."""
+        """Feed `tokens` (B, T) after the cached ones to member j (None: the outside drafter); (B, T, V)."""
         t = tokens.shape[1]
         mask = self.mask[:, : self._cached(j) + t]
+        # positions count real slots only: left padding and the holes of rejected drafts take none
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -t:]
         if j is None:
             step = member_step(self.drafter.outside, self.drafter.keys, self.model.vocab_size, tokens, attention_mask=mask,
@@ -170,8 +199,7 @@ class AssistedDecoder:
         cache = self.drafter.cache if j is None else self.caches[j]
         return 0 if cache is None else _seq_length(cache)
 
-    def _prefill(self) -> None:
-        prompt = self.ids[:, :-1]
+    def _prefill(self, prompt: torch.Tensor) -> None:
         for j in self._verifiers() + ([] if self.drafter.lookup_ngram else [self.drafter.member]):
             self._forward(j, prompt)
 
@@ -179,66 +207,115 @@ class AssistedDecoder:
         """Members run over the drafts in one forward: all but a drafting member."""
         return [j for j in range(len(self.model.members)) if j != self.drafter.member]
 
-    def draft(self, k: int) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
-        """Propose k tokens: (drafts, the drafter's processed scores (k, V), a drafting member's
-        log-probabilities after the pending token and each draft (k+1, V), else None)."""
+    def _process(self, scores: torch.Tensor, extra: list[torch.Tensor] | torch.Tensor | None = None) -> torch.Tensor:
+        """The processors applied to scores (B, V) after each row's tokens (+ `extra` (B, i) tokens).
+        Rows differ in length, so each row is processed alone (processors are row-wise)."""
+        if not self.procs:
+            return scores
+        out = []
+        for b, row in enumerate(self.rows):
+            ids = torch.tensor([row], device=scores.device)
+            if extra is not None and extra.shape[1]:
+                ids = torch.cat([ids, extra[b : b + 1]], dim=1)
+            out.append(self.procs(ids, scores[b : b + 1].clone())[0])  # processors may edit scores in place
+        return torch.stack(out)
+
+    def draft(self, k: int) -> Drafts:
+        """Propose up to k tokens per row (fewer when the drafter is unsure in every row)."""
         if self.drafter.lookup_ngram:
             return self._lookup(k)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(1, k + 1)], dim=1)  # up to the token after the drafts
-        lps = [self._forward(self.drafter.member, self.ids[:, -1:])[0, -1]]
-        ids, drafts, q_scores = self.ids, [], []
-        for i in range(k):
-            q = self.procs(ids, lps[-1][None].clone())[0]  # processors may edit scores in place
-            tok = int(torch.multinomial(torch.softmax(q.double(), -1), 1, generator=self.generator)) if self.do_sample \
-                else int(q.argmax())
+        start = self.mask.shape[1]  # the pending token's slot is start - 1
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.batch, k)], dim=1)  # slots for k drafts
+        lps = [self._forward(self.drafter.member, self.pending)[:, -1]]
+        drafts: list[torch.Tensor] = []
+        q_scores: list[torch.Tensor] = []
+        for _ in range(k):
+            q = self._process(lps[-1], torch.stack(drafts, 1) if drafts else None)
+            if self.confidence is not None and bool((_top_probability(q) < self.confidence).all()):
+                break
+            if self.do_sample:
+                tok = torch.multinomial(torch.softmax(q.double(), -1), 1, generator=self.generator)[:, 0]
+            else:
+                tok = q.argmax(-1)
             drafts.append(tok)
             q_scores.append(q)
-            ids = torch.cat([ids, ids.new_tensor([[tok]])], dim=1)
-            lps.append(self._forward(self.drafter.member, ids[:, -1:])[0, -1])
-        q_stack = torch.stack(q_scores) if q_scores else lps[0].new_zeros(0, lps[0].shape[-1])
-        return drafts, q_stack, (torch.stack(lps) if self.drafter.member is not None else None)
+            lps.append(self._forward(self.drafter.member, tok[:, None])[:, -1])
+        self.mask = self.mask[:, : start + len(drafts)]
+        tokens = torch.stack(drafts, 1) if drafts else self.pending.new_zeros(self.batch, 0)
+        q_stack = torch.stack(q_scores, 1) if (q_scores and self.do_sample) else None
+        member_lps = torch.stack(lps, 1) if self.drafter.member is not None else None
+        return Drafts(tokens, [len(drafts)] * self.batch, q_stack, member_lps)
 
-    def _lookup(self, k: int) -> tuple[list[int], torch.Tensor, None]:
-        """Drafts from the text so far; the drafter's distribution is a point mass on each draft."""
-        drafts = lookup_drafts(self.ids[0].tolist(), k, self.drafter.lookup_ngram) if k else []
-        self.mask = torch.cat([self.mask, self.mask.new_ones(1, len(drafts) + 1)], dim=1)
-        q = torch.full((len(drafts), self.model.vocab_size), -torch.inf, dtype=torch.float64)
-        q[torch.arange(len(drafts)), drafts] = 0.0
-        return drafts, q, None
+    def _lookup(self, k: int) -> Drafts:
+        """Drafts from each row's text so far; the drafter's distribution is a point mass on each draft."""
+        found = [lookup_drafts(row, k, self.drafter.lookup_ngram) if k else [] for row in self.rows]
+        width = max(len(f) for f in found)
+        tokens = torch.tensor([f + [f[-1] if f else 0] * (width - len(f)) for f in found], dtype=torch.long,
+                              device=self.pending.device).reshape(self.batch, width)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.batch, width)], dim=1)
+        q = None
+        if self.do_sample:
+            q = torch.full((self.batch, width, self.model.vocab_size), -torch.inf, dtype=torch.float64)
+            q.scatter_(2, tokens.cpu()[..., None], 0.0)
+        return Drafts(tokens, [len(f) for f in found], q, None)
 
-    def verify(self, drafts: list[int], member_lps: torch.Tensor | None) -> torch.Tensor:
-        """The mixture's processed scores (K+1, V) after the pending token and after each draft."""
-        tokens = torch.cat([self.ids[:, -1:], self.ids.new_tensor([drafts])], dim=1)  # (1, K+1)
+    def verify(self, d: Drafts) -> torch.Tensor:
+        """The mixture's processed scores (B, K+1, V) after the pending token and after each draft."""
+        tokens = torch.cat([self.pending, d.tokens], dim=1)  # (B, K+1)
         lps: list[torch.Tensor | None] = [None] * len(self.model.members)
         for j in self._verifiers():
-            lps[j] = self._forward(j, tokens)[0]
-        if member_lps is not None:
-            lps[self.drafter.member] = member_lps
+            lps[j] = self._forward(j, tokens)
+        if d.member_lps is not None:
+            lps[self.drafter.member] = d.member_lps
         # float32 scores, as transformers' generate casts them: assisted and plain decoding compare the same numbers
-        logp = mix_log_probs(widest(lps), self.mixing).float()  # (K+1, V)
-        ids = torch.cat([self.ids, self.ids.new_tensor([drafts])], dim=1)
-        start = self.ids.shape[1]
-        return torch.cat([self.procs(ids[:, : start + i], logp[i : i + 1].clone()) for i in range(len(drafts) + 1)])
+        logp = mix_log_probs(widest(lps), self.mixing).float()  # (B, K+1, V)
+        if not self.procs:
+            return logp
+        return torch.stack([self._process(logp[:, i], d.tokens[:, :i]) for i in range(tokens.shape[1])], dim=1)
 
-    def step(self, k: int) -> tuple[list[int], torch.Tensor]:
-        """One round: draft k, verify, keep n; returns the n+1 new tokens and their scores (n+1, V)."""
-        drafts, q_scores, member_lps = self.draft(k)
-        k = len(drafts)  # prompt lookup may find fewer
-        p_scores = self.verify(drafts, member_lps)
-        if self.do_sample:
-            n, tok = pick_sampled(p_scores, q_scores, drafts, self.generator)
-        else:
-            n, tok = pick_greedy(p_scores, drafts)
-        new = drafts[:n] + [tok]
-        # caches hold the pending token and all k drafts; keep the pending token and the n kept ones
+    def step(self, k: int, active: list[bool]) -> tuple[list[list[int]], torch.Tensor]:
+        """One round: draft up to k, verify, keep each row's n; returns each row's n+1 new tokens (none
+        for an inactive row, whose slots are left as they are: its output is no longer read) and
+        the scores (B, K+1, V)."""
+        d = self.draft(k)
+        k = d.tokens.shape[1]
+        p_scores = self.verify(d)
+        kept, new = [], []
+        for b in range(self.batch):
+            drafts = d.tokens[b, : d.counts[b]].tolist()
+            if not active[b]:
+                kept.append(k)
+                new.append([])
+                continue
+            if self.do_sample:
+                n, tok = pick_sampled(p_scores[b, : d.counts[b] + 1], d.q_scores[b, : d.counts[b]], drafts, self.generator)
+            else:
+                n, tok = pick_greedy(p_scores[b, : d.counts[b] + 1], drafts)
+            kept.append(n)
+            new.append(drafts[:n] + [tok])
+            self.stats.drafted += d.counts[b]
+            self.stats.accepted += n
+        self.stats.rounds += 1
+        # every cache holds the pending token and the k drafts: drop the slots no row kept, mask the
+        # slots a row rejected while another kept them
+        most = max(kept)
         for j in range(len(self.caches)):
-            self.caches[j] = crop_cache(self.caches[j], k - n)
-        self.drafter.cache = crop_cache(self.drafter.cache, k - n)
-        self.ids = torch.cat([self.ids, self.ids.new_tensor([new])], dim=1)
-        self.mask = self.mask[:, : self.ids.shape[1]]
-        self.stats.drafted, self.stats.accepted, self.stats.rounds = (
-            self.stats.drafted + k, self.stats.accepted + n, self.stats.rounds + 1)
-        return new, p_scores[: n + 1]
+            self.caches[j] = crop_cache(self.caches[j], k - most)
+        self.drafter.cache = crop_cache(self.drafter.cache, k - most)
+        self.mask = self.mask[:, : self.mask.shape[1] - (k - most)]
+        end = self.mask.shape[1]
+        for b, n in enumerate(kept):
+            if n < most:
+                self.mask[b, end - (most - n) :] = 0
+            self.rows[b].extend(new[b])
+        self.pending = torch.tensor([[row[-1]] for row in self.rows], device=self.pending.device)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.batch, 1)], dim=1)  # the new pending tokens' slot
+        return new, p_scores
+
+
+def _top_probability(scores: torch.Tensor) -> torch.Tensor:
+    """(B, V) scores -> (B,) probability of each row's most likely token."""
+    return torch.softmax(scores.double(), dim=-1).amax(dim=-1)
 
 
 def _seq_length(cache: Any) -> int:
@@ -251,8 +328,11 @@ def assisted_decode(model: ComposedForCausalLM, ids: torch.Tensor, mask: torch.T
                     do_sample: bool, eos: list[int], procs: Any, criteria: Any, streamer: Any,
                     generator: torch.Generator | None, num_assistant_tokens: int = 5,
                     schedule: str = "heuristic", lookup_ngram: int | None = None, mixing: Any = None,
+                    confidence: float | None = None, pad: int = 0,
                     ) -> tuple[torch.Tensor, list[torch.Tensor], DraftStats]:
-    """Continue one prompt (1, L) by up to max_new tokens; returns (ids, per-token scores, stats).
+    """Continue prompts (B, L) by up to max_new tokens each; returns (ids (B, L + longest), per-token
+    scores (1, V) each (one prompt only; [] for a batch), stats). A row that stops early (eos, a
+    stopping criterion) is filled with `pad`, as transformers' generate does.
 
     `assistant` drafts (a memory, its name, or an outside model), or with `lookup_ngram` the text
     so far does (prompt lookup, always a constant draft length, as in transformers)."""
@@ -264,36 +344,57 @@ def assisted_decode(model: ComposedForCausalLM, ids: torch.Tensor, mask: torch.T
         raise ValueError(f"num_assistant_tokens_schedule {schedule!r}: use 'heuristic' or 'constant'")
     if num_assistant_tokens < 1:
         raise ValueError(f"num_assistant_tokens {num_assistant_tokens} must be at least 1")
-    dec = AssistedDecoder(model, ids, mask.long(), assistant, procs, do_sample, generator, lookup_ngram, mixing)
+    if confidence is not None and not 0 <= confidence <= 1:
+        raise ValueError(f"assistant_confidence_threshold {confidence} must be a probability in [0, 1]")
+    batch, length = ids.shape
+    if streamer is not None and batch > 1:
+        raise ValueError("a streamer takes one prompt: generate a batch without streamer=")
+    dec = AssistedDecoder(model, ids, mask.long(), assistant, procs, do_sample, generator, lookup_ngram, mixing,
+                          confidence)
     if streamer is not None:
         streamer.put(ids.cpu())
-    out, scores, k, done = ids, [], num_assistant_tokens, max_new <= 0
-    while not done:
-        k_now = min(k, max_new - (out.shape[1] - ids.shape[1]) - 1)
-        new, step_scores = dec.step(k_now)
-        for tok, s in zip(new, step_scores):
-            out = torch.cat([out, out.new_tensor([[tok]])], dim=1)
-            scores.append(s[None])
-            if streamer is not None:
-                streamer.put(out.new_tensor([tok]).cpu())
-            done = (tok in eos or bool(criteria and criteria(out, s[None]).any())
-                    or out.shape[1] - ids.shape[1] >= max_new)
-            if done:
-                break
+    made = [0] * batch  # tokens each row has emitted
+    active = [max_new > 0] * batch
+    scores: list[torch.Tensor] = []
+    k = num_assistant_tokens
+    while any(active):
+        left = min(max_new - made[b] for b in range(batch) if active[b])
+        k_now = min(k, left - 1)
+        new, p_scores = dec.step(k_now, active)
+        drafted_now = p_scores.shape[1] - 1
+        for b in range(batch):
+            if not active[b]:
+                continue
+            for i, tok in enumerate(new[b]):
+                made[b] += 1
+                if batch == 1:
+                    scores.append(p_scores[0, i][None])
+                    if streamer is not None:
+                        streamer.put(ids.new_tensor([tok]).cpu())
+                if (tok in eos or made[b] >= max_new or (criteria and bool(criteria(
+                        torch.tensor([dec.rows[b][: length + made[b]]], device=ids.device), p_scores[b, i][None]).any()))):
+                    active[b] = False
+                    del dec.rows[b][length + made[b]:]  # tokens kept after the stop are not output
+                    break
         if schedule == "heuristic":
-            k = k + 2 if len(new) - 1 == k_now == k else max(1, k - 1)
+            full = drafted_now == k_now == k and all(len(new[b]) - 1 == k for b in range(batch) if new[b])
+            k = k + 2 if full else max(1, k - 1)
     if streamer is not None:
         streamer.end()
+    longest = max(made)
+    out = torch.tensor([row[: length + made[b]] + [pad] * (longest - made[b]) for b, row in enumerate(dec.rows)],
+                       dtype=ids.dtype, device=ids.device).reshape(batch, length + longest)
     return out, scores, dec.stats
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_assisted(model: ComposedForCausalLM, inputs: torch.Tensor | None = None, *, generation_config: Any = None,
                       generator: torch.Generator | None = None, input_ids: torch.Tensor | None = None,
                       attention_mask: torch.Tensor | None = None, weights: Any = None, assistant_model: Any = None,
                       streamer: Any = None, logits_processor: Any = None, stopping_criteria: Any = None,
                       tokenizer: Any = None, **kwargs: Any) -> torch.Tensor | AssistedOutput:
-    """`model.generate(..., assistant_model=...)` or `prompt_lookup_num_tokens=`: one prompt (1, L)."""
+    """`model.generate(..., assistant_model=...)` or `prompt_lookup_num_tokens=`: prompts (B, L),
+    left-padded with their attention_mask when B > 1."""
     from memreg.decode.options import criteria, processors, special_ids
 
     ids = inputs if inputs is not None else input_ids
@@ -306,11 +407,17 @@ def generate_assisted(model: ComposedForCausalLM, inputs: torch.Tensor | None = 
         raise ValueError("give assistant_model or prompt_lookup_num_tokens, not both: one source of drafts")
     if o.temperature is not None and o.temperature <= 0:
         raise ValueError(f"temperature {o.temperature} must be > 0 (for greedy decoding use do_sample=False)")
+    if ids.shape[0] > 1 and (o.output_scores or o.output_logits):
+        raise ValueError("output_scores with drafting takes one prompt at a time (the rows of a batch advance by "
+                         "different numbers of tokens per round): generate the prompts one by one")
     max_new = o.max_new_tokens if o.max_new_tokens is not None else (o.max_length or 20) - ids.shape[1]
     ids = ids.to(model.device)
     mask = (attention_mask if attention_mask is not None else torch.ones_like(ids)).to(model.device).long()
+    if ids.shape[0] > 1 and bool((mask[:, -1] == 0).any()):
+        raise ValueError("a batch for drafting must be left-padded (tokenizer padding_side='left'): a row's last "
+                         "token is padding")
     model.check_length(ids.shape[1] + max_new)
-    eos, _ = special_ids(model, o.eos_token_id, o.pad_token_id)
+    eos, pad = special_ids(model, o.eos_token_id, o.pad_token_id)
     procs = processors(logits_processor, o.do_sample, o.temperature, o.top_k, o.top_p,
                        repetition_penalty=o.repetition_penalty, no_repeat_ngram_size=o.no_repeat_ngram_size,
                        bad_words_ids=o.bad_words_ids, min_new_tokens=o.min_new_tokens, prompt_len=ids.shape[1],
@@ -322,7 +429,8 @@ def generate_assisted(model: ComposedForCausalLM, inputs: torch.Tensor | None = 
         criteria=stop, streamer=streamer, generator=generator,
         num_assistant_tokens=o.prompt_lookup_num_tokens or o.num_assistant_tokens or 5,
         schedule=o.num_assistant_tokens_schedule or "heuristic",
-        lookup_ngram=(o.max_matching_ngram_size or 2) if o.prompt_lookup_num_tokens else None, mixing=mixing)
+        lookup_ngram=(o.max_matching_ngram_size or 2) if o.prompt_lookup_num_tokens else None, mixing=mixing,
+        confidence=o.assistant_confidence_threshold if not o.prompt_lookup_num_tokens else None, pad=pad)
     if o.return_dict_in_generate:
         extra = {"drafted": stats.drafted, "accepted": stats.accepted, "rounds": stats.rounds}
         return AssistedOutput(out, tuple(scores) if o.output_scores else None, extra)

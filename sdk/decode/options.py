@@ -81,13 +81,14 @@ class DecodingOptions:
     return_dict_in_generate: bool = False
     num_assistant_tokens: int | None = 5
     num_assistant_tokens_schedule: str | None = "heuristic"
+    assistant_confidence_threshold: float | None = None
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int | None = None
 
 
 # GenerationConfig fields that choose nothing for this loop (metadata, flags left at their off value)
 _INERT = {"transformers_version", "_from_model_config", "decoder_start_token_id", "cache_implementation",
-          "_commit_hash", "return_legacy_cache", "output_attentions", "output_hidden_states", "assistant_confidence_threshold",
+          "_commit_hash", "return_legacy_cache", "output_attentions", "output_hidden_states",
           "is_assistant", "length_penalty", "early_stopping", "compile_config", "disable_compile"}
 
 

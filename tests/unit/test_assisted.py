@@ -157,9 +157,14 @@ def test_stop_strings_and_streamer_behave_as_in_plain_decoding(composed, parts, 
 
 
 def test_assisted_decoding_refuses_what_it_cannot_do(composed, parts, tok, prompts):
+    right = tok(["a licence", "the software is provided as is"], return_tensors="pt", padding=True, padding_side="right")
+    with pytest.raises(ValueError, match="left-padded"):
+        composed.generate(**right, assistant_model=parts[1])
     batch = tok(["a licence", "the software"], return_tensors="pt", padding=True, padding_side="left")
     with pytest.raises(ValueError, match="one prompt at a time"):
-        composed.generate(**batch, assistant_model=parts[1])
+        composed.generate(**batch, assistant_model=parts[1], output_scores=True, return_dict_in_generate=True)
+    with pytest.raises(ValueError, match="probability"):
+        composed.generate(**prompts[0], assistant_model=parts[1], assistant_confidence_threshold=1.5)
     with pytest.raises(ValueError, match="base cannot draft"):
         composed.generate(**prompts[0], assistant_model=parts[0])
     with pytest.raises(ValueError, match="not one of the memories"):
