@@ -190,6 +190,19 @@ class ContextTooLongError(MemregError, ValueError):
     """More positions than the smallest member's position table holds."""
 
 
+# --- routers: per-token mixture weights ---------------------------------------------------------
+
+
+class RouterFileError(MemregError, ValueError):
+    """A router folder whose router_config.json or router.safetensors is missing, unreadable, or does
+    not describe the tensors stored (never loaded with pickle, never filled with a random init)."""
+
+
+class RouterMismatchError(MemregError, ValueError):
+    """A router fitted for another base (tokenizer fingerprint or hidden size) or another number of
+    members than the composition it is given to: refused before it runs."""
+
+
 # --- conversion: GGUF files---------------------------------------------------------------------
 
 

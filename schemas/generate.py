@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 from memreg.schemas.cli import CliOutput
+from memreg.schemas.router import RouterConfig
 from memreg.schemas.signature import SignatureRecord
 from memreg.schemas.v1 import Catalog, Lease, Manifest, NameIndex, PackageCard, RegistryMarker, TagPointer, YankRecord
 
 DOCUMENTS = {"manifest": Manifest, "package-card": PackageCard, "tag": TagPointer, "yank": YankRecord, "name-index": NameIndex,
              "signature": SignatureRecord, "registry-marker": RegistryMarker, "catalog": Catalog, "lease": Lease,
-             "cli-output": CliOutput}
+             "cli-output": CliOutput, "router-config": RouterConfig}
 OUT = Path(__file__).resolve().parent / "json"
 
 

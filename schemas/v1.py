@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from memreg.schemas.errors import UnsupportedFormatError  # noqa: F401  (raised by readers of documents)
 
@@ -127,9 +127,43 @@ class BaseEvaluation(_Strict):
     sweep: dict[str, float] = Field(default_factory=dict, description="weight -> perplexity")
 
 
+# A router (memreg.router, schemas/router.py) ships in a package as router/router_config.json +
+# router/router.safetensors; the manifest lists it in metrics.router.
+ROUTER_FOLDER = "router"
+ROUTER_CONFIG = "router_config.json"
+ROUTER_WEIGHTS = "router.safetensors"
+Feature = Literal["entropy", "top1", "agreement", "hidden"]
+FEATURES: tuple[str, ...] = ("entropy", "top1", "agreement", "hidden")
+
+
+class RouterRecord(_Strict):
+    """A package's router as its manifest lists it (metrics.router): where it is, what it is for,
+    and what it measured against the best fixed weight."""
+
+    config: str = Field(default=f"{ROUTER_FOLDER}/{ROUTER_CONFIG}", description="the config's path in the package")
+    base: str = Field(description="the base it was fitted for (name or path)")
+    tokenizer: str = Field(pattern=DIGEST_PATTERN, description="that base's tokenizer fingerprint digest")
+    hidden_size: int = Field(ge=1)
+    features: list[Feature]
+    held_out_tokens: int | None = Field(default=None, ge=0)
+    perplexity_fixed: float | None = Field(default=None, gt=0)
+    perplexity_router: float | None = Field(default=None, gt=0)
+    gain: float | None = Field(default=None, gt=0, description="perplexity_fixed / perplexity_router (above 1: the router helps)")
+
+
 class Metrics(_Strict):
     evaluations: list[BaseEvaluation] = Field(default_factory=list)
     recommended_weight: float | None = Field(default=None, ge=0, le=1)
+    router: RouterRecord | None = Field(default=None, description="a router shipped in the package (router/)")
+
+    @model_serializer(mode="wrap")
+    def _without_absent_router(self, handler: Any) -> dict[str, Any]:
+        """No "router" key when there is none: manifests without one serialize byte for byte as before
+        the field existed (their digests and signatures are over those bytes)."""
+        data = handler(self)
+        if self.router is None:
+            data.pop("router", None)
+        return data
 
 
 def _check_format(data: Any) -> Any:

@@ -7,7 +7,9 @@ distributions with it; evaluation (`memreg.evaluate.mixture_log_probs`) and the 
 tensors without a copy).
 
 Weights are validated where they enter (`check_weights` for one list, `check_row_weights` for a
-(B, M) tensor, one row per sequence); `mix_log_probs` trusts what it is given.
+(B, M) tensor, one row per sequence); `mix_log_probs` trusts what it is given. A router
+(`memreg.router`) gives weights per position, (B, T, M) or (N, M): softmax outputs, which follow the
+rule by construction.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def check_row_weights(weights: torch.Tensor, rows: int, memories: int, *, tolera
 
 
 def log_mixture_weights(weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """(R, K) float64: [log(1 - sum w), log w_1, ...] per row (R = 1 for one list); log 0 = -inf."""
+    """(…, K) float64: [log(1 - sum w), log w_1, ...] per row, (1, K) for one list; log 0 = -inf."""
     w = torch.as_tensor(weights, dtype=torch.float64)
     if w.ndim == 1:
         w = w[None]
@@ -64,19 +66,22 @@ def log_mixture_weights(weights: Sequence[float] | torch.Tensor) -> torch.Tensor
 
 def mix_log_probs(log_probs: Sequence[torch.Tensor], weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """Mix normalised log-probabilities (base first, then one per weighted member) of any matching
-    shapes; `weights` is one list for every row, or (R, K-1) with R the first dimension of each.
+    shapes; `weights` is one list for every row, (R, K-1) with R the first dimension of each, or
+    per position, (*lead, K-1) with `lead` the leading dimensions of each (a router's (B, T, K-1)
+    for (B, T, V) log-probabilities).
 
     A member at weight 0 in every row is left out rather than added as -inf, and elsewhere
     logaddexp(x, -inf) is x exactly: weight 0 reproduces the other members bit for bit, and a row
     mixes the same numbers whether it runs alone or in a batch (one code path for both)."""
-    logw = log_mixture_weights(weights)  # (R, K)
-    if len(log_probs) != logw.shape[1]:
-        raise ValueError(f"{len(log_probs)} members but {logw.shape[1] - 1} memory weights (+1 for the base)")
-    kept = [j for j in range(logw.shape[1]) if not torch.isneginf(logw[:, j]).all()]
+    logw = log_mixture_weights(weights)  # (R, K) or (*lead, K)
+    if len(log_probs) != logw.shape[-1]:
+        raise ValueError(f"{len(log_probs)} members but {logw.shape[-1] - 1} memory weights (+1 for the base)")
+    kept = [j for j in range(logw.shape[-1]) if not torch.isneginf(logw[..., j]).all()]
     out = None
     # pairwise logaddexp instead of stack + logsumexp: no (members, B, T, V) temporary
     for j in kept:
         lp = log_probs[j]
-        lw = logw[:, j].to(device=lp.device, dtype=lp.dtype).view(-1, *([1] * (lp.ndim - 1)))
+        lw = logw[..., j].to(device=lp.device, dtype=lp.dtype)
+        lw = lw.view(*lw.shape, *([1] * (lp.ndim - lw.ndim)))  # broadcast over what the weights do not index
         out = lp + lw if out is None else torch.logaddexp(out, lp + lw)
     return out

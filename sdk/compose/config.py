@@ -35,6 +35,7 @@ class CompositionConfig(PretrainedConfig):
     vocab_size: int | None = None
     max_position_embeddings: int | None = None
     memreg_format: int = 1
+    router: str | None = None  # a router saved beside the composition: the folder's name (router/)
 
     def check(self, where: str = "this composition") -> None:
         """Refuse a config that cannot be rebuilt, naming what is wrong (weights are checked when the model takes them)."""
@@ -46,6 +47,9 @@ class CompositionConfig(PretrainedConfig):
             if len(kinds) != 1 or (label == "base" and kinds[0] == "adapter"):
                 raise CompositionFileError(f"{where} is not a composition file: {label} is {ref!r}; give one of "
                                            + ", ".join(f'{{"{k}": ...}}' for k in REFERENCE_KINDS))
+        if self.router is not None and (not isinstance(self.router, str) or self.router in ("", ".", "..")
+                                        or "/" in self.router or "\\" in self.router):
+            raise CompositionFileError(f"{where}: router {self.router!r} is not a folder name beside config.json")
         if len(self.weights or []) != len(self.memories or []):
             raise CompositionFileError(f"{where}: {len(self.memories or [])} memories but {len(self.weights or [])} weights")
 

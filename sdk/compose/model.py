@@ -76,6 +76,8 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         config.max_position_embeddings = min(limits) if limits else None
         self.member_keys = [forward_keys(m) for m in self.members]  # what each member's forward takes
         self.set_weights(config.weights or [0.0] * n_mem)
+        self.router: nn.Module | None = None  # per-token weights (memreg.router), see set_router
+        self.use_router = True  # False: the fixed weights even where a router is set (the opt-out)
         self.generation_config = _generation_config(self.members[0], tokenizer)
         self.post_init()
 
@@ -128,6 +130,28 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         out = torch.zeros(rows, len(self.members) - 1, dtype=torch.float64)
         return out.index_add_(1, torch.tensor(self.member_of_memory) - 1, w)
 
+    def set_router(self, router: nn.Module | None) -> None:
+        """Mix with per-token weights from `router` (a memreg.router.Router), or None for the fixed
+        weights. Refused (RouterMismatchError) unless it was fitted for this base (tokenizer
+        fingerprint, hidden size) and this many distinct members."""
+        if router is not None:
+            from memreg.router.io import check_router, hidden_size_of
+            from memreg.registry.fingerprinting import fingerprint
+
+            if self.tokenizer is None:
+                from memreg.core.errors import RouterMismatchError
+
+                raise RouterMismatchError("a router is bound to its base's tokenizer: compose with tokenizer=")
+            check_router(router.config, tokenizer_digest=fingerprint(self.tokenizer).digest,
+                         hidden_sizes=[hidden_size_of(m) for m in self.members])
+            router = router.to(next(self.base.parameters()).device).eval()
+        self.router = router
+
+    @property
+    def routed(self) -> bool:
+        """Whether forward mixes with the router's per-token weights (a router is set and not opted out)."""
+        return self.router is not None and self.use_router
+
     @property
     def base(self) -> nn.Module:
         return self.members[0]
@@ -160,7 +184,8 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         """input_ids (B, T) after what `cache` holds; attention_mask (B, past + T); returns the
         mixture's log-probabilities (B, T, V) as `logits` (the last `logits_to_keep` positions if set).
 
-        weights: (B, M) per-row memory weights (each row by the mixture rule), else the model's own.
+        weights: (B, M) per-row memory weights (each row by the mixture rule), else the router's
+        per-token weights where a router is set (and `use_router`), else the model's own.
         position_ids, token_type_ids: passed to the members whose forward takes them.
         output_attentions / output_hidden_states: one entry per member, base first (each the
         member's own tuple): the members' layers differ, so there is no single stack."""
@@ -186,15 +211,21 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             position_ids = _positions(attention_mask, past, t, input_ids.device, b)
         if token_type_ids is not None and not any("token_type_ids" in k for k in self.member_keys):
             raise TypeError("token_type_ids: no member's forward takes them; tokenize with return_token_type_ids=False")
+        route = weights is None and self.routed
+        # a router reading hidden states needs them from every member, asked for or not
+        hidden = bool(output_hidden_states) or (route and self.router.uses_hidden)
         extra = {"token_type_ids": token_type_ids, "output_attentions": output_attentions or None,
-                 "output_hidden_states": output_hidden_states or None, "logits_to_keep": logits_to_keep or None}
+                 "output_hidden_states": hidden or None, "logits_to_keep": logits_to_keep or None}
         steps = [
             member_step(m, self.member_keys[j], self.vocab_size, input_ids, attention_mask=attention_mask,
                         position_ids=position_ids, cache=cache.members[j] if cache is not None else None,
                         use_cache=use_cache, extra=extra)
             for j, m in enumerate(self.members)
         ]
-        mixing = self._member_weights if weights is None else self.row_member_weights(weights, b)
+        if route:
+            mixing = self._routed_weights(steps)  # (B, T', members - 1), per position
+        else:
+            mixing = self._member_weights if weights is None else self.row_member_weights(weights, b)
         logp = mix_log_probs(widest([s.log_probs for s in steps]), mixing)
         out = CausalLMOutputWithPast(
             loss=_loss(logp, labels) if labels is not None else None,
@@ -204,6 +235,18 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             hidden_states=tuple(s.hidden_states for s in steps) if output_hidden_states else None,
         )
         return out if return_dict is None or return_dict else out.to_tuple()
+
+    def _routed_weights(self, steps: list) -> torch.Tensor:
+        """The router's memory weights at each position the members returned (B, T', members - 1):
+        features of this step only, so decoding with a cache routes token by token."""
+        from memreg.router.features import position_inputs
+
+        lps = [s.log_probs for s in steps]
+        hidden = None
+        if self.router.uses_hidden:
+            kept = lps[0].shape[1]
+            hidden = [s.hidden_states[-1][:, -kept:] for s in steps]
+        return self.router.memory_weights(position_inputs(lps, hidden))
 
     def check_length(self, positions: int) -> None:
         """Refuse more positions than the smallest member holds (a member would fail with an IndexError)."""
@@ -251,6 +294,10 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
                 generation_config is not None and generation_config.prompt_lookup_num_tokens):
             from memreg.decode.assisted import generate_assisted
 
+            if self.routed:
+                raise ValueError("drafting (assistant_model=, prompt_lookup_num_tokens=) mixes with the fixed weights "
+                                 "and does not run the router yet: set model.use_router = False (--no-router) to draft")
+
             return generate_assisted(self, inputs, generation_config=generation_config, generator=generator, **kwargs)
         if generator is None:
             return super().generate(inputs, generation_config=generation_config, **kwargs)
@@ -269,10 +316,16 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         self.config.architectures = [type(self).__name__]
+        self.config.router = "router" if self.router is not None else None
         self.config.save_pretrained(out)
         self.generation_config.save_pretrained(out)
         if self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
             self.tokenizer.save_pretrained(out)
+        if self.router is not None:  # beside the composition, in the package layout (router/)
+            from memreg.router.io import save_router
+            from memreg.schemas.router import ROUTER_FOLDER
+
+            save_router(self.router, out / ROUTER_FOLDER)
         return out / "config.json"
 
     @classmethod
@@ -295,8 +348,14 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
             config = CompositionConfig.from_pretrained(folder, trust_remote_code=False)
         if not isinstance(config, CompositionConfig):
             raise TypeError(f"{folder} holds a {type(config).__name__}, not a memreg composition")
+        use_router = kwargs.pop("use_router", True)
         parts = assemble_saved(config, folder if folder.is_dir() else None, **kwargs)
-        return cls(parts.config, parts.members, member_of_memory=parts.member_of_memory, tokenizer=parts.tokenizer).eval()
+        model = cls(parts.config, parts.members, member_of_memory=parts.member_of_memory, tokenizer=parts.tokenizer).eval()
+        if config.router and use_router and folder.is_dir():  # saved beside the composition: refused if it no longer fits the base
+            from memreg.router.io import load_router
+
+            model.set_router(load_router(folder / config.router))
+        return model
 
     @classmethod
     def from_members(cls, base: nn.Module, memories: Sequence[nn.Module], weights: Sequence[float], *,
