@@ -28,6 +28,25 @@ DataOpt = Annotated[list[Path], typer.Option("--data", help="Held-out text files
 ContextOpt = Annotated[Optional[int], typer.Option(min=2, help="Tokens each sliding window sees (at least 2). Default: the shortest context among the models, at most 1024.")]
 StrideOpt = Annotated[Optional[int], typer.Option(min=1, help="Tokens each window advances (1 to context). Default: context / 2.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Compose even when a tokenizer check fails (experts only).")]
+NoRouterOpt = Annotated[bool, typer.Option("--no-router", help="Mix with the fixed weights even where the memory ships a router (docs/router.md).")]
+RouterPathOpt = Annotated[Optional[Path], typer.Option("--router", help="Mix with this router folder's per-token weights (refused if fitted for another base).")]
+
+
+def _router(no_router: bool, path: Path | None) -> Any:
+    """compose()'s router= from --no-router / --router FOLDER (default: the one a memory's package ships)."""
+    if no_router and path is not None:
+        raise usage_error("--no-router and --router FOLDER do not go together: give one")
+    return None if no_router else (path if path is not None else "auto")
+
+
+def _scores(model, texts: list[str], context: int | None, stride: int | None, *, bars: bool) -> tuple[list, Any]:
+    """Each member's per-token log-probabilities, and the routed mixture's where a router is set (else None)."""
+    if not model.routed:
+        return _score(model, texts, context, stride, bars=bars), None
+    from memreg.router.fitting import routed_log_probs
+
+    with count_progress("scoring", unit="tokens", enabled=bars) as cb:
+        return routed_log_probs(model, texts, **_window(model, context, stride), progress=cb)
 
 
 def _compose(base: str, specs: list[str], registry: str | None, options: list[str] | None, force: bool, *,
@@ -150,6 +169,8 @@ def attach(
     context: ContextOpt = None,
     stride: StrideOpt = None,
     force: ForceOpt = False,
+    no_router: NoRouterOpt = False,
+    router: RouterPathOpt = None,
     trust: TrustOpt = None,
     public_key: PublicKeyOpt = None,
     registry: RegistryOpt = None,
@@ -163,23 +184,28 @@ def attach(
         raise usage_error("nothing to do: give --prompt TEXT to generate or --eval FILES to score")
     _check_decoding(sample, temperature, top_p, beams)
     bars = not (json_ or quiet)
-    model = _compose(base, memories, registry, storage_option, force, bars=bars, trust=trust, public_keys=public_key or [])
-    result: dict = {}  # under --json, one envelope holds the evaluation and the generation
+    model = _compose(base, memories, registry, storage_option, force, bars=bars, trust=trust, public_keys=public_key or [],
+                     router=_router(no_router, router))
+    result: dict = {"router": True} if model.routed else {}  # under --json, one envelope holds eval and generation
     if eval_files:
         from memreg.evaluate import mixture_log_probs
 
-        lps = _score(model, _read_texts(eval_files), context, stride, bars=bars)
+        lps, routed = _scores(model, _read_texts(eval_files), context, stride, bars=bars)
         row = {
             "tokens": int(lps[0].size),
             "weights": dict(zip(model.names, model.weights)),
             "perplexity_base": _ppl(lps[0]),
             "perplexity_composed": _ppl(mixture_log_probs(lps[0], lps[1:], model.member_weights)),
         }
+        if routed is not None:
+            row["perplexity_router"] = _ppl(routed)
         result.update(row)
         if not json_:
             console.print(f"base alone: perplexity {row['perplexity_base']:.2f}")
             console.print(f"composed ({_weights_str(model.names, model.weights)}): "
                           f"perplexity {row['perplexity_composed']:.2f}  ({row['tokens']} tokens)")
+            if routed is not None:
+                console.print(f"composed with the router: perplexity {row['perplexity_router']:.2f}")
     if prompt is not None:
         result.update(_generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_))
     if json_:
@@ -239,6 +265,8 @@ def eval_cmd(
     plot: Annotated[Optional[Path], typer.Option(help="With --sweep: write perplexity against weight to this image.")] = None,
     fit: Annotated[bool, typer.Option("--fit-weights", help="Fit the memory weights by EM and report them.")] = False,
     force: ForceOpt = False,
+    no_router: NoRouterOpt = False,
+    router: RouterPathOpt = None,
     trust: TrustOpt = None,
     public_key: PublicKeyOpt = None,
     registry: RegistryOpt = None,
@@ -260,10 +288,12 @@ def eval_cmd(
     specs = memory if not (sweep or fit) else [s if "=" in s else f"{s}=0" for s in memory]
     bars = not (json_ or quiet)
     model = _compose(base, specs, registry, storage_option, force, bars=bars, hint="'--memory'", trust=trust,
-                     public_keys=public_key or [])
-    lps = _score(model, _read_texts(data), context, stride, bars=bars)
+                     public_keys=public_key or [], router=_router(no_router, router))
+    lps, routed = _scores(model, _read_texts(data), context, stride, bars=bars)
     base_lp, mem_lps = lps[0], lps[1:]
     result: dict[str, Any] = {"tokens": int(base_lp.size), "perplexity_base": _ppl(base_lp)}
+    if routed is not None:
+        result["perplexity_router"] = _ppl(routed)
     if memory and not (sweep or fit) or any("=" in s for s in memory):
         result["weights"] = dict(zip(model.names, model.weights))
         result["perplexity_composed"] = _ppl(mixture_log_probs(base_lp, mem_lps, model.member_weights))
@@ -293,6 +323,8 @@ def _print_eval(result: dict[str, Any]) -> None:
         table.add_row("composed", _fmt(result["weights"]), f"{result['perplexity_composed']:.2f}")
     if "perplexity_fitted" in result:
         table.add_row("fitted (EM)", _fmt(result["fitted_weights"]), f"{result['perplexity_fitted']:.2f}")
+    if "perplexity_router" in result:
+        table.add_row("router", "per token", f"{result['perplexity_router']:.2f}")
     for name, curve in result.get("sweep", {}).items():
         best = min(curve, key=curve.get)
         table.add_row(f"sweep {name}: best", f"{name}={best:.2f}", f"{curve[best]:.2f}")
@@ -339,6 +371,11 @@ def tune(
     force: ForceOpt = False,
     write: Annotated[Optional[str], typer.Option("--write", metavar="VERSION", help="Publish the memory again as VERSION (same weights, no re-upload) with the fitted weight as its recommended weight; one memory only.")] = None,
     tag: Annotated[Optional[list[str]], typer.Option(help="With --write: also point these tags at the new version, repeatable.")] = None,
+    fit_router: Annotated[bool, typer.Option("--router", help="Also fit a per-token router (docs/router.md); --write ships it in the package.")] = False,
+    held_out: Annotated[Optional[list[Path]], typer.Option("--held-out", help="With --router: text to measure it on (default: the last 20% of --data's tokens, never fitted on).")] = None,
+    features: Annotated[str, typer.Option(help="With --router: what it reads, comma-separated: entropy, top1, agreement, hidden.")] = "entropy,top1,agreement",
+    threshold: Annotated[Optional[float], typer.Option(min=0, max=0.999, help="With --router: a token whose memories' weight is below this goes to the base alone.")] = None,
+    router_out: Annotated[Optional[Path], typer.Option("--router-out", help="With --router: write the router (router_config.json, router.safetensors) to this folder.")] = None,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
     json_: JsonOpt = False,
@@ -355,9 +392,11 @@ def tune(
         if len(memories) != 1:
             raise ValueError(f"--write publishes one memory's fitted weight; {len(memories)} memories were given: tune them one at a time")
         check_version(write)
+    if (held_out or router_out or threshold is not None) and not fit_router:
+        raise usage_error("--held-out, --threshold and --router-out go with --router")
     specs = [s if "=" in s else f"{s}=0" for s in memories]  # the weights are what we fit
     bars = not (json_ or quiet)
-    model = _compose(base, specs, registry, storage_option, force, bars=bars)
+    model = _compose(base, specs, registry, storage_option, force, bars=bars, router=None)
     with count_progress("scoring", unit="tokens", enabled=bars) as cb:
         fitted = fit_weights(model, _read_texts(data), **_window(model, context, stride), progress=cb)
     result = {
@@ -369,8 +408,24 @@ def tune(
         "iterations": fitted.iterations,
         "converged": fitted.converged,
     }
+    routed = None
+    if fit_router:
+        from memreg.router.fitting import fit_router as fit
+        from memreg.router.io import save_router
+
+        with count_progress("router", unit="tokens", enabled=bars) as cb:
+            routed = fit(model, _read_texts(data), held_out=_read_texts(held_out) if held_out else None, base_name=base,
+                         features=[f.strip() for f in features.split(",") if f.strip()], threshold=threshold,
+                         dataset="memreg tune --router: " + ", ".join(str(f) for f in data), progress=cb,
+                         **_window(model, context, stride))
+        result["router"] = {"features": list(routed.config.features), "held_out_tokens": int(routed.held_out_router.size),
+                            "perplexity_fixed": routed.perplexity_fixed, "perplexity_router": routed.perplexity_router,
+                            "gain": routed.gain}
+        if router_out is not None:
+            result["router"]["written"] = str(save_router(routed.router, router_out).parent)
     if write is not None:
-        result["written"] = _write_version(write, memories[0], base, data, fitted, tag or [], registry, storage_option)
+        result["written"] = _write_version(write, memories[0], base, data, fitted, tag or [], registry, storage_option,
+                                           routed)
     if json_:
         print_json(result)
         return
@@ -389,17 +444,22 @@ def _print_tune(result: dict[str, Any]) -> None:
         f"{result['perplexity_fitted']:.2f} on {result['tokens']} tokens"
         + ("" if result["converged"] else f" (EM stopped after {result['iterations']} iterations before converging)")
     )
+    if "router" in result:
+        r = result["router"]
+        console.print(f"router ({', '.join(r['features'])}): held-out perplexity {r['perplexity_fixed']:.2f} at the fixed "
+                      f"weights -> {r['perplexity_router']:.2f} routed ({r['gain']:.3f}x, {r['held_out_tokens']} tokens)"
+                      + (f"; written to {r['written']}" if "written" in r else ""))
     if not math.isfinite(result["perplexity_fitted"]):
         err_console.print("warning: a member gives probability 0 to some held-out token")
 
 
 def _write_version(version: str, spec: str, base: str, data: list[Path], fitted, tags: list[str],
-                   registry: str | None, options: list[str] | None) -> dict[str, Any]:
+                   registry: str | None, options: list[str] | None, router=None) -> dict[str, Any]:
     from memreg.registry import Registry
     from memreg.tune import publish_tuned
 
     reg = Registry.open(registry, storage_options=storage_options(options))
     res = publish_tuned(reg, spec, version, fitted, base=base, tags=tags,
-                        dataset="memreg tune (EM fit): " + ", ".join(str(f) for f in data))
+                        dataset="memreg tune (EM fit): " + ", ".join(str(f) for f in data), router=router)
     return {"ref": res.manifest.ref, "registry": reg.url, "recommended_weight": float(fitted.weights[0]),
             "created": res.created, "uploaded": res.uploaded, "skipped": res.skipped, "tags": sorted(res.tags)}

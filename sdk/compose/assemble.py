@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -56,6 +56,7 @@ class Parts:
     member_of_memory: list[int]
     tokenizer: Any
     fit: bool  # weights="auto": the weights are still to be fitted
+    folders: list[Path | None] = field(default_factory=list)  # each memory's package folder, where it has one
 
 
 def parse_memory_spec(spec: str) -> tuple[str, float | None]:
@@ -172,7 +173,19 @@ def assemble(
         registry=registry_box[0].url if registry_box else (registry if isinstance(registry, str) else None),
         vocab_size=len(tokenizer) if tokenizer is not None else None,
     )
-    return Parts(config, members, member_of_memory, tokenizer, settled is None)
+    return Parts(config, members, member_of_memory, tokenizer, settled is None,
+                 [_folder_of(m) for m in mems])
+
+
+def _folder_of(mem: Memory) -> Path | None:
+    """The package folder a memory was loaded from (a registry version's pulled folder), for what
+    else the package ships (a router)."""
+    kind, _, value = mem.key.partition(":")
+    if kind == "path":
+        return Path(value)
+    if kind == "ref" and mem.pulled_to:
+        return Path(mem.pulled_to[0])
+    return None
 
 
 # from_pretrained's keywords that only matter for a model with weights of its own (Hub downloads of

@@ -8,6 +8,7 @@ model's own `save_pretrained` / `from_pretrained` under the names the SDK had fi
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ def compose(
     dtype: torch.dtype | None = None,
     trust: str | None = None,
     public_keys: Sequence[str | os.PathLike] = (),
+    router: Any = "auto",
 ) -> ComposedForCausalLM:
     """Mix `memories` into `base`: p = (1 - sum w) p_base + sum_i w_i p_i, after checking tokenizers.
 
@@ -55,6 +57,10 @@ def compose(
     trust, public_keys: signatures of registry memories (memreg.registry.trust): "off", "warn" (a
       UserWarning for one no trusted key signed) or "require" (UntrustedMemoryError); None reads
       $MEMREG_TRUST, else warn. Keys: `public_keys`, $MEMREG_PUBLIC_KEYS and the trust file.
+    router: per-token weights (memreg.router). "auto": the router a single memory's package ships
+      (router/), if it was fitted for this base, else the fixed weights with a warning saying why;
+      a router folder or a loaded Router: that one, refused (RouterMismatchError) for another base;
+      None: the fixed weights.
 
     Returns a transformers model (`PreTrainedModel` + `GenerationMixin`): forward gives the mixture's
     log-probabilities as logits, `generate` is transformers' own, `save_pretrained` writes references.
@@ -67,7 +73,33 @@ def compose(
                                 tokenizer=parts.tokenizer).eval()
     if parts.fit:  # "auto"
         model.set_weights(fit_weights(model, held_out, context=context, stride=stride).weights)
+    _set_router(model, router, parts.folders)
     return model
+
+
+def _set_router(model: ComposedForCausalLM, router: Any, folders: Sequence[Any]) -> None:
+    from memreg.core.errors import RouterMismatchError
+    from memreg.router.io import load_router
+    from memreg.schemas.router import ROUTER_CONFIG, ROUTER_FOLDER
+
+    if router is None or router is False:
+        return
+    if isinstance(router, str) and router == "auto":
+        # a package's router was fitted for base + that one memory: it applies to no other mixture
+        shipped = [f / ROUTER_FOLDER for f in folders if f is not None and (f / ROUTER_FOLDER / ROUTER_CONFIG).is_file()]
+        if not shipped:
+            return
+        if len(model.members) != 2:
+            warnings.warn(f"the router in {shipped[0]} weighs the base and that one memory: not used in a mixture of "
+                          f"{len(model.members) - 1} memories (the fixed weights are)", UserWarning, stacklevel=3)
+            return
+        try:
+            model.set_router(load_router(shipped[0]))
+        except RouterMismatchError as e:
+            # the memory still applies at its fixed weight (e.g. the family's other base); its router does not
+            warnings.warn(f"the router in {shipped[0]} is not used, the fixed weights are: {e}", UserWarning, stacklevel=3)
+        return
+    model.set_router(load_router(router) if isinstance(router, (str, os.PathLike)) else router)
 
 
 def save_composition(composed: ComposedForCausalLM, folder: str | os.PathLike) -> Path:

@@ -34,6 +34,7 @@ class Memory:
     # registry memories: pull, then what the pulled files say (tokenizer folder, embedding rows)
     pulled: Callable[[], tuple[Path, int | None]] | None = None
     digest: str | None = None  # registry memories: their manifest's (manifest_digest)
+    pulled_to: list[Path] | None = None  # registry memories: the folder once pulled (what else the package ships)
 
     @property
     def source(self) -> str | None:
@@ -151,9 +152,10 @@ def _describe_reference(reg: Any, text: str, dtype: Any) -> Memory:
         manifest.tokenizer,  # only for a refusal that costs no download; the pulled files decide
         manifest.model.embedding_rows,
         manifest.metrics.recommended_weight,
-        lambda: _load_folder(box[0] if box else reg.pull(ref), dtype),
+        lambda: _load_folder(box[0] if box else pulled()[0], dtype),
         pulled,
         manifest_digest(manifest),
+        box,
     )
 
 

@@ -227,3 +227,12 @@ def fit_router(model: Any, data: Any, *, held_out: Any = None, held_out_fraction
     else:
         fit, test = collected, collect(model, held_out, hidden=hidden, context=context, stride=stride)
     return fit_router_on(fit, test, config, steps=steps, lr=lr, seed=seed, dataset=dataset)
+
+
+def routed_log_probs(model: Any, data: Any, *, context: int | None = None, stride: int | None = None,
+                     progress: Any = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Held-out text under a composition with a router: each distinct member's per-token
+    log-probabilities (base first, as memreg.compose.member_target_log_probs gives them) and the
+    routed mixture's, from one pass of each member."""
+    data = collect(model, data, hidden=model.router.uses_hidden, context=context, stride=stride, progress=progress)
+    return [data.targets[:, k].numpy() for k in range(data.targets.shape[1])], router_log_probs(model.router, data)
