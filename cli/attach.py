@@ -7,6 +7,7 @@ nothing to `memreg list`.
 from __future__ import annotations
 
 import math
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -28,6 +29,21 @@ DataOpt = Annotated[list[Path], typer.Option("--data", help="Held-out text files
 ContextOpt = Annotated[Optional[int], typer.Option(min=2, help="Tokens each sliding window sees (at least 2). Default: the shortest context among the models, at most 1024.")]
 StrideOpt = Annotated[Optional[int], typer.Option(min=1, help="Tokens each window advances (1 to context). Default: context / 2.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Compose even when a tokenizer check fails (experts only).")]
+
+
+class Draft(str, Enum):
+    """Where `attach --prompt` takes speculative drafts from (memreg.decode.assisted)."""
+
+    memory = "memory"
+    lookup = "lookup"
+    none = "none"
+
+
+DraftOpt = Annotated[Draft, typer.Option(
+    "--draft", case_sensitive=False,
+    help="Speculative decoding: 'memory' (the first memory drafts, the mixture verifies), 'lookup' (drafts copied "
+         "from the text so far), 'none'. The text is the same (greedy) or sampled from the same mixture (--sample); "
+         "only the speed differs. Not with --beams.")]
 NoRouterOpt = Annotated[bool, typer.Option("--no-router", help="Mix with the fixed weights even where the memory ships a router (docs/router.md).")]
 RouterPathOpt = Annotated[Optional[Path], typer.Option("--router", help="Mix with this router folder's per-token weights (refused if fitted for another base).")]
 
@@ -165,6 +181,7 @@ def attach(
     top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample among the k most likely tokens.")] = None,
     beams: Annotated[int, typer.Option(min=1, help="Beam search with N beams (printed at the end); not with --sample.")] = 1,
     seed: Annotated[Optional[int], typer.Option(help="Random seed for --sample.")] = None,
+    draft: DraftOpt = Draft.none,
     eval_files: Annotated[Optional[list[Path]], typer.Option("--eval", help="Text files: print perplexity of the base alone and composed.")] = None,
     context: ContextOpt = None,
     stride: StrideOpt = None,
@@ -183,6 +200,9 @@ def attach(
     if prompt is None and not eval_files:
         raise usage_error("nothing to do: give --prompt TEXT to generate or --eval FILES to score")
     _check_decoding(sample, temperature, top_p, beams)
+    if draft is not Draft.none and beams > 1:
+        raise usage_error(f"--draft {draft.value} and --beams {beams} do not go together: drafting decodes one "
+                          "sequence; give --draft none for beam search")
     bars = not (json_ or quiet)
     model = _compose(base, memories, registry, storage_option, force, bars=bars, trust=trust, public_keys=public_key or [],
                      router=_router(no_router, router))
@@ -207,7 +227,8 @@ def attach(
             if routed is not None:
                 console.print(f"composed with the router: perplexity {row['perplexity_router']:.2f}")
     if prompt is not None:
-        result.update(_generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_))
+        result.update(_generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_,
+                                draft))
     if json_:
         print_json(result)
 
@@ -236,7 +257,17 @@ def _streamer(tok):
     return CleanStreamer(tok, skip_prompt=False, skip_special_tokens=True)
 
 
-def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_) -> dict:
+def _draft_options(model, draft: Draft) -> dict[str, Any]:
+    """generate() keywords of a --draft choice (the first memory drafts: memreg.decode.assisted)."""
+    if draft is Draft.memory:
+        return {"assistant_model": model.names[0], "return_dict_in_generate": True}
+    if draft is Draft.lookup:
+        return {"prompt_lookup_num_tokens": 10, "return_dict_in_generate": True}
+    return {}
+
+
+def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, beams, seed, json_,
+              draft: Draft = Draft.none) -> dict:
     import torch
 
     tok = model.tokenizer
@@ -247,12 +278,17 @@ def _generate(model, prompt, max_new_tokens, sample, temperature, top_p, top_k, 
     out = model.generate(
         enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=max_new_tokens, do_sample=sample,
         temperature=temperature, top_p=top_p, top_k=top_k or 0, num_beams=beams,  # top_k 0: no top-k cut
-        streamer=_streamer(tok) if stream else None,
+        streamer=_streamer(tok) if stream else None, **_draft_options(model, draft),
     )
-    text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    stats = getattr(out, "extra", None)  # drafted / accepted / rounds when drafting
+    ids = out.sequences if stats is not None else out
+    text = tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     if not json_ and not stream:
         console.print(prompt + text, markup=False)
-    return {"prompt": prompt, "completion": text, "weights": dict(zip(model.names, model.weights))}
+    result = {"prompt": prompt, "completion": text, "weights": dict(zip(model.names, model.weights))}
+    if stats is not None:
+        result["draft"] = {"source": draft.value, **stats}
+    return result
 
 
 def eval_cmd(
