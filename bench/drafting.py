@@ -303,7 +303,7 @@ def forward_costs(models: dict, prompt, args) -> dict:
             return row
 
     out: dict = {}
-    for threads in sorted({1, args.threads}):
+    for threads in sorted({args.threads, *args.probe_threads}):
         torch.set_num_threads(threads)
         for name, model in models.items():
             out[f"{name} threads={threads}"] = timed(model)
@@ -329,7 +329,7 @@ def _load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_real_pair(args) -> dict:
+def run_real_pair(args, save=None) -> dict:
     """The --pair run: every mode's methods interleaved per round, medians and spreads."""
     import torch
 
@@ -346,6 +346,8 @@ def run_real_pair(args) -> dict:
         if mode == "forward":
             out["forward_seconds"] = forward_costs({"base": base, "memory": memory}, ps[0], args)
             print("  forward seconds by new tokens T: " + json.dumps(out["forward_seconds"]), flush=True)
+            if save is not None:
+                save({**out, "load_average_end": _load_average()})
             continue
         fns = pair_methods(composed, base, memory, small, mode, args, args.new_tokens)
         for fn in pair_methods(composed, base, memory, small, mode, args, 3).values():  # warm-up: 3 tokens
@@ -394,6 +396,8 @@ def run_real_pair(args) -> dict:
             "greedy_outputs_differing": mismatches if mode == "greedy" else None,
             "load_average_rounds": loads,
         }
+        if save is not None:  # what a mode measured survives a run stopped in a later one
+            save({**out, "load_average_end": _load_average()})
     out["load_average_end"] = _load_average()
     return out
 
@@ -455,6 +459,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--probe-threads", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="mode 'forward': thread counts to time besides --threads (e.g. 1)")
     args = ap.parse_args(argv)
     import torch
 
@@ -464,15 +470,19 @@ def main(argv: list[str] | None = None) -> None:
         args.weight = 0.5 if args.weight is None else args.weight
         out_path = Path(args.out or REPO / "bench" / "results" / f"drafting-{args.pair}.json")
         t0 = time.perf_counter()
-        res = run_real_pair(args)
-        res.update(command=" ".join([Path(sys.executable).name, *sys.argv]), threads=args.threads,
-                   torch=torch.__version__, wall_seconds=time.perf_counter() - t0,
-                   idle_note="not idle (other jobs shared the CPU)" if max(res["load_average_start"][0],
-                                                                            res["load_average_end"][0]) > 0.5 * args.threads
-                   else "about idle")
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(res, indent=1))
-        write_pair_markdown(res, out_path.with_suffix(".md"))
+
+        def save(res: dict) -> None:
+            res.update(command=" ".join([Path(sys.executable).name, *sys.argv]), threads=args.threads,
+                       torch=torch.__version__, wall_seconds=time.perf_counter() - t0,
+                       idle_note="not idle (other jobs shared the CPU)" if max(
+                           res["load_average_start"][0], res["load_average_end"][0]) > 0.5 * args.threads
+                       else "about idle")
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(res, indent=1))
+            write_pair_markdown(res, out_path.with_suffix(".md"))
+
+        res = run_real_pair(args, save)
+        save(res)
         print(out_path.with_suffix(".md").read_text())
         return
     args.out = args.out or str(REPO / "bench" / "results" / "drafting.json")
