@@ -215,3 +215,31 @@ def test_fit_router_trains_only_the_router_and_records_the_held_out_comparison(t
     assert fit.perplexity_router == pytest.approx(fitted.perplexity_router)
     assert fitted.gain == pytest.approx(fit.perplexity_fixed / fit.perplexity_router)
     assert len(fit.fixed_weights) == 1 and 0 <= fit.fixed_weights[0] <= 1
+
+
+@pytest.mark.slow  # composes five times from folders
+def test_compose_uses_a_package_router_only_where_it_applies(tmp_path, tok, members):
+    """router='auto': the router a single memory's package ships (router/) is used; opted out with
+    router=None; not used in a mixture of two memories (with a warning); a composition saved with it
+    reopens with it."""
+    from tiny_lms import save_package
+
+    from memreg.compose import compose
+
+    base_dir = save_package(members[0], tok, tmp_path / "base")
+    law = save_package(members[2], tok, tmp_path / "law", recommended_weight=0.3)
+    code = save_package(members[1], tok, tmp_path / "code", recommended_weight=0.2)
+    model = compose(base_dir, [law], router=None)
+    router = _constant(model, [0.6, 0.4])
+    save_router(router, law / "router")
+    assert compose(base_dir, [law]).routed
+    assert not compose(base_dir, [law], router=None).routed
+    with pytest.warns(UserWarning, match="not used in a mixture of 2 memories"):
+        assert not compose(base_dir, [law, code]).routed
+    routed = compose(base_dir, [law])
+    routed.save_pretrained(tmp_path / "saved")
+    again = ComposedForCausalLM.from_pretrained(tmp_path / "saved")
+    assert again.routed and again.router.config == routed.router.config
+    ids = torch.tensor([tok("Permission is hereby granted")["input_ids"]])
+    assert torch.equal(again(input_ids=ids).logits, routed(input_ids=ids).logits)
+    assert not ComposedForCausalLM.from_pretrained(tmp_path / "saved", use_router=False).routed
