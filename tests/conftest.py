@@ -272,3 +272,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         listed = {item.nodeid, item.nodeid.split("[")[0], item.nodeid.split("::")[0]}  # the test, all its params, its file
         if _uses_s3(item) or listed & SLOW_TESTS.keys():
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A BPE tokenizer trained on Debian's licence texts, for tests/tiny_lms.py's models.
+
+    Module-scoped, not session-scoped: a test may set its padding side."""
+    from tiny_lms import LICENSES, real_text, train_tokenizer
+
+    return train_tokenizer(real_text(LICENSES))

@@ -20,11 +20,6 @@ from memreg.registry.errors import TokenizerMismatchError
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(real_text(LICENSES))
-
-
-@pytest.fixture(scope="module")
 def models(tok):
     v = len(tok)
     return {"base": gpt2(v, 0), "m1": llama(v, 1), "m2": gpt2(v, 2, layers=1)}

@@ -10,14 +10,9 @@ import pytest
 import torch  # noqa: F401  (a missing dependency must fail, not skip)
 import transformers  # noqa: F401  (a missing dependency must fail, not skip)
 
-from tiny_lms import LICENSES, gpt2, llama, real_text, train_tokenizer
+from tiny_lms import LICENSES, gpt2, llama
 
 from memreg.compose import compose
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(real_text(LICENSES))
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_lms import LICENSES, gpt2, llama, real_text, train_tokenizer
+from tiny_lms import LICENSES, gpt2, llama
 
 from memreg.compose import compose
 from memreg.mixture import InvalidWeightsError
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(real_text(LICENSES))
 
 
 @pytest.fixture(scope="module")

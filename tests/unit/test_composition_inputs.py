@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_lms import LICENSES, gpt2, llama, real_text, save_package, train_tokenizer
+from tiny_lms import LICENSES, gpt2, llama, save_package
 
 from conftest import memreg_in_process
 from memreg.compose import ContextTooLongError, compose, fit_weights
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(real_text(LICENSES))
 
 
 @pytest.fixture(scope="module")

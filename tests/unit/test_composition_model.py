@@ -14,17 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_lms import LICENSES, gpt2, llama, real_text, save_package, train_tokenizer
+from tiny_lms import LICENSES, gpt2, llama, save_package
 
 from tests.conftest import REPO
 
 import memreg
 from memreg.compose import ComposedForCausalLM, CompositionConfig, CompositionFileError, compose
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(real_text(LICENSES))
 
 
 @pytest.fixture(scope="module")
