@@ -242,7 +242,9 @@ class AssistedDecoder:
             lps.append(self._forward(self.drafter.member, tok[:, None])[:, -1])
         self.mask = self.mask[:, : start + len(drafts)]
         tokens = torch.stack(drafts, 1) if drafts else self.pending.new_zeros(self.batch, 0)
-        q_stack = torch.stack(q_scores, 1) if (q_scores and self.do_sample) else None
+        q_stack = None
+        if self.do_sample:  # greedy never reads the drafter's scores
+            q_stack = torch.stack(q_scores, 1) if q_scores else lps[0].new_zeros(self.batch, 0, lps[0].shape[-1])
         member_lps = torch.stack(lps, 1) if self.drafter.member is not None else None
         return Drafts(tokens, [len(drafts)] * self.batch, q_stack, member_lps)
 
@@ -400,6 +402,11 @@ def generate_assisted(model: ComposedForCausalLM, inputs: torch.Tensor | None = 
     ids = inputs if inputs is not None else input_ids
     if ids is None or ids.ndim != 2 or ids.shape[1] == 0:
         raise ValueError("generate() needs input_ids of shape (batch, length) with at least one token")
+    if getattr(model, "routed", False) and weights is None:
+        # the drafting loop mixes with fixed weights; a router's per-token weights would make its
+        # output differ from plain decoding's, which drafting must never do
+        raise ValueError("drafting (assistant_model= / prompt_lookup_num_tokens=) mixes with fixed weights and this "
+                         "composition has a router: generate without drafting, or set use_router = False")
     o = read_options(model, generation_config, kwargs)
     if o.num_beams not in (None, 1) or o.num_return_sequences not in (None, 1):
         raise ValueError("assisted decoding gives one sequence per prompt: use num_beams=1, num_return_sequences=1")

@@ -102,3 +102,25 @@ def test_batched_sampling_draws_from_the_mixture_with_a_sure_memory(tok, parts, 
                                generator=torch.Generator().manual_seed(0), return_dict_in_generate=True)
     assert out.extra["accepted"] == out.extra["drafted"] > 0
     assert out.sequences.shape == (3, batch["input_ids"].shape[1] + 12)
+
+
+def test_sampling_with_no_draft_sure_enough_decodes_plainly(composed, parts, batch):
+    """A confidence threshold no token reaches: every round drafts nothing, sampling still works."""
+    out = composed.generate(**batch, max_new_tokens=6, eos_token_id=[], do_sample=True, assistant_model=parts[1],
+                            assistant_confidence_threshold=1.0, generator=torch.Generator().manual_seed(0),
+                            return_dict_in_generate=True)
+    assert out.extra["drafted"] == 0 and out.extra["rounds"] == 6
+    assert out.sequences.shape == (3, batch["input_ids"].shape[1] + 6)
+
+
+def test_drafting_refuses_a_routed_composition(composed, parts, batch):
+    """A router's per-token weights are not what the drafting loop mixes with: refused, not ignored."""
+    composed.router = torch.nn.Identity()  # any router: the loop never reads it
+    try:
+        with pytest.raises(ValueError, match="router"):
+            composed.generate(**batch, max_new_tokens=2, assistant_model=parts[1])
+        composed.use_router = False  # the opt-out: fixed weights, drafting allowed
+        out = composed.generate(**batch, max_new_tokens=2, eos_token_id=[], assistant_model=parts[1])
+        assert out.shape[1] == batch["input_ids"].shape[1] + 2
+    finally:
+        composed.router, composed.use_router = None, True
