@@ -23,6 +23,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import uuid
@@ -330,11 +331,12 @@ def _place_tensors(h: _Header, version: int, found: dict[str, Any], raw: list) -
 
 def _convert(src: Path, dest: Path, *, sha256: str | None) -> Path:
     _check_dependencies()
-    meta = read_header(src).metadata  # the whole header checked before transformers parses it
+    header = read_header(src)  # the whole header checked before transformers parses it
+    meta = header.metadata
     arch = meta.get("general.architecture")
     if not arch:
         raise GGUFError(f"{src} has no general.architecture in its metadata: it is not a model GGUF")
-    model, tokenizer = _load(src, arch, meta)
+    model, tokenizer = _load(src, arch, header)
     plain = _plain_copy(model, tokenizer, src)
     del model
     _tidy_tokenizer(tokenizer, getattr(plain.config, "max_position_embeddings", None))
@@ -362,15 +364,16 @@ def _convert(src: Path, dest: Path, *, sha256: str | None) -> Path:
     return dest
 
 
-def _load(src: Path, arch: str, meta: dict[str, Any]):
+def _load(src: Path, arch: str, header: GGUFHeader):
     """(dequantised model, tokenizer) as transformers reads them from the file, errors translated."""
-    model = _load_model(src, arch)  # first: an architecture transformers cannot read is the error to give
+    meta = header.metadata
+    model = _load_model(src, arch, header)  # first: an architecture transformers cannot read is the error to give
     tokenizer = _load_tokenizer(src, meta)
     _match_llama_cpp_pre_tokenizer(tokenizer, meta.get("tokenizer.ggml.pre"))
     return model, tokenizer
 
 
-def _load_model(src: Path, arch: str):
+def _load_model(src: Path, arch: str, header: GGUFHeader):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -382,12 +385,19 @@ def _load_model(src: Path, arch: str):
     except ImportError:
         pass
     try:
+        config = _check_sizes_fit_tensors(src, header)  # parsed once: from_pretrained takes it
         model, info = AutoModelForCausalLM.from_pretrained(
-            str(src.parent), gguf_file=src.name, dtype=torch.float32, trust_remote_code=False,
+            str(src.parent), gguf_file=src.name, config=config, dtype=torch.float32, trust_remote_code=False,
             output_loading_info=True, **kwargs
         )
+    except GGUFError:
+        raise
     except _PARSER_ERRORS as exc:
         raise _unparsed(src, exc) from exc
+    except _config_errors() as exc:  # sizes that cannot make a model: 127 heads of a 32-wide layer, say
+        why = str(exc).strip().splitlines()[-1].strip() or type(exc).__name__  # hub's validators end with the reason
+        raise GGUFFormatError(f"{src}: transformers refuses the model its metadata describes ({why}): "
+                              "the header is corrupt; re-download or re-export it") from exc
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         import transformers
 
@@ -398,6 +408,37 @@ def _load_model(src: Path, arch: str):
         ) from exc
     _check_tensors_fill_model(src, info)
     return model.eval()
+
+
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
+def _check_sizes_fit_tensors(src: Path, header: GGUFHeader) -> Any:
+    """The file's config, once the model it describes is known to fit in the tensors the file holds.
+
+    transformers builds the model from the metadata before it reads a tensor, so one corrupt size
+    byte (a block count of 2**28, a hidden size of 2**24) would build that model first and run out
+    of memory or time. The block count is checked against the blocks stored; then the model is
+    built on the meta device (no memory) and its parameters counted against the stored elements.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(src.parent), gguf_file=src.name, trust_remote_code=False)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_hidden_layers", None)
+    stored = {int(m.group(1)) for t in header.tensors if (m := _BLOCK.match(t.name))}
+    if isinstance(layers, int) and stored and layers > len(stored):
+        raise GGUFFormatError(f"{src}: its metadata describes {layers} blocks but it stores {len(stored)}: "
+                              "the header is corrupt; re-download or re-export it")
+    with torch.device("meta"):
+        shape_only = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    needed = sum(p.numel() for p in shape_only.parameters())
+    held = sum(math.prod(t.shape) for t in header.tensors)
+    if needed > held:
+        raise GGUFFormatError(f"{src}: its metadata describes a model of {needed:,} parameters but its tensors "
+                              f"hold {held:,} values: the header is corrupt; re-download or re-export it")
+    return config
 
 
 def _check_tensors_fill_model(src: Path, info: dict[str, Any]) -> None:
@@ -421,6 +462,15 @@ def _load_tokenizer(src: Path, meta: dict[str, Any]):
             f"{src}: transformers cannot build its {meta.get('tokenizer.ggml.model')!r} tokenizer "
             f"({_first_line(exc)})"
         ) from exc
+
+
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """transformers' config validation (huggingface_hub's strict dataclasses) and torch's asserts."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub: its configs did not validate
+        return (AssertionError,)
+    return (StrictDataclassError, AssertionError)
 
 
 # what gguf's reader raises on a header that read_header let pass (a parser error, not a model one)
@@ -476,6 +526,9 @@ def _plain_copy(model: Any, tokenizer: Any, src: Path) -> Any:
     for role in ("bos", "eos", "pad"):  # the tokenizer's ids, so generate() stops and pads right
         token_id = getattr(tokenizer, f"{role}_token_id", None)
         if token_id is not None:
+            if not 0 <= int(token_id) < config.vocab_size:  # an embedding's padding_idx asserts on it
+                raise GGUFFormatError(f"{src}: its {role} token id {token_id} is outside its vocabulary of "
+                                      f"{config.vocab_size}: the header is corrupt; re-download or re-export it")
             setattr(config, f"{role}_token_id", int(token_id))
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     try:

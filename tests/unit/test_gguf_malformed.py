@@ -141,3 +141,36 @@ def test_a_renamed_tensor_is_refused_not_randomly_initialised(tiny, tmp_path):
     with pytest.raises(mg.GGUFFormatError, match=r"1 missing \(model\.layers\.1\.input_layernorm\.weight\).*random init"):
         mg.convert_gguf(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _set_u32(data: bytes, key: str, value: int) -> bytes:
+    """The u32 metadata value of `key` overwritten in place (its type tag sits between key and value)."""
+    out = bytearray(data)
+    at = out.index(key.encode()) + len(key) + 4
+    struct.pack_into("<I", out, at, value)
+    return bytes(out)
+
+
+# Sizes transformers builds a model from before it reads a tensor: one corrupt byte used to build a
+# model of 2**28 blocks (no end, then out of memory) or one of 3 * 10**11 parameters.
+HUGE = {
+    "block count 2**28 + 2": ("llama.block_count", 2**28 + 2, "blocks"),
+    "block count 127": ("llama.block_count", 127, "blocks"),
+    "hidden size 2**24 + 32": ("llama.embedding_length", 2**24 + 32, "parameters"),
+    "feed-forward width 2**28": ("llama.feed_forward_length", 2**28, "parameters"),
+    "vocabulary 2**30": ("llama.vocab_size", 2**30, "parameters"),
+    "heads that do not divide the width": ("llama.attention.head_count", 127, "refuses"),
+    "pad id past the vocabulary": ("tokenizer.ggml.padding_token_id", 2**16, "refuses"),
+}
+
+
+@pytest.mark.parametrize("key, value, says", HUGE.values(), ids=HUGE.keys())
+def test_sizes_the_tensors_cannot_fill_are_refused_before_the_model_is_built(tiny, tmp_path, key, value, says):
+    raw, _ = tiny
+    path = tmp_path / "huge.gguf"
+    path.write_bytes(_set_u32(raw, key, value))
+    with pytest.raises(mg.GGUFFormatError) as info:
+        mg.convert_gguf(path, tmp_path / "out")
+    _assert_named(info.value, path)
+    assert says in str(info.value)
+    assert not (tmp_path / "out").exists()
