@@ -735,17 +735,20 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="cache folder [runs/quality-v2, -quick, -gpu or -tiny]")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--fresh", action="store_true", help="delete the cache first")
-    ap.add_argument("--track", choices=["v2", "family"], default="v2", help="v2: the tracks above; family: one memory "
-                    "for the Qwen2.5-Coder pair on the Python documentation (bench/family_track.py, its own options)")
+    ap.add_argument("--track", choices=["v2", "family", "smollm2"], default="v2", help="v2: the tracks above; family: "
+                    "one memory for the Qwen2.5-Coder pair on the Python documentation (bench/family_track.py); "
+                    "smollm2: SmolLM2-135M on law, full-depth and truncated memories against their controls "
+                    "(bench/smollm2_track.py); each with its own options")
     args, rest = ap.parse_known_args(argv)
-    if args.track == "family":
-        import family_track
+    if args.track in ("family", "smollm2"):
+        import importlib
 
-        return family_track.main(rest + (["--scale", args.scale] if args.scale else [])
-                                 + (["--device", args.device] if args.device != "cpu" else [])
-                                 + (["--work", args.work] if args.work else []) + ["--out", args.out]
-                                 + (["--fresh"] if args.fresh else []) + (["--prepare-data"] if args.prepare_data else [])
-                                 + (["--pack-to", args.pack_to] if args.pack_to else []))
+        track = importlib.import_module(f"{args.track}_track")
+        return track.main(rest + (["--scale", args.scale] if args.scale else [])
+                          + (["--device", args.device] if args.device != "cpu" else [])
+                          + (["--work", args.work] if args.work else []) + ["--out", args.out]
+                          + (["--fresh"] if args.fresh else []) + (["--prepare-data"] if args.prepare_data else [])
+                          + (["--pack-to", args.pack_to] if args.pack_to else []))
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     scale_name = args.scale or ("quick" if args.quick else "cpu")
