@@ -141,28 +141,35 @@ def _settle_weights(weights: Any, mems: list[Memory]) -> list[float] | None:
 
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How members are found, checked and loaded: compose()'s keywords of the same names."""
+
+    registry: Registry | str | None = None
+    force: bool = False
+    tokenizer: PreTrainedTokenizerBase | None = None
+    dtype: torch.dtype | None = None
+    trust: str | None = None
+    public_keys: Sequence[str | os.PathLike] = ()
+    digests: Sequence[str | None] | None = None  # a saved composition's: each registry version's, checked
+
+
 def assemble(
     base: BaseSpec,
     memories: MemorySpec | Sequence[MemorySpec],
     weights: Sequence[float | None] | float | str | None = None,
-    *,
-    registry: Registry | str | None = None,
-    force: bool = False,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    dtype: torch.dtype | None = None,
-    trust: str | None = None,
-    public_keys: Sequence[str | os.PathLike] = (),
-    digests: Sequence[str | None] | None = None,
+    options: LoadOptions = LoadOptions(),
 ) -> Parts:
-    """Describe, check, settle the weights and load (see the module docstring); compose()'s arguments."""
+    """Describe, check, settle the weights and load (see the module docstring)."""
+    registry, dtype, digests = options.registry, options.dtype, options.digests
     memories = _as_list(memories)  # none at all gives the base alone
-    base_model, tokenizer, base_tok = _base(base, tokenizer, dtype)
+    base_model, tokenizer, base_tok = _base(base, options.tokenizer, dtype)
     registry_box: list = []
     mems = [describe(m, registry, registry_box, dtype) for m in memories]  # 1. describe
     if digests is not None:
         _check_digests(mems, digests, registry_box)
-    _check_signatures(registry_box, mems, trust, public_keys)  # before any memory byte is pulled
-    _check_tokenizers(base_tok, rows_of(base_model), mems, force)  # 2. check, before any memory weight is read
+    _check_signatures(registry_box, mems, options.trust, options.public_keys)  # before any memory byte is pulled
+    _check_tokenizers(base_tok, rows_of(base_model), mems, options.force)  # 2. check, before any memory weight is read
     settled = _settle_weights(weights, mems)  # 3. weights (errors before loading too)
     members, member_of_memory = _load_once(mems, base_model)  # 4. load
     config = CompositionConfig(
@@ -209,9 +216,9 @@ def assemble_saved(config: CompositionConfig, folder: Path | None, *, dtype: Any
     dtype = dtype if dtype is not None else torch_dtype
     dtype = None if dtype == "auto" else (getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     memories = [_saved_spec(m, folder) for m in config.memories]
-    parts = assemble(_saved_spec(config.base, folder), memories, list(config.weights), dtype=dtype, force=force,
-                     registry=registry if registry is not None else config.registry, trust=trust,
-                     public_keys=public_keys, digests=[m.get("digest") for m in config.memories])
+    options = LoadOptions(registry=registry if registry is not None else config.registry, force=force, dtype=dtype,
+                          trust=trust, public_keys=public_keys, digests=[m.get("digest") for m in config.memories])
+    parts = assemble(_saved_spec(config.base, folder), memories, list(config.weights), options)
     parts.config.names = list(config.names or parts.config.names)
     if device_map is not None:
         device = _one_device(device_map)

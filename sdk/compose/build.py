@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from memreg.compose.assemble import BaseSpec, MemorySpec, assemble
+from memreg.compose.assemble import BaseSpec, LoadOptions, MemorySpec, assemble
 from memreg.compose.model import ComposedForCausalLM
 from memreg.compose.scoring import fit_weights
 from memreg.mixture import InvalidWeightsError
@@ -67,8 +67,9 @@ def compose(
     """
     if weights == "auto" and held_out is None:
         raise InvalidWeightsError("weights='auto' fits the weights on held-out text: pass held_out=TEXT or token ids")
-    parts = assemble(base, memories, weights, registry=registry, force=force, tokenizer=tokenizer, dtype=dtype,
-                     trust=trust, public_keys=public_keys)
+    options = LoadOptions(registry=registry, force=force, tokenizer=tokenizer, dtype=dtype, trust=trust,
+                          public_keys=public_keys)
+    parts = assemble(base, memories, weights, options)
     model = ComposedForCausalLM(parts.config, parts.members, member_of_memory=parts.member_of_memory,
                                 tokenizer=parts.tokenizer).eval()
     if parts.fit:  # "auto"
