@@ -42,6 +42,18 @@ def _check_windows(n: int, context: int, stride: int) -> None:
         raise ValueError(f"{n} tokens: need at least 2 tokens to score")
 
 
+def pad_windows(ids: torch.Tensor, batch: Sequence[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (input_ids, attention_mask) batch of `batch`'s windows (start, end, first) of `ids`,
+    right-padded with 0 to the longest window; the one place scoring and router fitting cut windows."""
+    length = max(e - s for s, e, _ in batch)
+    inp = torch.zeros(len(batch), length, dtype=torch.long)
+    mask = torch.zeros(len(batch), length, dtype=torch.long)
+    for i, (s, e, _) in enumerate(batch):
+        inp[i, : e - s] = ids[s:e]
+        mask[i, : e - s] = 1
+    return inp, mask
+
+
 @torch.no_grad()
 def target_log_probs(
     model: torch.nn.Module,
@@ -77,12 +89,7 @@ def target_log_probs(
         raise ValueError(f"shard {shard}: the rank must be in 0 .. world - 1")
     for b in range(rank * batch_size, len(windows), world * batch_size):
         batch = windows[b : b + batch_size]
-        length = max(e - s for s, e, _ in batch)
-        inp = torch.zeros(len(batch), length, dtype=torch.long)
-        mask = torch.zeros(len(batch), length, dtype=torch.long)
-        for i, (s, e, _) in enumerate(batch):
-            inp[i, : e - s] = ids_t[s:e]
-            mask[i, : e - s] = 1
+        inp, mask = pad_windows(ids_t, batch)
         logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
         if vocab_size is not None:
             logits = logits[..., :vocab_size]

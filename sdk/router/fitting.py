@@ -51,7 +51,7 @@ def collect(model: Any, data: Any, *, hidden: bool = False, context: int | None 
     distinct member of the composition `model` (base first), in the windows `memreg.evaluate` scores."""
     from memreg.compose.members import member_step
     from memreg.compose.scoring import encode_documents, window
-    from memreg.evaluate import sliding_windows
+    from memreg.evaluate import pad_windows, sliding_windows
 
     context, stride = window(model, context, stride)
     docs = encode_documents(model.tokenizer, data)
@@ -65,12 +65,7 @@ def collect(model: Any, data: Any, *, hidden: bool = False, context: int | None 
         wins = sliding_windows(ids.numel(), context=context, stride=stride)
         for b in range(0, len(wins), batch_size):
             batch = wins[b:b + batch_size]
-            length = max(e - s for s, e, _ in batch)
-            inp = torch.zeros(len(batch), length, dtype=torch.long)
-            mask = torch.zeros(len(batch), length, dtype=torch.long)
-            for i, (s, e, _) in enumerate(batch):
-                inp[i, :e - s] = ids[s:e]
-                mask[i, :e - s] = 1
+            inp, mask = pad_windows(ids, batch)
             inp, mask = inp.to(device), mask.to(device)
             lps, hids = [], []
             for j, m in enumerate(model.members):
