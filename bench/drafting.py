@@ -3,7 +3,7 @@
     python bench/drafting.py [--pairs law,smollm2] [--prompts 4] [--prompt-tokens 48] [--new-tokens 64]
         [--repeats 3] [--draft 5] [--threads 2] [--out bench/results/drafting.json]
     python bench/attach_overhead.py --drafting [same options]      # the same run
-    python bench/drafting.py --pair qwen [--modes greedy,sample] [--dtype float32] [--device cpu]
+    python bench/drafting.py --pair qwen [--modes greedy,forward,sample] [--dtype float32] [--device cpu]
         [--out bench/results/drafting-qwen.json]                   # the real pair, see below
 
 Greedy decoding, batch 1, on in-domain held-out text (each memory's own held-out split), tokens/s of:
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="default bench/results/drafting.json, with --pair drafting-PAIR.json")
     ap.add_argument("--pair", choices=["qwen", "tiny"], default=None,
                     help="the real pair (qwen) or its toy-size rehearsal (tiny) instead of --pairs")
-    ap.add_argument("--modes", default="greedy,sample")
+    ap.add_argument("--modes", default="greedy,forward,sample", help="--pair: greedy, forward (the T-token forward costs), sample")
     ap.add_argument("--weight", type=float, default=None, help="memory weight (--pair; default 0.5 or the card's)")
     ap.add_argument("--memory", default=None, help="--pair qwen: a trained memory package instead of the 0.5B")
     ap.add_argument("--confidence", type=float, default=0.4, help="assistant_confidence_threshold of the A/B method")
