@@ -182,10 +182,17 @@ def _check_format_value(value: Any) -> Any:
     return value
 
 
-class Manifest(_Strict):
-    """`packages/<name>/<version>.json`: immutable once created."""
+class _Document(_Strict):
+    """A document stored on its own: it says its format first, and a newer format is refused."""
 
     format_version: Literal[1] = FORMAT_VERSION
+
+    _check = model_validator(mode="before")(_check_format)
+
+
+class Manifest(_Document):
+    """`packages/<name>/<version>.json`: immutable once created."""
+
     name: str = Field(pattern=NAME_PATTERN)
     version: str = Field(pattern=SEMVER_PATTERN)
     description: str = ""
@@ -197,8 +204,6 @@ class Manifest(_Strict):
     training: TrainingProvenance | None = None
     metrics: Metrics = Field(default_factory=Metrics)
 
-    _check = model_validator(mode="before")(_check_format)
-
     def content_key(self) -> dict[str, Any]:
         """What makes two publications of one version 'the same': everything but when and by which memreg."""
         return self.model_dump(mode="json", exclude={"created_at", "memreg_version"})
@@ -208,14 +213,13 @@ class Manifest(_Strict):
         return f"{self.name}@{self.version}"
 
 
-class PackageCard(_Strict):
+class PackageCard(_Document):
     """`memreg.json` inside a package folder: the author's metadata, all optional.
 
     A pulled package carries its full manifest as memreg.json; publishing it again reads the
     same fields, so the card accepts every manifest field (and recomputes the derived ones).
     """
 
-    format_version: Literal[1] = FORMAT_VERSION
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     version: str | None = Field(default=None, pattern=SEMVER_PATTERN)
     description: str | None = None
@@ -228,31 +232,23 @@ class PackageCard(_Strict):
     tokenizer: TokenizerFingerprint | None = None
     model: ModelInfo | None = None
 
-    _check = model_validator(mode="before")(_check_format)
 
-
-class TagPointer(_Strict):
+class TagPointer(_Document):
     """`packages/<name>/tags/<tag>.json`: mutable, moved by compare-and-swap."""
 
-    format_version: Literal[1] = FORMAT_VERSION
     name: str = Field(pattern=NAME_PATTERN)
     tag: str = Field(pattern=NAME_PATTERN)
     version: str = Field(pattern=SEMVER_PATTERN)
     updated_at: datetime
 
-    _check = model_validator(mode="before")(_check_format)
 
-
-class YankRecord(_Strict):
+class YankRecord(_Document):
     """`packages/<name>/yanked/<version>.json`: hides a version from `name` and `name:latest`."""
 
-    format_version: Literal[1] = FORMAT_VERSION
     name: str = Field(pattern=NAME_PATTERN)
     version: str = Field(pattern=SEMVER_PATTERN)
     reason: str = ""
     yanked_at: datetime
-
-    _check = model_validator(mode="before")(_check_format)
 
 
 class VersionSummary(_Strict):
@@ -304,13 +300,10 @@ class NameIndex(_Strict):
     _check = field_validator("format_version", mode="before")(_check_format_value)
 
 
-class RegistryMarker(_Strict):
+class RegistryMarker(_Document):
     """`memreg-registry.json`: the root of a registry, and the format its documents follow."""
 
-    format_version: Literal[1] = FORMAT_VERSION
     created_at: datetime
-
-    _check = model_validator(mode="before")(_check_format)
 
 
 class Catalog(_Strict):
