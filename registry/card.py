@@ -57,6 +57,8 @@ def _front_matter(m: Manifest) -> str:
         "name": m.name, "tokenizer_fingerprint": m.tokenizer.digest,
         "recommended_weight": m.metrics.recommended_weight,
     }
+    if (r := m.metrics.router) is not None:  # only when shipped: cards without one keep their bytes
+        meta["memreg"]["router"] = {"base": r.base, "features": r.features, "gain": None if r.gain is None else round(r.gain, 4)}
     lines = ["---", *(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in meta.items()), "---", ""]
     return "\n".join(lines)
 
@@ -116,6 +118,7 @@ def _body(m: Manifest) -> list[str]:
         *_how_to_attach(m),
         *_tokenizer(m),
         *_evaluation(m),
+        *_router(m),
         *_training(m),
         *_model(m),
     ]
@@ -163,6 +166,34 @@ def _evaluation(m: Manifest) -> list[str]:
         out.append(f"| {_cell(e.base)} | {_cell(e.dataset)} | {e.tokens} | {e.perplexity_base:.2f} | "
                    f"{e.perplexity_with_memory:.2f} | {e.weight:g} |")
     return out + [""]
+
+
+def _router(m: Manifest) -> list[str]:
+    """The package's router, when it has one: the base it was fitted for (it is refused for any other),
+    what it reads and what it measured. Absent otherwise, so cards without a router keep their bytes."""
+    r = m.metrics.router
+    if r is None:
+        return []
+    out = ["## Router", "",
+           "This package ships a router (`router/`): per-token mixture weights instead of one fixed weight, "
+           "used by `compose`, `memreg attach`, `memreg eval` and `memreg serve` when the memory is attached "
+           "alone to the base it was fitted for (`--no-router` opts out). Any other base is refused before "
+           "the router runs.", "",
+           "| | |", "|---|---|",
+           f"| fitted for | {_cell(r.base)} |",
+           f"| that base's tokenizer | `{r.tokenizer}` |",
+           f"| hidden size | {r.hidden_size} |",
+           f"| features | {', '.join(r.features)} |",
+           f"| held-out tokens | {r.held_out_tokens if r.held_out_tokens is not None else '—'} |",
+           f"| perplexity, best fixed weight | {_ppl(r.perplexity_fixed)} |",
+           f"| perplexity, router | {_ppl(r.perplexity_router)} |",
+           f"| gain (fixed / router; above 1: the router helps) | {'—' if r.gain is None else f'{r.gain:.4f}'} |",
+           ""]
+    return out
+
+
+def _ppl(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
 
 
 def _training(m: Manifest) -> list[str]:

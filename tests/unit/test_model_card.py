@@ -69,3 +69,27 @@ def test_an_authors_readme_is_kept_and_a_generated_card_is_replaced(tmp_path, ca
     reg.publish(again, version="1.1.0")
     text2 = (reg.pull("law@1.1.0") / "README.md").read_text()
     assert text2.count("# law\n") == 1 and "| recommended weight | 0.5 |" in text2 and text2.count("Trained on a Tuesday.") == 1
+
+
+def test_the_card_shows_a_shipped_router_and_only_then(tmp_path, carded):
+    from memreg.registry.card import render_readme
+    from memreg.schemas.v1 import RouterRecord
+
+    reg = Registry.init(str(tmp_path / "reg"))
+    m = reg.publish(carded).manifest
+    without = render_readme(m)
+    assert "## Router" not in without and "router" not in without.split("---")[1]  # no router: the card is as before
+    record = RouterRecord(base="Qwen/Qwen2.5-Coder-0.5B", tokenizer=m.tokenizer.digest, hidden_size=896,
+                          features=["entropy", "top1"], held_out_tokens=4096, perplexity_fixed=12.5,
+                          perplexity_router=12.0, gain=12.5 / 12.0)
+    routed = m.model_copy(update={"metrics": m.metrics.model_copy(update={"router": record})})
+    text = render_readme(routed)
+    for needle in ("## Router", "| fitted for | Qwen/Qwen2.5-Coder-0.5B |", f"| that base's tokenizer | `{m.tokenizer.digest}` |",
+                   "| hidden size | 896 |", "| features | entropy, top1 |", "| held-out tokens | 4096 |",
+                   "| perplexity, best fixed weight | 12.50 |", "| perplexity, router | 12.00 |", "| 1.0417 |"):
+        assert needle in text, needle
+    from huggingface_hub import ModelCard
+
+    assert ModelCard(text).data.to_dict()["memreg"]["router"] == {
+        "base": "Qwen/Qwen2.5-Coder-0.5B", "features": ["entropy", "top1"], "gain": 1.0417}
+    assert text.index("## Evaluation") < text.index("## Router") < text.index("## Training provenance")
