@@ -66,17 +66,8 @@ class StreamOverlapLM(ComposedForCausalLM):
         asked = sorted(k for k, v in rest.items() if v is not None and v is not False and k not in _PASSED_BY_GENERATE)
         if asked:
             raise TypeError(f"StreamOverlapLM.forward: {', '.join(asked)} not supported by this benchmark variant")
-        if input_ids is None:
-            raise ValueError("forward() needs input_ids (B, T)")
-        cache = cache if cache is not None else past_key_values
-        use_cache = bool(use_cache) or cache is not None
-        if use_cache and cache is None:
-            cache = ComposedCache.for_members(self.members)
-        b, t = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
-        self.check_length(past + t)
-        if position_ids is None:
-            position_ids = _positions(attention_mask, past, t, input_ids)
+        cache, use_cache, position_ids = self.prepare_step(input_ids, attention_mask, position_ids,
+                                                           cache if cache is not None else past_key_values, use_cache)
         extra = {"logits_to_keep": logits_to_keep or None}
 
         def run(j: int):
@@ -108,16 +99,9 @@ class StreamOverlapLM(ComposedForCausalLM):
                 main.wait_stream(self._streams[j])
                 results[j].log_probs.record_stream(main)
         lps = widest([results[j].log_probs for j in range(len(self.members))])
-        mixing = self.member_weights if weights is None else self.row_member_weights(weights, b)
+        mixing = self.member_weights if weights is None else self.row_member_weights(weights, input_ids.shape[0])
         out = CausalLMOutputWithPast(logits=mix_log_probs(lps, mixing), **{CACHE_KEY: cache if use_cache else None})
         return out if return_dict is None or return_dict else out.to_tuple()
-
-
-def _positions(mask: torch.Tensor | None, past: int, t: int, ids: torch.Tensor) -> torch.Tensor:
-    """Positions as the product's forward makes them: real tokens counted, a left pad at 0."""
-    if mask is None:
-        return torch.arange(past, past + t, device=ids.device).expand(ids.shape[0], t)
-    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, -t:]
 
 
 # ------------------------------------------------------------------------- static cache + graphs

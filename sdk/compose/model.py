@@ -163,6 +163,29 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         return None  # the output is a mixture, not one embedding
 
     # ------------------------------------------------------------------ forward
+    def prepare_step(self, input_ids: torch.LongTensor | None, attention_mask: torch.Tensor | None,
+                     position_ids: torch.LongTensor | None, cache: ComposedCache | None,
+                     use_cache: bool | None) -> tuple[ComposedCache | None, bool, torch.LongTensor]:
+        """(cache, use_cache, position_ids) for one forward over `input_ids`, checked against the
+        context limit and the cache: what every forward does before it runs the members."""
+        if input_ids is None:
+            raise ValueError("forward() needs input_ids (B, T)")
+        if cache is not None and not isinstance(cache, ComposedCache):
+            raise TypeError(f"cache is a {type(cache).__name__}: a composition keeps one cache per member in a "
+                            "ComposedCache (ComposedCache.for_members(model.members)), or pass none")
+        use_cache = bool(use_cache) or cache is not None
+        if use_cache and cache is None:
+            cache = ComposedCache.for_members(self.members)
+        b, t = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        self.check_length(past + t)
+        if attention_mask is not None and attention_mask.shape[-1] != past + t:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {past + t} "
+                             f"({past} cached + {t} new)")
+        if position_ids is None:
+            position_ids = _positions(attention_mask, past, t, input_ids.device, b)
+        return cache, use_cache, position_ids
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -192,23 +215,8 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         _refuse_unexpected(unexpected)
         if inputs_embeds is not None:
             raise ValueError("inputs_embeds: each member embeds the ids with its own table; pass input_ids")
-        if input_ids is None:
-            raise ValueError("forward() needs input_ids (B, T)")
-        cache = cache if cache is not None else past_key_values
-        if cache is not None and not isinstance(cache, ComposedCache):
-            raise TypeError(f"cache is a {type(cache).__name__}: a composition keeps one cache per member in a "
-                            "ComposedCache (ComposedCache.for_members(model.members)), or pass none")
-        use_cache = bool(use_cache) or cache is not None
-        if use_cache and cache is None:
-            cache = ComposedCache.for_members(self.members)
-        b, t = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
-        self.check_length(past + t)
-        if attention_mask is not None and attention_mask.shape[-1] != past + t:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {past + t} "
-                             f"({past} cached + {t} new)")
-        if position_ids is None:
-            position_ids = _positions(attention_mask, past, t, input_ids.device, b)
+        cache, use_cache, position_ids = self.prepare_step(input_ids, attention_mask, position_ids,
+                                                           cache if cache is not None else past_key_values, use_cache)
         if token_type_ids is not None and not any("token_type_ids" in k for k in self.member_keys):
             raise TypeError("token_type_ids: no member's forward takes them; tokenize with return_token_type_ids=False")
         route = weights is None and self.routed
@@ -225,7 +233,7 @@ class ComposedForCausalLM(PreTrainedModel, GenerationMixin):
         if route:
             mixing = self._routed_weights(steps)  # (B, T', members - 1), per position
         else:
-            mixing = self._member_weights if weights is None else self.row_member_weights(weights, b)
+            mixing = self._member_weights if weights is None else self.row_member_weights(weights, input_ids.shape[0])
         logp = mix_log_probs(widest([s.log_probs for s in steps]), mixing)
         out = CausalLMOutputWithPast(
             loss=_loss(logp, labels) if labels is not None else None,
