@@ -449,7 +449,7 @@ def knn_stats(runs: dict) -> dict:
     """Each work folder's kNN targets: temperature, k, effective neighbours and tokens (exp entropy)."""
     out = {}
     for name, r in runs.items():
-        for meta in sorted(Path(r["work_dir"]).glob("knn-*/meta.json")):
+        for meta in sorted(Path(r["work_dir"]).glob("knn-*/meta.json")) if "work_dir" in r else []:  # LoRA has none
             m = json.loads(meta.read_text())
             out[f"{Path(r['work_dir']).name}/{meta.parent.name}"] = {x: m.get(x) for x in
                                                                      ("k", "temperature", "effective_neighbours", "effective_tokens")}
