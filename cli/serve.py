@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from memreg.cli.attach import NoRouterOpt
 from memreg.cli.options import RegistryOpt, StorageOpt
 from memreg.cli.output import err_console
 from memreg.cli.sign_cmds import PublicKeyOpt, TrustOpt
@@ -49,6 +50,7 @@ def serve(
     force: Annotated[bool, typer.Option("--force", help="Compose even when a tokenizer check fails (experts only).")] = False,
     trust: TrustOpt = None,
     public_key: PublicKeyOpt = None,
+    no_router: NoRouterOpt = False,
     registry: RegistryOpt = None,
     storage_option: StorageOpt = None,
 ) -> None:
@@ -80,9 +82,12 @@ def serve(
 
     require_serving()  # before any model loads
     if memory:
-        model, tokenizer, default_name = _composed(source, memory, registry, storage_option, force, trust, public_key)
+        model, tokenizer, default_name = _composed(source, memory, registry, storage_option, force, trust, public_key,
+                                                   router=None if no_router else "auto")
     else:
         model, tokenizer = load_folder(source)
+        if no_router:
+            model.use_router = False  # a router saved with the composition: the fixed weights apply
         default_name = Path(source).expanduser().resolve().name
     served = name or default_name
     err_console.print(f"serving {served} on http://{host}:{port}/v1 (Ctrl-C to stop)", markup=False, highlight=False)
@@ -90,12 +95,13 @@ def serve(
 
 
 def _composed(base: str, specs: list[str], registry: str | None, options: list[str] | None, force: bool,
-              trust: str | None, public_keys: list[Path] | None) -> tuple[Any, Any, str]:
-    """The base and memories composed as `memreg attach` composes them (same checks, same errors)."""
+              trust: str | None, public_keys: list[Path] | None, *, router: Any = "auto") -> tuple[Any, Any, str]:
+    """The base and memories composed as `memreg attach` composes them (same checks, same errors; a
+    single memory's package router is used unless `router` is None)."""
     from memreg.cli.attach import _compose
     from memreg.compose import parse_memory_spec
 
     model = _compose(base, specs, registry, options, force, bars=True, hint="'--memory'", trust=trust,
-                     public_keys=public_keys or [])
+                     public_keys=public_keys or [], router=router)
     refs = [parse_memory_spec(s)[0] for s in specs]  # as typed, without their weights
     return model, model.tokenizer, "+".join(Path(ref).name or ref for ref in [base, *refs])
