@@ -200,68 +200,11 @@ def law_and_code(registry_url, tiny_package):
 
 
 # --- the inner loop: `python -m pytest -m "not slow"` (docs/testing.md) ----------------------------
-# Most slow tests carry the marker in their own file (`pytestmark` or a decorator). Two kinds are
-# marked here instead:
-# - every test that talks to S3 (an `s3` parameter or the moto server), found by rule rather than by a marker in each of the many files that
-#   use the fixtures: moto's HTTP server answers each request through a real HTTP round trip, several
-#   times slower than the local and memory backends, which the inner loop keeps;
-# - the tests named in SLOW_TESTS, in files that carry no markers of their own. An entry is a file, a
-#   test (all its parameters) or one node id: a renamed test drops out of it silently, so keep it
-#   short and prefer a marker in the file.
-SLOW_TESTS: dict[str, str] = {  # a test file or node id -> why it is slow
-    "tests/integration/test_registry_s3_deadline.py": "waits out real deadlines of seconds on endpoints that trickle",
-    "tests/integration/test_attach_cli.py::test_attach_eval_prints_base_and_composed_perplexity":
-        "scores the held-out text with the base and the composition",
-    "tests/integration/test_attach_cli.py::test_attach_with_beams_and_sampling": "beam search, then sampling twice",
-    "tests/unit/test_assisted.py::test_greedy_with_the_memory_drafting_equals_plain_greedy":
-        "plain and assisted greedy decoding of long completions, for each drafting setting",
-    "tests/unit/test_assisted.py::test_greedy_with_processors_and_an_outside_drafter_equals_plain":
-        "plain and assisted greedy decoding of a long completion",
-    "tests/unit/test_assisted.py::test_greedy_with_prompt_lookup_equals_plain_greedy":
-        "plain and assisted greedy decoding of a long completion",
-    "tests/unit/test_assisted.py::test_pick_sampled_emits_tokens_distributed_as_the_mixture_not_the_drafter":
-        "draws enough samples for a statistical test",
-    "tests/unit/test_assisted.py::test_pick_sampled_with_a_point_mass_draft_gives_the_mixture":
-        "draws enough samples for a statistical test",
-    "tests/unit/test_composition_inputs.py::test_fit_weights_and_auto_weights_on_long_text_use_windows_within_the_limit":
-        "scores a long text window by window",
-    "tests/unit/test_composition_generate.py::test_generate_with_per_row_weights_equals_separate_runs":
-        "a batched generate and one run per row",
-    "tests/unit/test_composition_generate.py::test_options_equal_the_bases_own_generate_at_weight_zero":
-        "two generate runs for each set of decoding options",
-    "tests/unit/test_composition_generate.py::test_output_dicts_scores_and_logits_match_the_base": "two generate runs",
-    "tests/unit/test_compose_generate.py::test_decoding_options_equal_base_generate_at_weight_zero":
-        "two generate runs for each set of decoding options",
-    "tests/unit/test_compose_generate.py::test_sampling_with_a_fixed_seed_is_reproducible": "samples several times",
-    "tests/unit/test_compose_generate.py::test_greedy_padded_batch_equals_one_by_one": "a batch and one run per row",
-    "tests/unit/test_compose_generate.py::test_without_cache_gives_the_same_tokens": "decodes without a cache",
-    "tests/unit/test_compose_generate.py::test_beam_search_finds_at_least_the_greedy_score": "beam search and greedy",
-    "tests/unit/test_compose_generate.py::test_beam_padded_batch_equals_one_by_one": "beam search, batched and per row",
-    "tests/unit/test_composition_generate.py::test_the_models_own_generation_config_is_accepted": "several generate runs",
-    "tests/unit/test_compose_fit.py::test_compose_auto_fits_by_em": "scores held-out text, then fits by EM",
-    "tests/unit/test_compose_fit.py::test_em_is_never_worse_than_the_best_grid_point_on_held_out_text":
-        "scores held-out text at every grid point",
-    "tests/unit/test_compose.py::test_incremental_decoding_with_caches_equals_full_forward": "a full forward per step",
-    "tests/unit/test_assisted.py::test_per_row_weights_reach_the_drafting_path": "assisted and plain decoding per row",
-    "tests/unit/test_assisted.py::test_stop_strings_and_streamer_behave_as_in_plain_decoding": "assisted and plain decoding",
-    "tests/unit/test_assisted.py::test_the_memory_can_be_named_and_its_scores_match_plain_decoding":
-        "assisted and plain decoding",
-    "tests/unit/test_assisted.py::test_a_memory_at_weight_one_has_every_draft_accepted": "assisted and plain decoding",
-    "tests/unit/test_compose_generate.py::test_eos_stops_and_pads": "a batched generate and one run per row",
-    "tests/unit/test_composition_generate.py::test_repetition_penalty_acts_on_the_mixture": "generate runs compared",
-    "tests/unit/test_composition_generate.py::test_per_row_weights_equal_each_row_run_alone": "a batch and one run per row",
-    "tests/unit/test_composition_inputs.py::test_the_cache_crops_selects_and_repeats_every_member_in_step":
-        "decoding with the cache cropped, selected and repeated, compared step by step",
-    "tests/unit/test_bench_imports.py::test_scripts_import[bench]":
-        "imports every bench script in a fresh interpreter (torch and transformers among them)",
-    "tests/integration/test_attach_cli.py::test_eval_sweep_plot_and_fit": "scores held-out text, sweeps and fits",
-    "tests/integration/test_attach_cli.py::test_tune_write_publishes_a_new_version_recommending_the_fitted_weight":
-        "scores held-out text, fits and publishes",
-    "tests/integration/test_attach_cli.py::test_attach_eval_and_prompt_under_json_print_one_envelope":
-        "scores held-out text and generates",
-}
-
-
+# Slow tests carry the marker in their own file (`pytestmark` or a decorator, with the reason beside
+# it), except one kind, marked here by rule rather than in each of the many files that use the
+# fixtures: every test that talks to S3 (an `s3` parameter or the moto server). moto's HTTP server
+# answers each request through a real HTTP round trip, several times slower than the local and
+# memory backends, which the inner loop keeps.
 def _uses_s3(item: pytest.Item) -> bool:
     params = getattr(getattr(item, "callspec", None), "params", {})
     return "s3" in params.values() or "moto_server" in getattr(item, "fixturenames", ())
@@ -269,8 +212,7 @@ def _uses_s3(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        listed = {item.nodeid, item.nodeid.split("[")[0], item.nodeid.split("::")[0]}  # the test, all its params, its file
-        if _uses_s3(item) or listed & SLOW_TESTS.keys():
+        if _uses_s3(item):
             item.add_marker(pytest.mark.slow)
 
 

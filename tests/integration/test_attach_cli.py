@@ -42,6 +42,7 @@ def test_attach_streams_a_completion_from_a_registry_memory(world, monkeypatch, 
     assert out.startswith(prompt) and len(out.strip()) > len(prompt)
 
 
+@pytest.mark.slow  # beam search, then sampling twice
 def test_attach_with_beams_and_sampling(world, monkeypatch, capsys):
     code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"] + "=0.5", "--prompt", "The licence",
                             "--max-new-tokens", "5", "--beams", "3", "--json")
@@ -54,6 +55,7 @@ def test_attach_with_beams_and_sampling(world, monkeypatch, capsys):
     assert first[0] == 0 and json.loads(first[1])["data"]["completion"] == json.loads(again[1])["data"]["completion"]
 
 
+@pytest.mark.slow  # scores held-out text and generates
 def test_attach_eval_and_prompt_under_json_print_one_envelope(world, monkeypatch, capsys):
     """Both --eval and --prompt with --json: one JSON document on stdout (it used to be two)."""
     code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"], "--eval", world["data"],
@@ -65,6 +67,7 @@ def test_attach_eval_and_prompt_under_json_print_one_envelope(world, monkeypatch
     assert isinstance(data["completion"], str)
 
 
+@pytest.mark.slow  # scores the held-out text with the base and the composition
 def test_attach_eval_prints_base_and_composed_perplexity(world, monkeypatch, capsys):
     code, out, err = memreg(monkeypatch, capsys, "attach", world["base"], world["mem"], "--eval", world["data"],
                             "--context", "64", "--stride", "32", "--json")
@@ -82,6 +85,7 @@ def test_attach_eval_prints_base_and_composed_perplexity(world, monkeypatch, cap
     assert code == 0 and "base alone" in out and "composed" in out
 
 
+@pytest.mark.slow  # scores held-out text, sweeps and fits
 def test_eval_sweep_plot_and_fit(world, monkeypatch, capsys):
     plot = world["root"] / "sweep.png"
     code, out, err = memreg(monkeypatch, capsys, "eval", world["base"], "--memory", world["mem"], "--data", world["data"],
@@ -106,6 +110,7 @@ def test_tune_prints_fitted_weights(world, monkeypatch, capsys):
     assert res["perplexity_fitted"] <= res["perplexity_base"] * (1 + 1e-9)
 
 
+@pytest.mark.slow  # scores held-out text, fits and publishes
 def test_tune_write_publishes_a_new_version_recommending_the_fitted_weight(world, tmp_path, monkeypatch, capsys):
     from memreg.registry import Registry
 

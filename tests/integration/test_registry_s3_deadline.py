@@ -18,6 +18,8 @@ from memreg.registry import Registry
 from memreg.registry.errors import InvalidArgumentError, StoreError
 from memreg.registry.store import open_store
 
+pytestmark = pytest.mark.slow  # waits out real deadlines of seconds on endpoints that trickle
+
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: 2\r\n\r\n{}"
 

@@ -50,6 +50,7 @@ def _plain_and_assisted(composed, enc, assistant, **kw):
     return plain, out
 
 
+@pytest.mark.slow  # plain and assisted greedy decoding of long completions, for each drafting setting
 @pytest.mark.parametrize("k,schedule", [(1, "constant"), (3, "heuristic"), (7, "constant")])
 def test_greedy_with_the_memory_drafting_equals_plain_greedy(composed, parts, prompts, k, schedule):
     for enc in prompts:
@@ -59,6 +60,7 @@ def test_greedy_with_the_memory_drafting_equals_plain_greedy(composed, parts, pr
         assert out.extra["drafted"] > 0 and 0 <= out.extra["accepted"] <= out.extra["drafted"]
 
 
+@pytest.mark.slow  # plain and assisted greedy decoding of a long completion
 def test_greedy_with_processors_and_an_outside_drafter_equals_plain(composed, parts, prompts):
     kw = dict(max_new_tokens=20, repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=5)
     for enc in prompts:
@@ -66,6 +68,7 @@ def test_greedy_with_processors_and_an_outside_drafter_equals_plain(composed, pa
         assert out.sequences.tolist() == plain.tolist()
 
 
+@pytest.mark.slow  # plain and assisted greedy decoding of a long completion
 def test_greedy_with_prompt_lookup_equals_plain_greedy(composed, tok):
     text = Path(LICENSES[0]).read_text()[:300]
     enc = tok([text + text[:60]], return_tensors="pt")  # the end repeats the start: lookup finds drafts
@@ -91,6 +94,7 @@ def test_lookup_drafts_continue_the_latest_earlier_occurrence():
     assert lookup_drafts([7], 3, 2) == []
 
 
+@pytest.mark.slow  # assisted and plain decoding
 def test_the_memory_can_be_named_and_its_scores_match_plain_decoding(composed, prompts):
     enc = prompts[0]
     plain = composed.generate(**enc, max_new_tokens=10, output_scores=True, return_dict_in_generate=True)
@@ -102,6 +106,7 @@ def test_the_memory_can_be_named_and_its_scores_match_plain_decoding(composed, p
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow  # assisted and plain decoding per row
 def test_per_row_weights_reach_the_drafting_path(composed, parts, prompts):
     """weights= (1, M) with drafting equals plain decoding at those weights; min_p is read too."""
     enc = prompts[0]
@@ -118,6 +123,7 @@ def test_per_row_weights_reach_the_drafting_path(composed, parts, prompts):
         composed.generate(**enc, assistant_model=parts[1], num_beam_groups=2, max_new_tokens=2)
 
 
+@pytest.mark.slow  # assisted and plain decoding
 def test_a_memory_at_weight_one_has_every_draft_accepted(tok, parts, prompts):
     base, memory, _ = parts
     only_memory = compose(base, [(memory, tok)], [1.0], tokenizer=tok)
@@ -130,6 +136,7 @@ def test_a_memory_at_weight_one_has_every_draft_accepted(tok, parts, prompts):
         assert out.sequences.shape[1] == prompts[2]["input_ids"].shape[1] + 16
 
 
+@pytest.mark.slow  # assisted and plain decoding
 def test_stop_strings_and_streamer_behave_as_in_plain_decoding(composed, parts, tok, prompts):
     from transformers import TextStreamer
 
@@ -200,6 +207,7 @@ def test_accepting_with_min_one_p_over_q_then_the_residual_gives_p(data):
     torch.testing.assert_close(law, p, rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow  # draws enough samples for a statistical test
 def test_pick_sampled_emits_tokens_distributed_as_the_mixture_not_the_drafter():
     p = torch.tensor([0.5, 0.3, 0.1, 0.1], dtype=torch.float64)
     q = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
@@ -216,6 +224,7 @@ def test_pick_sampled_emits_tokens_distributed_as_the_mixture_not_the_drafter():
     assert (freq - q).abs().sum() > 0.5
 
 
+@pytest.mark.slow  # draws enough samples for a statistical test
 def test_pick_sampled_with_a_point_mass_draft_gives_the_mixture():
     """Prompt lookup proposes one fixed token (q is a point mass): kept with probability p(x)."""
     p = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)

@@ -78,6 +78,7 @@ print(json.dumps({"scripts": [p.name for p in scripts], "failures": failures}))
 """
 
 
+@pytest.mark.slow  # imports every bench script in a fresh interpreter (torch and transformers among them)
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_scripts_import(folder: str) -> None:
     where = Path(REPO) / folder

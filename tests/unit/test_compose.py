@@ -68,6 +68,7 @@ def test_two_memories_match_a_hand_computed_mixture(tok, models, batch):
     torch.testing.assert_close(got.exp().sum(-1), torch.ones(ids.shape, dtype=got.dtype))
 
 
+@pytest.mark.slow  # a full forward per step
 @torch.no_grad()
 def test_incremental_decoding_with_caches_equals_full_forward(tok, models, batch):
     ids, mask = batch

@@ -52,6 +52,7 @@ def setup():
     return tok, model, held_out
 
 
+@pytest.mark.slow  # scores held-out text at every grid point
 def test_em_is_never_worse_than_the_best_grid_point_on_held_out_text(setup):
     tok, model, held_out = setup
     base, m1, m2 = member_target_log_probs(model, held_out, context=64, stride=32)
@@ -66,6 +67,7 @@ def test_em_is_never_worse_than_the_best_grid_point_on_held_out_text(setup):
     assert fitted.base_perplexity == pytest.approx(mixture_perplexity(base, [m1, m2], [0, 0]), rel=1e-9)
 
 
+@pytest.mark.slow  # scores held-out text, then fits by EM
 def test_compose_auto_fits_by_em(setup):
     tok, model, held_out = setup
     expected = fit_weights(model, held_out, context=64, stride=32)

@@ -44,6 +44,7 @@ def _one_by_one(composed, tok, prompts, **kw):
     return rows
 
 
+@pytest.mark.slow  # a batch and one run per row
 def test_greedy_padded_batch_equals_one_by_one(composed, tok, prompts):
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
     assert (enc["attention_mask"] == 0).any()  # really padded
@@ -58,6 +59,7 @@ def test_greedy_padded_batch_equals_one_by_one(composed, tok, prompts):
             torch.testing.assert_close(batch.scores[step][i, tok_id], s[0, tok_id], rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.slow  # beam search, batched and per row
 def test_beam_padded_batch_equals_one_by_one(composed, tok, prompts):
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
     kw = dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, output_scores=True)
@@ -71,6 +73,7 @@ def test_beam_padded_batch_equals_one_by_one(composed, tok, prompts):
             assert float(batch.sequences_scores[2 * i + r]) == pytest.approx(float(single.sequences_scores[r]), rel=1e-6)
 
 
+@pytest.mark.slow  # beam search and greedy
 def test_beam_search_finds_at_least_the_greedy_score(composed, tok, prompts):
     enc = tok(prompts[:1], return_tensors="pt")
     n = 6
@@ -91,6 +94,7 @@ def test_beam_search_finds_at_least_the_greedy_score(composed, tok, prompts):
         assert float(beam.sequences_scores[0]) == pytest.approx(score(beam.sequences[0]), rel=1e-6)
 
 
+@pytest.mark.slow  # samples several times
 def test_sampling_with_a_fixed_seed_is_reproducible(composed, tok, prompts):
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
     kw = dict(max_new_tokens=10, do_sample=True, temperature=0.8, top_k=40, top_p=0.9)
@@ -105,6 +109,7 @@ def test_sampling_with_a_fixed_seed_is_reproducible(composed, tok, prompts):
     assert not torch.equal(a, c)  # another seed draws other tokens (30 draws from wide distributions)
 
 
+@pytest.mark.slow  # decodes without a cache
 def test_without_cache_gives_the_same_tokens(composed, tok, prompts):
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
     a = composed.generate(**enc, max_new_tokens=5)
@@ -123,6 +128,7 @@ def test_text_streamer_prints_the_generated_text(composed, tok, prompts, capsys)
     assert printed.strip()
 
 
+@pytest.mark.slow  # a batched generate and one run per row
 def test_eos_stops_and_pads(composed, tok, prompts):
     enc = tok(prompts[:2], return_tensors="pt", padding=True, padding_side="left")
     first = composed.generate(**enc, max_new_tokens=1)[:, -1]
@@ -157,6 +163,7 @@ def zero(tok):
     dict(bad_words_ids=[[98], [66, 74]]),  # (the eos token is never a bad word in transformers)
     dict(no_repeat_ngram_size=3, min_new_tokens=4, bad_words_ids=[[216]]),
 ])
+@pytest.mark.slow  # two generate runs for each set of decoding options
 def test_decoding_options_equal_base_generate_at_weight_zero(zero, tok, prompts, options):
     base, composed = zero
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")

@@ -57,6 +57,7 @@ PLAIN = dict(max_new_tokens=8, pad_token_id=1)
     dict(do_sample=True, top_k=20, top_p=0.9, temperature=0.7),
     dict(do_sample=True, num_return_sequences=2),
 ])
+@pytest.mark.slow  # two generate runs for each set of decoding options
 def test_options_equal_the_bases_own_generate_at_weight_zero(zero, parts, enc, options):
     base = parts[0]
     want = _seeded(base, enc, 7, **PLAIN, **options)
@@ -64,6 +65,7 @@ def test_options_equal_the_bases_own_generate_at_weight_zero(zero, parts, enc, o
     assert torch.equal(got, want)
 
 
+@pytest.mark.slow  # two generate runs
 def test_output_dicts_scores_and_logits_match_the_base(zero, parts, enc):
     base = parts[0]
     kw = dict(**PLAIN, do_sample=False, min_p=0.1, return_dict_in_generate=True, output_scores=True, output_logits=True)
@@ -76,6 +78,7 @@ def test_output_dicts_scores_and_logits_match_the_base(zero, parts, enc):
     assert beams.sequences_scores.shape == (3,) and beams.beam_indices is not None
 
 
+@pytest.mark.slow  # several generate runs
 def test_the_models_own_generation_config_is_accepted(zero, parts, enc):
     cfg = zero.generation_config
     assert cfg.eos_token_id == parts[0].generation_config.eos_token_id
@@ -85,6 +88,7 @@ def test_the_models_own_generation_config_is_accepted(zero, parts, enc):
     assert torch.equal(from_base, parts[0].generate(**enc, generation_config=parts[0].generation_config, max_new_tokens=4))
 
 
+@pytest.mark.slow  # generate runs compared
 def test_repetition_penalty_acts_on_the_mixture(mixed, enc):
     out = mixed.generate(**enc, max_new_tokens=10, repetition_penalty=1e6, do_sample=False)
     for row in range(out.shape[0]):
@@ -105,6 +109,7 @@ def test_streamer_yields_the_generated_text(mixed, tok, enc):
 
 
 # ------------------------------------------------------------------------------ per-row weights
+@pytest.mark.slow  # a batch and one run per row
 def test_per_row_weights_equal_each_row_run_alone(mixed, parts, tok, enc):
     rows = torch.tensor([[0.35, 0.25], [0.0, 0.0], [0.9, 0.1]])
     with torch.no_grad():
@@ -124,6 +129,7 @@ def test_per_row_weights_equal_each_row_run_alone(mixed, parts, tok, enc):
     assert torch.equal(batch[1], base[1])  # all-zero memory weights: the base, exactly
 
 
+@pytest.mark.slow  # a batched generate and one run per row
 def test_generate_with_per_row_weights_equals_separate_runs(mixed, enc):
     rows = torch.tensor([[0.35, 0.25], [0.0, 0.0], [0.0, 1.0]])
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=1)

@@ -128,6 +128,7 @@ def test_the_context_limit_is_the_smallest_members(tok):
         lm.generate(torch.zeros(1, 60, dtype=torch.long), max_new_tokens=10, pad_token_id=1)
 
 
+@pytest.mark.slow  # scores a long text window by window
 def test_fit_weights_and_auto_weights_on_long_text_use_windows_within_the_limit(tok, parts, long_text):
     assert len(tok(long_text)["input_ids"]) > 1024  # longer than the old default window, and than 256
     lm = compose(parts[0], [(parts[1], tok)], [0.0], tokenizer=tok)
@@ -155,6 +156,7 @@ def test_memreg_eval_with_a_context_past_the_models_is_a_usage_error(tok, parts,
 
 
 # ------------------------------------------------------------------------------ the cache
+@pytest.mark.slow  # decoding with the cache cropped, selected and repeated, compared step by step
 @torch.no_grad()
 def test_the_cache_crops_selects_and_repeats_every_member_in_step(mixed, ids):
     full = mixed(ids).logits
